@@ -1,0 +1,33 @@
+//! Kernel benchmarks at U-Net shapes (batch 4, 256x256 input; 16 channels at
+//! 256x256 down to 256 channels at 16x16).
+//!
+//! `cargo bench --bench kernels [FILTER]` prints one row per kernel: median
+//! and best time, GFLOP/s (compute-bound kernels) or GB/s (memory-bound), and
+//! whether GPU timestamps or the wall clock timed it. Each case first checks
+//! the kernel against its reference on a small shape, so a fast wrong kernel
+//! cannot post a number.
+
+use unet_wgpu::bench::Bench;
+use unet_wgpu::{Gpu, GpuOptions};
+
+mod relu;
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; the first other argument filters by name.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
+    let gpu = Gpu::new(&GpuOptions::default())?;
+    let reps = std::env::var("BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let mut bench = Bench::new(&gpu, &filter, reps);
+    println!("{}", bench.header());
+    relu::run(&mut bench);
+    Ok(())
+}
+
+/// U-Net activation shapes `[n, c, h, w]` at batch 4: one per level.
+pub const UNET_LEVELS: [[usize; 4]; 5] =
+    [[4, 16, 256, 256], [4, 32, 128, 128], [4, 64, 64, 64], [4, 128, 32, 32], [4, 256, 16, 16]];
+
+/// `"4x16x256x256"`.
+pub fn shape_str(s: &[usize]) -> String {
+    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+}

@@ -1,0 +1,22 @@
+//! # unet-wgpu
+//!
+//! A U-Net trainer for semantic segmentation written from scratch: every
+//! number that trains the network is computed by a WGSL compute shader in
+//! `shaders/`, dispatched through wgpu by a small reverse-mode tape.
+//!
+//! Reading order for a newcomer:
+//! [`gpu`] (device, pipelines, buffers) → [`tensor`] → [`tape`] (the `Step`
+//! that records forward and walks backward) → [`ops`] (one file per kernel,
+//! each with its plain-Rust reference).
+
+pub mod bench;
+pub mod gpu;
+pub mod ops;
+pub mod rng;
+pub mod tape;
+pub mod tensor;
+pub mod testing;
+
+pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions};
+pub use tape::{Grads, Mode, Step};
+pub use tensor::Tensor;

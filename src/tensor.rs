@@ -1,0 +1,135 @@
+//! `Tensor`: a shape and a pooled GPU buffer of 4-byte elements (f32 for
+//! activations and weights, u32 for labels and argmax indices), row-major.
+//!
+//! Cloning a tensor is cheap and shares the buffer (and the identity that the
+//! tape keys gradients by). When the last clone is dropped the buffer goes
+//! back to the pool of the [`Gpu`](crate::gpu::Gpu) that made it.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::gpu::BufferPool;
+
+/// Identity of a tensor (shared by its clones), used to key gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+struct Storage {
+    buffer: wgpu::Buffer,
+    bytes: u64,
+    gpu_id: u64,
+    pool: Rc<RefCell<BufferPool>>,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.pool.borrow_mut().release(self.bytes, self.buffer.clone());
+    }
+}
+
+/// An n-dimensional array on the GPU.
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    id: TensorId,
+    storage: Rc<Storage>,
+    requires_grad: bool,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor{:?}", self.shape)?;
+        if self.requires_grad {
+            write!(f, " (grad)")?;
+        }
+        Ok(())
+    }
+}
+
+impl Tensor {
+    pub(crate) fn from_pooled(
+        shape: &[usize],
+        buffer: wgpu::Buffer,
+        bytes: u64,
+        gpu_id: u64,
+        pool: Rc<RefCell<BufferPool>>,
+    ) -> Tensor {
+        Tensor {
+            shape: shape.to_vec(),
+            id: TensorId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            storage: Rc::new(Storage { buffer, bytes, gpu_id, pool }),
+            requires_grad: false,
+        }
+    }
+
+    /// The dimensions, outermost first.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shape as `[n, c, h, w]`; panics (naming `what`) if it is not 4-D.
+    pub fn dims4(&self, what: &str) -> [usize; 4] {
+        self.shape.as_slice().try_into().unwrap_or_else(|_| panic!("{what} must be 4-D [N,C,H,W], got {:?}", self.shape))
+    }
+
+    /// Identity shared by clones; gradients are keyed by it.
+    pub fn id(&self) -> TensorId {
+        self.id
+    }
+
+    /// Whether the tape computes a gradient for this tensor.
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad
+    }
+
+    /// The same tensor, marked as a leaf whose gradient the tape computes
+    /// (parameters; or inputs, in gradient checks).
+    pub fn with_grad(mut self) -> Tensor {
+        self.requires_grad = true;
+        self
+    }
+
+    pub(crate) fn set_requires_grad(&mut self, on: bool) {
+        self.requires_grad = on;
+    }
+
+    /// The wgpu buffer (at least 16 bytes, even for an empty tensor).
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.storage.buffer
+    }
+
+    /// Bytes of the buffer.
+    pub fn bytes(&self) -> u64 {
+        self.storage.bytes
+    }
+
+    pub(crate) fn gpu_id(&self) -> u64 {
+        self.storage.gpu_id
+    }
+
+    /// Same buffer and identity, another shape with the same element count
+    /// (a view, like `reshape` on a contiguous array).
+    pub fn reshaped(&self, shape: &[usize]) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.len(),
+            "reshape of {:?} to {shape:?} changes the element count",
+            self.shape
+        );
+        Tensor { shape: shape.to_vec(), ..self.clone() }
+    }
+}

@@ -1,0 +1,92 @@
+//! Helpers shared by the tests and the benchmarks: a per-thread GPU, seeded
+//! random data, finite differences, and the closeness check.
+//!
+//! How "close" is measured: element `i` passes when
+//! `|got_i - want_i| <= tol * max(|want_i|, rms(want))`. That is the relative
+//! error for every element of ordinary size; for elements much smaller than
+//! the tensor's RMS (where a sum cancelled to nearly zero) the error is taken
+//! relative to the RMS instead, because there f32 rounding of the large terms,
+//! not of the tiny result, sets the error.
+
+use crate::gpu::{Gpu, GpuOptions};
+use crate::rng::Rng;
+
+thread_local! {
+    static GPU: &'static Gpu = Box::leak(Box::new(
+        Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}")),
+    ));
+}
+
+/// This thread's GPU, opened on first use (tests run on several threads).
+/// Panics with the reason when there is no adapter: GPU tests never skip.
+pub fn gpu() -> &'static Gpu {
+    GPU.with(|g| *g)
+}
+
+/// `n` values uniform in `[-1, 1)`, from `seed`.
+pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect()
+}
+
+/// Widen to f64 for the references.
+pub fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+/// Central finite differences of `f` at `x`, in f64: `(f(x+e) - f(x-e)) / 2e`.
+pub fn numeric_grad(f: impl Fn(&[f64]) -> f64, x: &[f64], eps: f64) -> Vec<f64> {
+    let mut x = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let v = x[i];
+            x[i] = v + eps;
+            let up = f(&x);
+            x[i] = v - eps;
+            let down = f(&x);
+            x[i] = v;
+            (up - down) / (2.0 * eps)
+        })
+        .collect()
+}
+
+/// `sum_i r_i * y_i`: a scalar whose gradient w.r.t. `y` is `r`. Gradient
+/// checks use it with random `r` so every output element is weighted differently.
+pub fn dot(r: &[f64], y: &[f64]) -> f64 {
+    assert_eq!(r.len(), y.len(), "dot of lengths {} and {}", r.len(), y.len());
+    r.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+/// The largest error of `got` against `want`, by the rule in the module doc,
+/// and the index where it occurs.
+pub fn max_rel_error(got: &[f64], want: &[f64]) -> (f64, usize) {
+    assert_eq!(got.len(), want.len(), "compared lengths differ: got {}, want {}", got.len(), want.len());
+    let rms = (want.iter().map(|v| v * v).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let mut worst = (0.0, 0);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let scale = w.abs().max(rms).max(f64::MIN_POSITIVE);
+        let err = if g == w { 0.0 } else { (g - w).abs() / scale };
+        if err.is_nan() || err > worst.0 {
+            worst = (if err.is_nan() { f64::INFINITY } else { err }, i);
+        }
+    }
+    worst
+}
+
+/// Assert `got` matches `want` within `tol` (see the module doc). The message
+/// names `what`, the worst index and both values.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    let (err, i) = max_rel_error(got, want);
+    assert!(
+        err <= tol,
+        "{what}: relative error {err:.3e} > {tol:.0e} at index {i} of {}: got {}, want {}",
+        want.len(),
+        got[i],
+        want[i]
+    );
+}
+
+/// [`assert_close`] for GPU output (f32) against a reference (f64).
+pub fn assert_close_f32(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_close(what, &to_f64(got), want, tol);
+}
