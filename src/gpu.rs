@@ -110,7 +110,10 @@ pub struct GpuOptions {
 
 /// The limits our kernels rely on. We request everything the adapter offers,
 /// but refuse to start (with a clear error) below these.
-const NEEDED_LIMITS: [(&str, fn(&wgpu::Limits) -> u64, u64); 5] = [
+/// A limit we check: its name, how to read it, and the least we accept.
+type NeededLimit = (&'static str, fn(&wgpu::Limits) -> u64, u64);
+
+const NEEDED_LIMITS: [NeededLimit; 5] = [
     ("max_storage_buffers_per_shader_stage", |l| l.max_storage_buffers_per_shader_stage as u64, 8),
     ("max_storage_buffer_binding_size", |l| l.max_storage_buffer_binding_size, 128 << 20),
     ("max_compute_invocations_per_workgroup", |l| l.max_compute_invocations_per_workgroup as u64, 256),
@@ -155,6 +158,9 @@ impl fmt::Debug for Kernel {
         write!(f, "Kernel({}, bindings {:?})", self.name, self.bindings)
     }
 }
+
+/// A shader compiled by the driver, and naga's view of it (for binding checks).
+type CompiledShader = (wgpu::ShaderModule, Rc<naga::Module>, Rc<naga::valid::ModuleInfo>);
 
 type KernelKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
@@ -251,7 +257,7 @@ pub struct Gpu {
     /// Whether GPU timestamp queries are available (else benches use wall clock).
     pub has_timestamps: bool,
     id: u64,
-    modules: RefCell<HashMap<&'static str, (wgpu::ShaderModule, Rc<naga::Module>, Rc<naga::valid::ModuleInfo>)>>,
+    modules: RefCell<HashMap<&'static str, CompiledShader>>,
     kernels: RefCell<HashMap<KernelKey, Rc<Kernel>>>,
     pub(crate) pool: Rc<RefCell<BufferPool>>,
     arena: RefCell<UniformArena>,
@@ -313,8 +319,7 @@ impl Gpu {
             }
         }
         let has_timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        let required_features =
-            if has_timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let required_features = if has_timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("unet-wgpu"),
             required_features,
@@ -393,7 +398,7 @@ impl Gpu {
         kernel
     }
 
-    fn module(&self, shader: &Shader) -> (wgpu::ShaderModule, Rc<naga::Module>, Rc<naga::valid::ModuleInfo>) {
+    fn module(&self, shader: &Shader) -> CompiledShader {
         if let Some(m) = self.modules.borrow().get(shader.name) {
             return m.clone();
         }
@@ -450,7 +455,11 @@ impl Gpu {
         } else {
             std::iter::once(0).chain(kernel.bindings.iter().copied()).collect()
         };
-        assert_eq!(given, wanted, "{}: bindings given (with the uniform at 0) differ from those the shader uses", kernel.name);
+        assert_eq!(
+            given, wanted,
+            "{}: bindings given (with the uniform at 0) differ from those the shader uses",
+            kernel.name
+        );
         let max = self.limits.max_compute_workgroups_per_dimension;
         assert!(
             groups.iter().all(|&g| g <= max),
@@ -495,9 +504,8 @@ impl Gpu {
             }
             _ => None,
         };
-        let mut pass = enc
-            .raw
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.name), timestamp_writes });
+        let mut pass =
+            enc.raw.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.name), timestamp_writes });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);

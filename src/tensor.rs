@@ -83,7 +83,10 @@ impl Tensor {
 
     /// The shape as `[n, c, h, w]`; panics (naming `what`) if it is not 4-D.
     pub fn dims4(&self, what: &str) -> [usize; 4] {
-        self.shape.as_slice().try_into().unwrap_or_else(|_| panic!("{what} must be 4-D [N,C,H,W], got {:?}", self.shape))
+        self.shape
+            .as_slice()
+            .try_into()
+            .unwrap_or_else(|_| panic!("{what} must be 4-D [N,C,H,W], got {:?}", self.shape))
     }
 
     /// Identity shared by clones; gradients are keyed by it.

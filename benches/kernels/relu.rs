@@ -23,9 +23,7 @@ pub fn run(b: &mut Bench) {
         let n: usize = shape.iter().product();
         let (x, y, dx) = (gpu.upload(&random_vec(2, n), &shape), gpu.empty(&shape), gpu.empty(&shape));
         let bytes = 4.0 * n as f64;
-        b.case("relu_forward", &shape_str(&shape), None, Some(2.0 * bytes), |gpu, enc| {
-            relu_forward(gpu, enc, &x, &y)
-        });
+        b.case("relu_forward", &shape_str(&shape), None, Some(2.0 * bytes), |gpu, enc| relu_forward(gpu, enc, &x, &y));
         b.case("relu_backward", &shape_str(&shape), None, Some(4.0 * bytes), |gpu, enc| {
             relu_backward(gpu, enc, &y, &x, &dx)
         });

@@ -27,7 +27,13 @@ pub fn relu_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, y: &Tensor) {
 
 /// `dx += dy * (y > 0)`. y (the forward output), dy, dx: same shape.
 pub fn relu_backward(gpu: &Gpu, enc: &mut Encoder, y: &Tensor, dy: &Tensor, dx: &Tensor) {
-    assert!(y.shape() == dy.shape() && dy.shape() == dx.shape(), "relu backward: y {:?} dy {:?} dx {:?}", y.shape(), dy.shape(), dx.shape());
+    assert!(
+        y.shape() == dy.shape() && dy.shape() == dx.shape(),
+        "relu backward: y {:?} dy {:?} dx {:?}",
+        y.shape(),
+        dy.shape(),
+        dx.shape()
+    );
     let kernel = gpu.kernel(&SHADER, "relu_backward", &[("WG", WG as f64)]);
     let params = Params { n: y.len() as u32 };
     gpu.dispatch(enc, &kernel, &params, &[(1, y), (2, dx), (3, dy)], groups_1d(y.len(), WG));
@@ -75,7 +81,9 @@ mod tests {
     #[test]
     fn gpu_matches_reference_on_odd_shapes() {
         let gpu = gpu();
-        for (seed, shape) in [(3, vec![1, 1, 1, 1]), (4, vec![2, 3, 5, 7]), (5, vec![1, 16, 33, 31]), (6, vec![3, 70001])] {
+        for (seed, shape) in
+            [(3, vec![1, 1, 1, 1]), (4, vec![2, 3, 5, 7]), (5, vec![1, 16, 33, 31]), (6, vec![3, 70001])]
+        {
             let x = random_vec(seed, shape.iter().product());
             let dy = random_vec(seed + 100, x.len());
             let dx0 = random_vec(seed + 200, x.len()); // backward accumulates into this
@@ -87,8 +95,11 @@ mod tests {
             gpu.submit(enc);
 
             let want_y = reference::relu_forward(&to_f64(&x));
-            let want_dx: Vec<f64> =
-                reference::relu_backward(&to_f64(&x), &to_f64(&dy)).iter().zip(&dx0).map(|(g, &d)| g + d as f64).collect();
+            let want_dx: Vec<f64> = reference::relu_backward(&to_f64(&x), &to_f64(&dy))
+                .iter()
+                .zip(&dx0)
+                .map(|(g, &d)| g + d as f64)
+                .collect();
             assert_close_f32(&format!("relu y {shape:?}"), &gpu.read(&y), &want_y, 1e-6);
             assert_close_f32(&format!("relu dx {shape:?}"), &gpu.read(&dxt), &want_dx, 1e-6);
         }
