@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod gpu;
+pub mod loss;
 pub mod ops;
 pub mod rng;
 pub mod tape;

@@ -60,11 +60,17 @@ pub fn dot(r: &[f64], y: &[f64]) -> f64 {
 /// The largest error of `got` against `want`, by the rule in the module doc,
 /// and the index where it occurs.
 pub fn max_rel_error(got: &[f64], want: &[f64]) -> (f64, usize) {
+    max_rel_error_floor(got, want, f64::MIN_POSITIVE)
+}
+
+/// [`max_rel_error`] with errors measured against at least `floor`: for
+/// tensors whose exact values lie far below what f32 can resolve.
+pub fn max_rel_error_floor(got: &[f64], want: &[f64], floor: f64) -> (f64, usize) {
     assert_eq!(got.len(), want.len(), "compared lengths differ: got {}, want {}", got.len(), want.len());
     let rms = (want.iter().map(|v| v * v).sum::<f64>() / want.len().max(1) as f64).sqrt();
     let mut worst = (0.0, 0);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let scale = w.abs().max(rms).max(f64::MIN_POSITIVE);
+        let scale = w.abs().max(rms).max(floor);
         let err = if g == w { 0.0 } else { (g - w).abs() / scale };
         if err.is_nan() || err > worst.0 {
             worst = (if err.is_nan() { f64::INFINITY } else { err }, i);
@@ -76,7 +82,12 @@ pub fn max_rel_error(got: &[f64], want: &[f64]) -> (f64, usize) {
 /// Assert `got` matches `want` within `tol` (see the module doc). The message
 /// names `what`, the worst index and both values.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
-    let (err, i) = max_rel_error(got, want);
+    assert_close_floor(what, got, want, tol, f64::MIN_POSITIVE);
+}
+
+/// [`assert_close`] with errors measured against at least `floor` (see [`max_rel_error_floor`]).
+pub fn assert_close_floor(what: &str, got: &[f64], want: &[f64], tol: f64, floor: f64) {
+    let (err, i) = max_rel_error_floor(got, want, floor);
     assert!(
         err <= tol,
         "{what}: relative error {err:.3e} > {tol:.0e} at index {i} of {}: got {}, want {}",
