@@ -270,9 +270,16 @@ fn stats_grid(pixels: usize) -> (usize, usize) {
     (per_thread, pixels.div_ceil(STATS_WG * per_thread).max(1))
 }
 
-/// The fused loss: writes the values ([`VALUES_LEN`], see [`LossValues`]) and
-/// `dlogits` (same shape as `logits`; assigned, not accumulated).
-/// `class_weights`: [C] (all ones when the config has none).
+/// Where the fused loss writes.
+pub struct LossOutput {
+    /// [`VALUES_LEN`] floats, see [`LossValues`].
+    pub values: Tensor,
+    /// Gradient of the total w.r.t. the logits, [N,C,H,W] (assigned, not accumulated).
+    pub dlogits: Tensor,
+}
+
+/// The fused loss of `logits` [N,C,H,W] against `labels` [N,H,W] (u32), with
+/// `class_weights` [C] (all ones when the config has none), into `out`.
 pub fn loss_forward_backward(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -280,9 +287,9 @@ pub fn loss_forward_backward(
     logits: &Tensor,
     labels: &Tensor,
     class_weights: &Tensor,
-    values: &Tensor,
-    dlogits: &Tensor,
+    out: &LossOutput,
 ) {
+    let LossOutput { values, dlogits } = out;
     let [n, c, h, w] = logits.dims4("loss logits");
     assert!((1..=MAX_CLASSES).contains(&c), "the fused loss handles 1 to {MAX_CLASSES} classes, got {c}");
     assert_eq!(labels.shape(), [n, h, w], "labels {:?} for logits {:?}", labels.shape(), logits.shape());
@@ -341,15 +348,14 @@ pub fn loss_forward_backward(
     );
 }
 
-/// The loss of `logits` against `labels`, allocating its outputs: returns
-/// `(values, dlogits)`. Seed the backward walk with `(logits, dlogits)`.
-pub fn loss(gpu: &Gpu, enc: &mut Encoder, cfg: &LossConfig, logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+/// The loss of `logits` [N,C,H,W] against `labels` [N,H,W], allocating its
+/// outputs (from the pool). Seed the backward walk with `(logits, out.dlogits)`.
+pub fn loss(gpu: &Gpu, enc: &mut Encoder, cfg: &LossConfig, logits: &Tensor, labels: &Tensor) -> LossOutput {
     let c = logits.dims4("loss logits")[1];
     let weights = gpu.upload(&class_weights(cfg, c), &[c]);
-    let values = gpu.empty(&[VALUES_LEN]);
-    let dlogits = gpu.empty(logits.shape());
-    loss_forward_backward(gpu, enc, cfg, logits, labels, &weights, &values, &dlogits);
-    (values, dlogits)
+    let out = LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(logits.shape()) };
+    loss_forward_backward(gpu, enc, cfg, logits, labels, &weights, &out);
+    out
 }
 
 /// Plain-Rust losses in f64, term by term as the doc comments state them.
@@ -620,9 +626,9 @@ mod tests {
         let z: Vec<f32> = logits.iter().map(|&v| v as f32).collect();
         let (zt, yt) = (gpu.upload(&z, &dims), gpu.upload_u32(labels, &[n, h, w]));
         let mut enc = gpu.encoder();
-        let (values, dlogits) = loss(gpu, &mut enc, cfg, &zt, &yt);
+        let out = loss(gpu, &mut enc, cfg, &zt, &yt);
         gpu.submit(enc);
-        (gpu.read(&values), gpu.read(&dlogits))
+        (gpu.read(&out.values), gpu.read(&out.dlogits))
     }
 
     fn values_vec(v: &LossValues) -> Vec<f64> {
