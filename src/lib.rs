@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod gpu;
 pub mod loss;
+pub mod metrics;
 pub mod ops;
 pub mod rng;
 pub mod tape;
