@@ -140,8 +140,7 @@ pub mod reference {
     pub fn confusion(logits: &[f32], labels: &[u32], [n, c, h, w]: [usize; 4], ignore: Option<u32>) -> Confusion {
         let mut m = Confusion::new(c);
         let hw = h * w;
-        for i in 0..n * hw {
-            let y = labels[i];
+        for (i, &y) in labels.iter().enumerate().take(n * hw) {
             if y as usize >= c || Some(y) == ignore {
                 continue;
             }
