@@ -222,13 +222,13 @@ pub struct Encoder {
 impl Encoder {
     /// Zero a tensor's buffer, in order with the dispatches around it.
     pub fn clear(&mut self, t: &Tensor) {
-        self.raw.clear_buffer(t.buffer(), 0, None);
+        self.raw.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
     }
 
     /// Copy all of `src` into `dst` (same byte size), in order with the dispatches.
     pub fn copy(&mut self, src: &Tensor, dst: &Tensor) {
         assert_eq!(src.bytes(), dst.bytes(), "copy of {:?} into {:?}", src.shape(), dst.shape());
-        self.raw.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.bytes());
+        self.raw.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.bytes());
     }
 }
 
@@ -484,7 +484,8 @@ impl Gpu {
             });
         }
         for (binding, t) in buffers {
-            entries.push(wgpu::BindGroupEntry { binding: *binding, resource: t.buffer().as_entire_binding() });
+            entries
+                .push(wgpu::BindGroupEntry { binding: *binding, resource: wgpu::BindingResource::Buffer(t.binding()) });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&kernel.name),
@@ -548,7 +549,7 @@ impl Gpu {
         if n > 0 {
             enc.raw.resolve_query_set(&timer.queries, 0..n as u32, &resolve, 0);
         }
-        let ticks: Vec<u64> = bytemuck::cast_slice(&self.read_buffer(enc, &resolve, n * 8)).to_vec();
+        let ticks: Vec<u64> = bytemuck::cast_slice(&self.read_buffer(enc, &resolve, 0, n * 8)).to_vec();
         let period = self.queue.get_timestamp_period() as f64 * 1e-9;
         let dispatches = timer
             .labels
@@ -612,7 +613,7 @@ impl Gpu {
     pub fn write(&self, t: &Tensor, bytes: &[u8]) {
         assert_eq!(bytes.len(), 4 * t.len(), "write of {} bytes into a tensor of shape {:?}", bytes.len(), t.shape());
         if !bytes.is_empty() {
-            self.queue.write_buffer(t.buffer(), 0, bytes);
+            self.queue.write_buffer(t.buffer(), t.offset(), bytes);
         }
     }
 
@@ -631,12 +632,12 @@ impl Gpu {
         if bytes == 0 {
             return Vec::new();
         }
-        self.read_buffer(self.encoder(), t.buffer(), bytes)
+        self.read_buffer(self.encoder(), t.buffer(), t.offset(), bytes)
     }
 
-    /// Copy the first `bytes` of `src` to a mappable buffer at the end of `enc`,
-    /// submit, wait, and return them.
-    fn read_buffer(&self, mut enc: Encoder, src: &wgpu::Buffer, bytes: u64) -> Vec<u8> {
+    /// Copy `bytes` of `src` from `offset` to a mappable buffer at the end of
+    /// `enc`, submit, wait, and return them.
+    fn read_buffer(&self, mut enc: Encoder, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<u8> {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: bytes.max(4),
@@ -644,7 +645,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         if bytes > 0 {
-            enc.raw.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+            enc.raw.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
         }
         self.submit(enc);
         let slice = staging.slice(..);

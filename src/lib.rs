@@ -14,6 +14,8 @@ pub mod gpu;
 pub mod loss;
 pub mod metrics;
 pub mod ops;
+pub mod optim;
+pub mod params;
 pub mod rng;
 pub mod tape;
 pub mod tensor;

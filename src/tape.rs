@@ -63,6 +63,13 @@ impl Grads {
         self.map.remove(&t.id())
     }
 
+    /// Set the buffer `t`'s gradient accumulates into (e.g. a view of the
+    /// parameter arena's gradients, zeroed by the caller).
+    pub fn insert(&mut self, t: &Tensor, grad: Tensor) {
+        assert_eq!(t.len(), grad.len(), "gradient {:?} for tensor {:?}", grad.shape(), t.shape());
+        self.map.insert(t.id(), grad);
+    }
+
     /// Number of gradients held.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -155,10 +162,14 @@ impl<'g> Step<'g> {
     /// gradients of every leaf that requires one. The tape is consumed; the
     /// tensors it saved go back to the pool at the next submit.
     pub fn backward(&mut self, seeds: Vec<(Tensor, Tensor)>) -> Grads {
-        let mut grads = Grads::default();
+        self.backward_into(seeds, Grads::default())
+    }
+
+    /// [`Step::backward`], accumulating into the buffers already in `grads`
+    /// (e.g. [`ParamArena::grads`](crate::params::ParamArena::grads)) where it names one.
+    pub fn backward_into(&mut self, seeds: Vec<(Tensor, Tensor)>, mut grads: Grads) -> Grads {
         for (t, g) in seeds {
-            assert_eq!(t.len(), g.len(), "seed gradient {:?} for tensor {:?}", g.shape(), t.shape());
-            grads.map.insert(t.id(), g);
+            grads.insert(&t, g);
         }
         let nodes = std::mem::take(&mut self.nodes);
         for node in nodes.into_iter().rev() {

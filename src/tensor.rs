@@ -31,12 +31,15 @@ impl Drop for Storage {
     }
 }
 
-/// An n-dimensional array on the GPU.
+/// An n-dimensional array on the GPU: `shape.product()` elements from byte
+/// `offset` of a buffer (0 for tensors of their own; parameters are views
+/// into one shared arena, see [`crate::params`]).
 #[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
     id: TensorId,
     storage: Rc<Storage>,
+    offset: u64,
     requires_grad: bool,
 }
 
@@ -62,6 +65,26 @@ impl Tensor {
             shape: shape.to_vec(),
             id: TensorId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
             storage: Rc::new(Storage { buffer, bytes, gpu_id, pool }),
+            offset: 0,
+            requires_grad: false,
+        }
+    }
+
+    /// A new tensor (its own identity) viewing `shape` elements of `self`'s
+    /// buffer from byte `offset` on, relative to `self`'s own start. The caller
+    /// keeps `offset` aligned to the device's `min_storage_buffer_offset_alignment`.
+    pub(crate) fn view(&self, offset: u64, shape: &[usize]) -> Tensor {
+        let len: usize = shape.iter().product();
+        assert!(
+            offset + 4 * len as u64 <= self.bytes(),
+            "view of {shape:?} at byte {offset} overruns a tensor of {} bytes",
+            self.bytes()
+        );
+        Tensor {
+            shape: shape.to_vec(),
+            id: TensorId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            storage: self.storage.clone(),
+            offset: self.offset + offset,
             requires_grad: false,
         }
     }
@@ -110,14 +133,29 @@ impl Tensor {
         self.requires_grad = on;
     }
 
-    /// The wgpu buffer (at least 16 bytes, even for an empty tensor).
+    /// The wgpu buffer this tensor lives in (from [`Tensor::offset`] on).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.storage.buffer
     }
 
-    /// Bytes of the buffer.
+    /// Byte offset of the first element in [`Tensor::buffer`].
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes of the elements (4 per element). A tensor of its own may sit in
+    /// a larger buffer (at least 16 bytes).
     pub fn bytes(&self) -> u64 {
-        self.storage.bytes
+        4 * self.len() as u64
+    }
+
+    /// The range of the buffer to bind (never empty: an empty tensor binds 4 bytes).
+    pub fn binding(&self) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding {
+            buffer: &self.storage.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.bytes().max(4)),
+        }
     }
 
     pub(crate) fn gpu_id(&self) -> u64 {

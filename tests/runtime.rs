@@ -88,3 +88,30 @@ fn a_dispatch_with_the_wrong_bindings_names_the_kernel() {
     let mut enc = gpu.encoder();
     gpu.dispatch(&mut enc, &kernel, &Params { n: 1 }, &[(1, &x)], [1, 1, 1]);
 }
+
+#[test]
+fn parameters_are_views_into_one_arena_and_gradients_land_there() {
+    use unet_wgpu::params::{ParamArena, ParamSpec};
+    let gpu = gpu();
+    let specs = vec![
+        ParamSpec { name: "first".into(), shape: vec![5], init: random_vec(1, 5) },
+        ParamSpec { name: "second".into(), shape: vec![2, 3], init: random_vec(2, 6) },
+    ];
+    let arena = ParamArena::new(gpu, &specs);
+    let second = &arena.get("second").unwrap();
+    assert!(second.value.offset() > 0 && second.value.requires_grad());
+    let dy = random_vec(3, 6);
+    let mut step = Step::train(gpu);
+    arena.zero_grads(&mut step.enc);
+    let y = relu(&mut step, &second.value);
+    let dyt = gpu.upload(&dy, &[2, 3]);
+    let grads = step.backward_into(vec![(y.clone(), dyt)], arena.grads());
+    assert_eq!(grads.get(&second.value).unwrap().offset(), second.grad.offset());
+    step.submit();
+    let x = &specs[1].init;
+    let want_y: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+    let want_dx: Vec<f32> = x.iter().zip(&dy).map(|(v, g)| if *v > 0.0 { *g } else { 0.0 }).collect();
+    assert_eq!(gpu.read(&y), want_y);
+    assert_eq!(gpu.read(&second.grad), want_dx);
+    assert_eq!(gpu.read(&arena.get("first").unwrap().grad), vec![0.0; 5]);
+}
