@@ -135,6 +135,19 @@ impl Optimizer {
         }
     }
 
+    /// The state as named per-parameter views (`optimizer.m.<param>`,
+    /// `optimizer.v.<param>`), for checkpoints: independent of the arena's padding.
+    pub fn state(&self, arena: &ParamArena) -> Vec<(String, Tensor)> {
+        let mut named = Vec::with_capacity(2 * arena.params.len());
+        for (label, buf) in [("m", &self.m), ("v", &self.v)] {
+            for p in &arena.params {
+                let offset = p.value.offset() - arena.values.offset();
+                named.push((format!("optimizer.{label}.{}", p.name), buf.view(offset, p.value.shape())));
+            }
+        }
+        named
+    }
+
     /// Update every parameter from its gradient with learning rate `lr`.
     pub fn step(&mut self, gpu: &Gpu, enc: &mut Encoder, arena: &ParamArena, lr: f32) {
         self.steps += 1;
