@@ -4,6 +4,7 @@
 //! the tape-level function that records the backward on a
 //! [`Step`](crate::tape::Step); `mod reference` in plain Rust (f64); tests.
 
+pub mod bias_add;
 pub mod elementwise;
 pub mod reduce;
 pub mod relu;
