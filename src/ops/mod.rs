@@ -5,6 +5,7 @@
 //! [`Step`](crate::tape::Step); `mod reference` in plain Rust (f64); tests.
 
 pub mod bias_add;
+pub mod concat;
 pub mod elementwise;
 pub mod reduce;
 pub mod relu;
