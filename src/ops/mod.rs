@@ -7,5 +7,6 @@
 pub mod bias_add;
 pub mod concat;
 pub mod elementwise;
+pub mod maxpool2d;
 pub mod reduce;
 pub mod relu;
