@@ -10,9 +10,11 @@
 // group 0:  0 uniform Params {planes N*C, h H, w W, ho H/2, wo W/2}
 //   maxpool2d_forward : 1 read x    2 read_write y    3 read_write argmax (u32)
 //   maxpool2d_backward: 2 read_write dx   4 read argmax (u32)   5 read dy
-// 256 threads a group, one output (forward) or input (backward) element each; the
-// dispatch folds the group count into x and y, so the index is id.x + id.y * stride.
-override WG: u32 = 256u;
+// 16x16 threads a group, one output (forward) or input (backward) pixel each, and
+// one plane (n, c) per z: a 3-D grid needs no integer division to find a thread's
+// pixel (costly on CPU drivers), and a square tile keeps neighbouring rows in cache.
+override TX: u32 = 16u;
+override TY: u32 = 16u;
 
 struct Params { planes: u32, h: u32, w: u32, ho: u32, wo: u32 }
 
@@ -23,15 +25,13 @@ struct Params { planes: u32, h: u32, w: u32, ho: u32, wo: u32 }
 @group(0) @binding(4) var<storage, read> argmax_in: array<u32>;
 @group(0) @binding(5) var<storage, read> dy: array<f32>;
 
-@compute @workgroup_size(WG)
-fn maxpool2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let o = id.x + id.y * groups.x * WG;
-    let out_plane = p.ho * p.wo;
-    if o >= p.planes * out_plane { return; } // the last group overhangs
-    let plane = o / out_plane;
-    let r = o - plane * out_plane;
-    let i = r / p.wo;
-    let j = r - i * p.wo;
+// Thread (j, i, plane): output pixel (i, j) of plane n*C + c.
+@compute @workgroup_size(TX, TY)
+fn maxpool2d_forward(@builtin(global_invocation_id) id: vec3<u32>) {
+    let j = id.x;
+    let i = id.y;
+    let plane = id.z;
+    if j >= p.wo || i >= p.ho { return; } // edge tiles overhang
     let base = plane * p.h * p.w;
     var best_at = 2u * i * p.w + 2u * j;
     var best = x[base + best_at];
@@ -44,24 +44,25 @@ fn maxpool2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_
             best_at = others[k];
         }
     }
+    let o = (plane * p.ho + i) * p.wo + j;
     dst[o] = best;
     argmax_out[o] = best_at;
 }
 
-// dst = dx (accumulated into).
-@compute @workgroup_size(WG)
-fn maxpool2d_backward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let e = id.x + id.y * groups.x * WG;
-    let in_plane = p.h * p.w;
-    if e >= p.planes * in_plane { return; }
-    let plane = e / in_plane;
-    let r = e - plane * in_plane;
-    let i = (r / p.w) / 2u;
-    let j = (r % p.w) / 2u;
-    if i >= p.ho || j >= p.wo { return; } // the dropped last row or column of an odd H or W
+// Thread (w, h, plane): input pixel (h, w) of plane n*C + c. dst = dx (accumulated into).
+@compute @workgroup_size(TX, TY)
+fn maxpool2d_backward(@builtin(global_invocation_id) id: vec3<u32>) {
+    let w = id.x;
+    let h = id.y;
+    let plane = id.z;
+    let i = h / 2u;
+    let j = w / 2u;
+    // Edge tiles overhang; with odd H or W the last row or column is in no window.
+    if w >= p.w || h >= p.h || i >= p.ho || j >= p.wo { return; }
     let o = (plane * p.ho + i) * p.wo + j;
+    let r = h * p.w + w;
     // forward: y = x[argmax]  =>  dx[argmax] += dy
     if argmax_in[o] == r {
-        dst[e] += dy[o];
+        dst[plane * p.h * p.w + r] += dy[o];
     }
 }

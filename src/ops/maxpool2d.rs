@@ -10,13 +10,14 @@
 //! winner, else nothing. It runs in gather form, one thread per dx element
 //! checking the argmax of its one window, so it needs no atomics.
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::gpu::{Encoder, Gpu, Shader};
 use crate::shader;
 use crate::tape::Step;
 use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("maxpool2d");
-const WG: u32 = 256;
+/// Threads of a workgroup along w and h (one plane per workgroup in z).
+const TILE: [u32; 2] = [16, 16];
 
 /// Mirrors `Params` in `shaders/maxpool2d.wgsl`.
 #[repr(C)]
@@ -37,7 +38,17 @@ pub fn pooled_shape(x: &Tensor) -> [usize; 4] {
 
 fn params(x_shape: [usize; 4]) -> Params {
     let [n, c, h, w] = x_shape;
+    assert!(n * c <= 65535, "maxpool2d: {x_shape:?} has more than 65535 planes (one dispatch row each)");
     Params { planes: (n * c) as u32, h: h as u32, w: w as u32, ho: (h / 2) as u32, wo: (w / 2) as u32 }
+}
+
+/// Workgroups for one thread per pixel of `[rows, cols]` in each of `planes` planes.
+fn groups(planes: u32, rows: u32, cols: u32) -> [u32; 3] {
+    [cols.div_ceil(TILE[0]).max(1), rows.div_ceil(TILE[1]).max(1), planes.max(1)]
+}
+
+fn constants() -> [(&'static str, f64); 2] {
+    [("TX", TILE[0] as f64), ("TY", TILE[1] as f64)]
 }
 
 /// `y = 2x2 max of x`, `argmax` = winner's index within its input plane.
@@ -51,9 +62,9 @@ pub fn maxpool2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, y: &Tensor, a
         y.shape(),
         argmax.shape()
     );
-    let kernel = gpu.kernel(&SHADER, "maxpool2d_forward", &[("WG", WG as f64)]);
-    let params = params(x.dims4("maxpool2d x"));
-    gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, y), (3, argmax)], groups_1d(y.len(), WG));
+    let kernel = gpu.kernel(&SHADER, "maxpool2d_forward", &constants());
+    let p = params(x.dims4("maxpool2d x"));
+    gpu.dispatch(enc, &kernel, &p, &[(1, x), (2, y), (3, argmax)], groups(p.planes, p.ho, p.wo));
 }
 
 /// `dx[winner] += dy`. argmax, dy: `[N,C,H/2,W/2]` (argmax u32, from the forward);
@@ -67,9 +78,9 @@ pub fn maxpool2d_backward(gpu: &Gpu, enc: &mut Encoder, argmax: &Tensor, dy: &Te
         dy.shape(),
         argmax.shape()
     );
-    let kernel = gpu.kernel(&SHADER, "maxpool2d_backward", &[("WG", WG as f64)]);
-    let params = params(dx.dims4("maxpool2d dx"));
-    gpu.dispatch(enc, &kernel, &params, &[(2, dx), (4, argmax), (5, dy)], groups_1d(dx.len(), WG));
+    let kernel = gpu.kernel(&SHADER, "maxpool2d_backward", &constants());
+    let p = params(dx.dims4("maxpool2d dx"));
+    gpu.dispatch(enc, &kernel, &p, &[(2, dx), (4, argmax), (5, dy)], groups(p.planes, p.h, p.w));
 }
 
 /// 2x2 max pooling on the tape. x: `[N,C,H,W]` -> `[N,C,H/2,W/2]`. The argmax

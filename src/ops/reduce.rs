@@ -6,7 +6,7 @@
 //! - `sum_per_channel`: `y[c] = sum_{n,h,w} x[n,c,h,w]`, backward `dx[n,c,h,w] += dy[c]`
 //!
 //! All three are one kernel on x viewed as `[N, C, L]` (a full sum is `N = C = 1`).
-//! The reduction is a tree: each pass turns every 2048 consecutive elements of a
+//! The reduction is a tree: each pass turns every 8192 consecutive elements of a
 //! channel into one partial sum (a workgroup tree in workgroup memory, see
 //! `shaders/reduce.wgsl`), writing the partials to a pooled scratch tensor, and
 //! passes repeat until one value per channel is left. No atomics, a fixed order:
@@ -22,7 +22,7 @@ use crate::tensor::Tensor;
 const SHADER: Shader = shader!("reduce");
 const WG: u32 = 256;
 /// Elements each thread adds before the workgroup tree.
-const ITEMS: u32 = 8;
+const ITEMS: u32 = 32;
 /// Elements of one channel that one workgroup turns into one partial sum.
 const CHUNK: usize = (WG * ITEMS) as usize;
 
@@ -247,8 +247,8 @@ mod tests {
     #[test]
     fn sum_and_mean_match_reference_on_odd_shapes() {
         let gpu = gpu();
-        // 2049 and 70001 overhang a 2048-element chunk; 70001 needs two passes.
-        for (seed, len) in [(3, 1), (4, 2 * 3 * 5 * 7), (5, 2049), (6, 70001)] {
+        // 8193 and 70001 overhang an 8192-element chunk and need two passes.
+        for (seed, len) in [(3, 1), (4, 2 * 3 * 5 * 7), (5, 8193), (6, 70001)] {
             let x = data(seed, len, 0.25);
             let dy = random_vec(seed + 100, 2);
             let (dx0, dx1) = (random_vec(seed + 200, len), random_vec(seed + 300, len));
@@ -276,8 +276,8 @@ mod tests {
     #[test]
     fn sum_per_channel_matches_reference_on_odd_shapes() {
         let gpu = gpu();
-        // [2,3,40,30]: 2400 elements a channel, two partials, a second pass.
-        for (seed, dims) in [(7, [1, 1, 1, 1]), (8, [2, 3, 5, 7]), (9, [1, 5, 3, 1]), (10, [2, 3, 40, 30])] {
+        // [2,3,70,60]: 8400 elements a channel, two partials, a second pass.
+        for (seed, dims) in [(7, [1, 1, 1, 1]), (8, [2, 3, 5, 7]), (9, [1, 5, 3, 1]), (10, [2, 3, 70, 60])] {
             let len: usize = dims.iter().product();
             let x = data(seed, len, 0.0);
             let dy = random_vec(seed + 100, dims[1]);
@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn large_sums_are_accurate_and_identical_run_to_run() {
-        // More than 2048 * 2048 elements: three passes. Positive values, so that a
+        // 4.2 million elements: two passes. Positive values, so that a
         // running f32 sum would be visibly off (its error grows with the length).
         let gpu = gpu();
         let len = 4 * 16 * 256 * 256 + 12345;
@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(first.to_bits(), second.to_bits(), "sum differs between runs: {first} vs {second}");
         assert_close_f32("large sum", &[first], &[reference::sum_forward(&to_f64(&x))], 1e-4);
 
-        // Per channel over 4 x 16 channels of 256 x 256: two passes.
+        // Per channel over 4 x 16 channels of 256 x 256: two passes (32 partials a channel).
         let dims = [4, 16, 256, 256];
         let x4 = &x[..dims.iter().product::<usize>()];
         let x4t = gpu.upload(x4, &dims);
