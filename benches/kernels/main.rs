@@ -10,6 +10,11 @@
 use unet_wgpu::bench::Bench;
 use unet_wgpu::{Gpu, GpuOptions};
 
+mod bias_add;
+mod concat;
+mod elementwise;
+mod maxpool2d;
+mod reduce;
 mod relu;
 
 fn main() -> anyhow::Result<()> {
@@ -20,6 +25,11 @@ fn main() -> anyhow::Result<()> {
     let mut bench = Bench::new(&gpu, &filter, reps);
     println!("{}", bench.header());
     relu::run(&mut bench);
+    maxpool2d::run(&mut bench);
+    bias_add::run(&mut bench);
+    concat::run(&mut bench);
+    elementwise::run(&mut bench);
+    reduce::run(&mut bench);
     Ok(())
 }
 

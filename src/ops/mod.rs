@@ -4,4 +4,9 @@
 //! the tape-level function that records the backward on a
 //! [`Step`](crate::tape::Step); `mod reference` in plain Rust (f64); tests.
 
+pub mod bias_add;
+pub mod concat;
+pub mod elementwise;
+pub mod maxpool2d;
+pub mod reduce;
 pub mod relu;

@@ -1,0 +1,188 @@
+//! Channel concatenation, for U-Net skip connections:
+//! a `[N,C1,H,W]`, b `[N,C2,H,W]` -> y `[N,C1+C2,H,W]`, `y[:, :C1] = a`, `y[:, C1:] = b`.
+//! Backward splits dy: `da += dy[:, :C1]`, `db += dy[:, C1:]`.
+//!
+//! For now the forward copies both inputs into a fresh concat buffer (two
+//! dispatches, one per part). A later optimisation may have the producer of a
+//! part (the up-convolution) write its output straight into its channel slice
+//! of the concat buffer and skip that copy.
+
+use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::shader;
+use crate::tape::Step;
+use crate::tensor::Tensor;
+
+const SHADER: Shader = shader!("concat");
+const WG: u32 = 256;
+
+/// Mirrors `Params` in `shaders/concat.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    len: u32,
+    part: u32,
+    total: u32,
+    plane: u32,
+    offset: u32,
+}
+
+/// Params for moving `part` `[N,Cp,H,W]` to or from channels `offset..offset+Cp`
+/// of `whole` `[N,Ct,H,W]`.
+fn part_params(what: &str, part: &Tensor, whole: &Tensor, offset: usize) -> Params {
+    let [n, cp, h, w] = part.dims4(what);
+    let [nt, ct, ht, wt] = whole.dims4(what);
+    assert!(
+        n == nt && h == ht && w == wt && offset + cp <= ct,
+        "{what}: part {:?} does not fit at channel {offset} of {:?}",
+        part.shape(),
+        whole.shape()
+    );
+    Params { len: part.len() as u32, part: cp as u32, total: ct as u32, plane: (h * w) as u32, offset: offset as u32 }
+}
+
+/// `y = [a, b]` along channels. a: `[N,C1,H,W]`; b: `[N,C2,H,W]`; y: `[N,C1+C2,H,W]`.
+pub fn concat_forward(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, y: &Tensor) {
+    let [_, c1, _, _] = a.dims4("concat a");
+    let [_, c2, _, _] = b.dims4("concat b");
+    assert_eq!(y.dims4("concat y")[1], c1 + c2, "concat: a {:?} b {:?} y {:?}", a.shape(), b.shape(), y.shape());
+    let kernel = gpu.kernel(&SHADER, "concat_forward", &[("WG", WG as f64)]);
+    for (part, offset) in [(a, 0), (b, c1)] {
+        let params = part_params("concat", part, y, offset);
+        gpu.dispatch(enc, &kernel, &params, &[(1, part), (2, y)], groups_1d(part.len(), WG));
+    }
+}
+
+/// `dpart += dy[:, offset..offset+Cp]`. dy: `[N,Ct,H,W]`; dpart: `[N,Cp,H,W]`.
+fn backward_part(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, dpart: &Tensor, offset: usize) {
+    let kernel = gpu.kernel(&SHADER, "concat_backward", &[("WG", WG as f64)]);
+    let params = part_params("concat backward", dpart, dy, offset);
+    gpu.dispatch(enc, &kernel, &params, &[(2, dpart), (3, dy)], groups_1d(dpart.len(), WG));
+}
+
+/// `da += dy[:, :C1]`. dy: `[N,C1+C2,H,W]`; da: `[N,C1,H,W]`.
+pub fn concat_backward_a(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, da: &Tensor) {
+    backward_part(gpu, enc, dy, da, 0);
+}
+
+/// `db += dy[:, C1:]`. dy: `[N,C1+C2,H,W]`; db: `[N,C2,H,W]` (C1 follows from the two).
+pub fn concat_backward_b(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, db: &Tensor) {
+    let (ct, c2) = (dy.dims4("concat dy")[1], db.dims4("concat db")[1]);
+    assert!(c2 <= ct, "concat backward: db {:?} has more channels than dy {:?}", db.shape(), dy.shape());
+    backward_part(gpu, enc, dy, db, ct - c2);
+}
+
+/// Channel concatenation on the tape. a: `[N,C1,H,W]`; b: `[N,C2,H,W]` -> `[N,C1+C2,H,W]`.
+pub fn concat(step: &mut Step, a: &Tensor, b: &Tensor) -> Tensor {
+    let [n, c1, h, w] = a.dims4("concat a");
+    let [_, c2, _, _] = b.dims4("concat b");
+    let y = step.output(&[n, c1 + c2, h, w], &[a, b]);
+    concat_forward(step.gpu, &mut step.enc, a, b, &y);
+    let (a, b) = (a.clone(), b.clone());
+    step.record("concat", &y, move |ctx, dy| {
+        if let Some(da) = ctx.grad(&a) {
+            concat_backward_a(ctx.gpu, ctx.enc, dy, &da);
+        }
+        if let Some(db) = ctx.grad(&b) {
+            concat_backward_b(ctx.gpu, ctx.enc, dy, &db);
+        }
+    });
+    y
+}
+
+/// Plain-Rust concatenation, the contract the shader is tested against.
+pub mod reference {
+    /// `y = [a, b]` along channels; `c1`, `c2` the channels of a and b, `[n, h, w]` shared.
+    pub fn concat_forward(a: &[f64], b: &[f64], n: usize, c1: usize, c2: usize, plane: usize) -> Vec<f64> {
+        let mut y = Vec::with_capacity(a.len() + b.len());
+        for i in 0..n {
+            y.extend_from_slice(&a[i * c1 * plane..(i + 1) * c1 * plane]);
+            y.extend_from_slice(&b[i * c2 * plane..(i + 1) * c2 * plane]);
+        }
+        y
+    }
+
+    /// `(da, db)`: dy split along channels (not accumulated).
+    pub fn concat_backward(dy: &[f64], n: usize, c1: usize, c2: usize, plane: usize) -> (Vec<f64>, Vec<f64>) {
+        let (mut da, mut db) = (Vec::new(), Vec::new());
+        for image in dy.chunks(((c1 + c2) * plane).max(1)).take(n) {
+            da.extend_from_slice(&image[..c1 * plane]);
+            db.extend_from_slice(&image[c1 * plane..]);
+        }
+        (da, db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, assert_close_f32, dot, gpu, numeric_grad, random_vec, to_f64};
+
+    fn plus(start: &[f32], grad: &[f64]) -> Vec<f64> {
+        start.iter().zip(grad).map(|(&s, g)| s as f64 + g).collect()
+    }
+
+    #[test]
+    fn reference_backward_matches_finite_differences() {
+        let (n, c1, c2, plane) = (2, 3, 2, 5 * 7);
+        let a = to_f64(&random_vec(1, n * c1 * plane));
+        let b = to_f64(&random_vec(2, n * c2 * plane));
+        let r = to_f64(&random_vec(3, n * (c1 + c2) * plane));
+        let (da, db) = reference::concat_backward(&r, n, c1, c2, plane);
+        let g = numeric_grad(|a| dot(&r, &reference::concat_forward(a, &b, n, c1, c2, plane)), &a, 1e-6);
+        assert_close("concat da", &da, &g, 1e-6);
+        let g = numeric_grad(|b| dot(&r, &reference::concat_forward(&a, b, n, c1, c2, plane)), &b, 1e-6);
+        assert_close("concat db", &db, &g, 1e-6);
+    }
+
+    #[test]
+    fn gpu_matches_reference_on_odd_shapes() {
+        let gpu = gpu();
+        // (n, c1, c2, h, w)
+        for (seed, (n, c1, c2, h, w)) in
+            [(4, (1, 1, 1, 1, 1)), (5, (2, 3, 2, 5, 7)), (6, (2, 5, 3, 17, 15)), (7, (1, 1, 4, 3, 1))]
+        {
+            let plane = h * w;
+            let (sa, sb, sy) = ([n, c1, h, w], [n, c2, h, w], [n, c1 + c2, h, w]);
+            let (a, b) = (random_vec(seed, n * c1 * plane), random_vec(seed + 100, n * c2 * plane));
+            let dy = random_vec(seed + 200, n * (c1 + c2) * plane);
+            let (da0, db0) = (random_vec(seed + 300, a.len()), random_vec(seed + 400, b.len()));
+            let (at, bt, dyt) = (gpu.upload(&a, &sa), gpu.upload(&b, &sb), gpu.upload(&dy, &sy));
+            let (dat, dbt) = (gpu.upload(&da0, &sa), gpu.upload(&db0, &sb));
+            let y = gpu.empty(&sy);
+            let mut enc = gpu.encoder();
+            concat_forward(gpu, &mut enc, &at, &bt, &y);
+            concat_backward_a(gpu, &mut enc, &dyt, &dat);
+            concat_backward_b(gpu, &mut enc, &dyt, &dbt);
+            gpu.submit(enc);
+
+            let want = reference::concat_forward(&to_f64(&a), &to_f64(&b), n, c1, c2, plane);
+            assert_close_f32(&format!("concat y {sy:?}"), &gpu.read(&y), &want, 1e-4);
+            let (da, db) = reference::concat_backward(&to_f64(&dy), n, c1, c2, plane);
+            assert_close_f32(&format!("concat da {sa:?}"), &gpu.read(&dat), &plus(&da0, &da), 1e-3);
+            assert_close_f32(&format!("concat db {sb:?}"), &gpu.read(&dbt), &plus(&db0, &db), 1e-3);
+        }
+    }
+
+    #[test]
+    fn tape_gradients_match_reference() {
+        let gpu = gpu();
+        let (n, c1, c2, h, w) = (2, 3, 2, 5, 7);
+        let plane = h * w;
+        let (a, b) = (random_vec(8, n * c1 * plane), random_vec(9, n * c2 * plane));
+        let dy = random_vec(10, n * (c1 + c2) * plane);
+        let at = gpu.upload(&a, &[n, c1, h, w]).with_grad();
+        let bt = gpu.upload(&b, &[n, c2, h, w]).with_grad();
+        let mut step = Step::train(gpu);
+        let y = concat(&mut step, &at, &bt);
+        assert_eq!(y.shape(), [n, c1 + c2, h, w]);
+        let grads = step.backward(vec![(y.clone(), gpu.upload(&dy, y.shape()))]);
+        let (da, db) = (grads.get(&at).unwrap().clone(), grads.get(&bt).unwrap().clone());
+        step.submit();
+
+        let want = reference::concat_forward(&to_f64(&a), &to_f64(&b), n, c1, c2, plane);
+        assert_close_f32("tape y", &gpu.read(&y), &want, 1e-4);
+        let (want_da, want_db) = reference::concat_backward(&to_f64(&dy), n, c1, c2, plane);
+        assert_close_f32("tape da", &gpu.read(&da), &want_da, 1e-3);
+        assert_close_f32("tape db", &gpu.read(&db), &want_db, 1e-3);
+    }
+}
