@@ -10,6 +10,7 @@
 use unet_wgpu::bench::Bench;
 use unet_wgpu::{Gpu, GpuOptions};
 
+mod batchnorm2d;
 mod dropout;
 mod relu;
 mod softmax;
@@ -22,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     let mut bench = Bench::new(&gpu, &filter, reps);
     println!("{}", bench.header());
     relu::run(&mut bench);
+    batchnorm2d::run(&mut bench);
     dropout::run(&mut bench);
     softmax::run(&mut bench);
     Ok(())

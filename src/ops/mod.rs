@@ -4,6 +4,7 @@
 //! the tape-level function that records the backward on a
 //! [`Step`](crate::tape::Step); `mod reference` in plain Rust (f64); tests.
 
+pub mod batchnorm2d;
 pub mod dropout;
 pub mod relu;
 pub mod softmax;
