@@ -15,7 +15,10 @@ mod concat;
 mod elementwise;
 mod maxpool2d;
 mod reduce;
+mod batchnorm2d;
+mod dropout;
 mod relu;
+mod softmax;
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; the first other argument filters by name.
@@ -30,6 +33,9 @@ fn main() -> anyhow::Result<()> {
     concat::run(&mut bench);
     elementwise::run(&mut bench);
     reduce::run(&mut bench);
+    batchnorm2d::run(&mut bench);
+    dropout::run(&mut bench);
+    softmax::run(&mut bench);
     Ok(())
 }
 

@@ -9,4 +9,7 @@ pub mod concat;
 pub mod elementwise;
 pub mod maxpool2d;
 pub mod reduce;
+pub mod batchnorm2d;
+pub mod dropout;
 pub mod relu;
+pub mod softmax;

@@ -1,0 +1,54 @@
+//! Batch normalisation: statistics (a two-pass per-channel reduction), the
+//! normalisation, and the training backward. Memory-bound (GB/s).
+
+use unet_wgpu::bench::Bench;
+use unet_wgpu::ops::batchnorm2d::{batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_stats, reference};
+use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
+use unet_wgpu::Mode;
+
+use crate::{shape_str, UNET_LEVELS};
+
+pub fn run(b: &mut Bench) {
+    if !b.wants("batchnorm") {
+        return;
+    }
+    let gpu = b.gpu;
+    // Correctness first, on an odd shape whose channels split into several chunks.
+    let dims = [2, 3, 67, 129];
+    let x: Vec<f32> = random_vec(1, dims.iter().product()).iter().map(|v| 100.0 + v).collect();
+    let xt = gpu.upload(&x, &dims);
+    let (rm, rv, mean, invstd) =
+        (gpu.upload(&[0.0; 3], &[3]), gpu.upload(&[1.0; 3], &[3]), gpu.empty(&[3]), gpu.empty(&[3]));
+    let (gamma, beta, y) = (gpu.upload(&[1.0; 3], &[3]), gpu.upload(&[0.0; 3], &[3]), gpu.empty(&dims));
+    let mut enc = gpu.encoder();
+    batchnorm2d_stats(gpu, &mut enc, &xt, &rm, &rv, &mean, &invstd);
+    batchnorm2d_forward(gpu, &mut enc, &xt, &mean, &invstd, &gamma, &beta, &y);
+    gpu.submit(enc);
+    let want = reference::batchnorm2d_forward_train(&to_f64(&x), &[1.0; 3], &[0.0; 3], dims);
+    assert_close_f32("batchnorm2d", &gpu.read(&y), &want, 1e-4);
+
+    for shape in UNET_LEVELS {
+        let (n, c) = (shape.iter().product(), [shape[1]]);
+        let x = gpu.upload(&random_vec(2, n), &shape);
+        let dy = gpu.upload(&random_vec(3, n), &shape);
+        let (y, dx) = (gpu.empty(&shape), gpu.empty(&shape));
+        let ones = vec![1.0; c[0]];
+        let (gamma, beta, rm, rv) =
+            (gpu.upload(&ones, &c), gpu.upload(&ones, &c), gpu.upload(&ones, &c), gpu.upload(&ones, &c));
+        let (mean, invstd, dgamma, dbeta) = (gpu.empty(&c), gpu.empty(&c), gpu.empty(&c), gpu.empty(&c));
+        let bytes = 4.0 * n as f64;
+        // Statistics read x once; the normalisation reads x and writes y; the
+        // backward reads x and dy for the channel sums, then x and dy again and
+        // dx twice (it accumulates).
+        b.case("batchnorm2d_stats", &shape_str(&shape), None, Some(bytes), |gpu, enc| {
+            batchnorm2d_stats(gpu, enc, &x, &rm, &rv, &mean, &invstd)
+        });
+        b.case("batchnorm2d_forward", &shape_str(&shape), None, Some(2.0 * bytes), |gpu, enc| {
+            batchnorm2d_forward(gpu, enc, &x, &mean, &invstd, &gamma, &beta, &y)
+        });
+        b.case("batchnorm2d_backward", &shape_str(&shape), None, Some(6.0 * bytes), |gpu, enc| {
+            let grads = (Some(&dx), Some(&dgamma), Some(&dbeta));
+            batchnorm2d_backward(gpu, enc, Mode::Train, &x, &dy, &mean, &invstd, &gamma, grads.0, grads.1, grads.2)
+        });
+    }
+}

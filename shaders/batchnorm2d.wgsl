@@ -1,0 +1,248 @@
+// batchnorm2d.wgsl: 2-D batch normalisation over NCHW (statistics per channel c over
+// its M = N*H*W values), forward and backward, with deterministic tree reductions.
+//   statistics (training): mean_c = sum x / M,  var_c = sum (x - mean_c)^2 / M  (biased),
+//     invstd_c = 1 / sqrt(var_c + eps); running_mean = (1-momentum) running_mean + momentum mean,
+//     running_var = (1-momentum) running_var + momentum var * M / (M - 1)   (unbiased, as PyTorch)
+//   statistics (evaluation): mean_c = running_mean_c, invstd_c = 1 / sqrt(running_var_c + eps)
+//   forward : xhat = (x - mean_c) * invstd_c,   y = gamma_c * xhat + beta_c
+//   backward (training, the statistics depend on x):
+//     dx += gamma_c invstd_c / M * (M dy - sum(dy) - xhat sum(dy xhat)),
+//     dgamma_c += sum(dy xhat),  dbeta_c += sum(dy)
+//   backward (evaluation, constant statistics): dx += dy gamma_c invstd_c
+// Variance is never E[x^2] - E[x]^2 (which cancels catastrophically when |mean| >> std):
+// each thread runs Welford's update over its values, and partial (count, mean, M2)
+// triples merge with Chan's formula, exact in real arithmetic and stable in floats:
+//   n = na + nb,  d = mean_b - mean_a,  mean = mean_a + d nb / n,  M2 = M2a + M2b + d^2 na nb / n
+//
+// Reductions run in two passes so that a channel with a large M (262144 at the top U-Net
+// level, where there are only 16 channels) spreads over many workgroups:
+//   pass 1 (`*_partial`): workgroup (s, c) reduces chunk s (values s*chunk .. (s+1)*chunk
+//     of channel c in (n, h, w) order) to one partial; threads stride by WG through the
+//     chunk (coalesced loads), then a shared-memory tree merges the WG threads' results.
+//   pass 2 (`*_final`): one workgroup per channel merges its `splits` <= WG partials with
+//     the same tree. Every merge happens in a fixed order: results are bit-for-bit
+//     repeatable, with no atomics.
+// Entry points and their bindings (group 0; 0 is always the uniform Params
+// {n, c, hw, splits, chunk, momentum, eps, which}):
+//   batchnorm_stats_partial       1 x                                  9 partial (3 per split)
+//   batchnorm_stats_final         5 mean 6 invstd 7 running_mean 8 running_var 9 partial
+//   batchnorm_stats_running       5 mean 6 invstd 7 running_mean 8 running_var
+//   batchnorm_forward             1 x 3 gamma 4 beta 5 mean 6 invstd   11 y
+//   batchnorm_backward_partial    1 x 2 dy 5 mean 6 invstd             9 partial (2 per split)
+//   batchnorm_backward_final      9 partial                            10 sums [sum dy | sum dy xhat]
+//   batchnorm_backward_data       1 x 2 dy 3 gamma 5 mean 6 invstd 10 sums   11 dx
+//   batchnorm_backward_data_eval  2 dy 3 gamma 6 invstd                11 dx
+//   batchnorm_backward_param      10 sums                              11 dgamma | dbeta
+// WG = 256 threads (a power of two, for the tree): enough values per thread in pass 1
+// to hide latency, and one thread per partial in pass 2. Elementwise entry points use
+// one thread per element (group count folded into x and y as in relu.wgsl); the
+// per-channel ones (running, param) one thread per channel.
+override WG: u32 = 256u;
+
+struct Params {
+    n: u32,
+    c: u32,
+    hw: u32,
+    splits: u32,    // partials per channel (pass-1 workgroups along x)
+    chunk: u32,     // values of a channel per partial
+    momentum: f32,
+    eps: f32,
+    which: u32,     // batchnorm_backward_param: 0 adds sum dy (dbeta), 1 sum dy xhat (dgamma)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read> gamma: array<f32>;
+@group(0) @binding(4) var<storage, read> beta: array<f32>;
+@group(0) @binding(5) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(6) var<storage, read_write> invstd: array<f32>;
+@group(0) @binding(7) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(8) var<storage, read_write> running_var: array<f32>;
+@group(0) @binding(9) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(10) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(11) var<storage, read_write> out: array<f32>;
+
+// Welford/Chan triples (count, mean, M2) and plain sums share this scratch.
+var<workgroup> t0: array<f32, WG>;
+var<workgroup> t1: array<f32, WG>;
+var<workgroup> t2: array<f32, WG>;
+
+// Index in x of value m (in (n, h, w) order) of channel c.
+fn at(c: u32, m: u32) -> u32 {
+    let n = m / p.hw;
+    return (n * p.c + c) * p.hw + (m - n * p.hw);
+}
+
+// Chan's merge of triple b into triple a (slots i and j of the scratch), into slot i.
+fn merge(i: u32, j: u32) {
+    let na = t0[i];
+    let nb = t0[j];
+    let n = na + nb;
+    if nb == 0.0 { return; } // also covers n == 0: nothing to divide
+    let d = t1[j] - t1[i];
+    let f = nb / n;
+    t0[i] = n;
+    t1[i] += d * f;
+    t2[i] += t2[j] + d * d * na * f;
+}
+
+// Tree over the WG slots of t0..t2 (merge of triples when `triples`, else sums of
+// t0 and t1); the result lands in slot 0. Same order every run.
+fn tree(t: u32, triples: bool) {
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if t < stride {
+            if triples {
+                merge(t, t + stride);
+            } else {
+                t0[t] += t0[t + stride];
+                t1[t] += t1[t + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let s = wid.x;
+    let c = wid.y;
+    let start = s * p.chunk;
+    let end = min(start + p.chunk, p.n * p.hw);
+    // Welford over this thread's values of the chunk.
+    var count = 0.0;
+    var mu = 0.0;
+    var m2 = 0.0;
+    for (var m = start + t; m < end; m += WG) {
+        let v = x[at(c, m)];
+        count += 1.0;
+        let d = v - mu;
+        mu += d / count;
+        m2 += d * (v - mu);
+    }
+    t0[t] = count;
+    t1[t] = mu;
+    t2[t] = m2;
+    tree(t, true);
+    if t == 0u {
+        let k = 3u * (c * p.splits + s);
+        partial[k] = t0[0];
+        partial[k + 1u] = t1[0];
+        partial[k + 2u] = t2[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_stats_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let c = wid.x;
+    if t < p.splits {
+        let k = 3u * (c * p.splits + t);
+        t0[t] = partial[k];
+        t1[t] = partial[k + 1u];
+        t2[t] = partial[k + 2u];
+    } else {
+        t0[t] = 0.0;
+        t1[t] = 0.0;
+        t2[t] = 0.0;
+    }
+    tree(t, true);
+    if t == 0u {
+        let count = f32(p.n * p.hw);
+        let var_biased = t2[0] / count;
+        mean[c] = t1[0];
+        invstd[c] = 1.0 / sqrt(var_biased + p.eps);
+        // The host refuses M = 1 in training (as PyTorch does): M - 1 > 0 here.
+        let var_unbiased = t2[0] / (count - 1.0);
+        running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * t1[0];
+        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * var_unbiased;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_stats_running(@builtin(global_invocation_id) id: vec3<u32>) {
+    let c = id.x;
+    if c >= p.c { return; }
+    mean[c] = running_mean[c];
+    invstd[c] = 1.0 / sqrt(running_var[c] + p.eps);
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = id.x + id.y * groups.x * WG;
+    if i >= p.n * p.c * p.hw { return; } // the last group overhangs
+    let c = (i / p.hw) % p.c;
+    out[i] = (x[i] - mean[c]) * (invstd[c] * gamma[c]) + beta[c];
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let s = wid.x;
+    let c = wid.y;
+    let start = s * p.chunk;
+    let end = min(start + p.chunk, p.n * p.hw);
+    let mu = mean[c];
+    let r = invstd[c];
+    var sum_dy = 0.0;
+    var sum_dy_xhat = 0.0;
+    for (var m = start + t; m < end; m += WG) {
+        let k = at(c, m);
+        sum_dy += dy[k];
+        sum_dy_xhat += dy[k] * (x[k] - mu) * r;
+    }
+    t0[t] = sum_dy;
+    t1[t] = sum_dy_xhat;
+    tree(t, false);
+    if t == 0u {
+        let k = 2u * (c * p.splits + s);
+        partial[k] = t0[0];
+        partial[k + 1u] = t1[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let c = wid.x;
+    if t < p.splits {
+        let k = 2u * (c * p.splits + t);
+        t0[t] = partial[k];
+        t1[t] = partial[k + 1u];
+    } else {
+        t0[t] = 0.0;
+        t1[t] = 0.0;
+    }
+    tree(t, false);
+    if t == 0u {
+        sums[c] = t0[0];
+        sums[p.c + c] = t1[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = id.x + id.y * groups.x * WG;
+    if i >= p.n * p.c * p.hw { return; }
+    let c = (i / p.hw) % p.c;
+    let inv_m = 1.0 / f32(p.n * p.hw);
+    let xhat = (x[i] - mean[c]) * invstd[c];
+    // forward: y = gamma (x - mean(x)) / sqrt(var(x) + eps) + beta, with mean and var
+    // over the channel's M values  =>  dx += gamma invstd / M (M dy - sum dy - xhat sum dy xhat)
+    out[i] += gamma[c] * invstd[c] * (dy[i] - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_data_eval(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = id.x + id.y * groups.x * WG;
+    if i >= p.n * p.c * p.hw { return; }
+    let c = (i / p.hw) % p.c;
+    // forward: y = gamma (x - running_mean) invstd + beta  =>  dx += dy gamma invstd
+    out[i] += dy[i] * gamma[c] * invstd[c];
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_param(@builtin(global_invocation_id) id: vec3<u32>) {
+    let c = id.x;
+    if c >= p.c { return; }
+    // forward: y = gamma xhat + beta  =>  dgamma += sum dy xhat,  dbeta += sum dy
+    out[c] += sums[p.which * p.c + c];
+}
