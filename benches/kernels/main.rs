@@ -11,6 +11,7 @@ use unet_wgpu::bench::Bench;
 use unet_wgpu::{Gpu, GpuOptions};
 
 mod relu;
+mod upsample;
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; the first other argument filters by name.
@@ -20,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     let mut bench = Bench::new(&gpu, &filter, reps);
     println!("{}", bench.header());
     relu::run(&mut bench);
+    upsample::run(&mut bench);
     Ok(())
 }
 

@@ -5,3 +5,4 @@
 //! [`Step`](crate::tape::Step); `mod reference` in plain Rust (f64); tests.
 
 pub mod relu;
+pub mod upsample;
