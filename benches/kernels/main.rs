@@ -10,6 +10,7 @@
 use unet_wgpu::bench::Bench;
 use unet_wgpu::{Gpu, GpuOptions};
 
+mod conv_transpose2d;
 mod relu;
 mod upsample;
 
@@ -20,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     let reps = std::env::var("BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut bench = Bench::new(&gpu, &filter, reps);
     println!("{}", bench.header());
+    conv_transpose2d::run(&mut bench);
     relu::run(&mut bench);
     upsample::run(&mut bench);
     Ok(())

@@ -4,5 +4,6 @@
 //! the tape-level function that records the backward on a
 //! [`Step`](crate::tape::Step); `mod reference` in plain Rust (f64); tests.
 
+pub mod conv_transpose2d;
 pub mod relu;
 pub mod upsample;
