@@ -19,6 +19,9 @@ mod batchnorm2d;
 mod dropout;
 mod relu;
 mod softmax;
+mod conv_transpose2d;
+mod relu;
+mod upsample;
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; the first other argument filters by name.
@@ -27,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     let reps = std::env::var("BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut bench = Bench::new(&gpu, &filter, reps);
     println!("{}", bench.header());
+    conv_transpose2d::run(&mut bench);
     relu::run(&mut bench);
     maxpool2d::run(&mut bench);
     bias_add::run(&mut bench);
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     batchnorm2d::run(&mut bench);
     dropout::run(&mut bench);
     softmax::run(&mut bench);
+    upsample::run(&mut bench);
     Ok(())
 }
 

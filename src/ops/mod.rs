@@ -13,3 +13,6 @@ pub mod batchnorm2d;
 pub mod dropout;
 pub mod relu;
 pub mod softmax;
+pub mod conv_transpose2d;
+pub mod relu;
+pub mod upsample;

@@ -1,0 +1,233 @@
+// conv_transpose2d.wgsl: 2x2 transposed convolution with stride 2 (the U-Net's up-convolution).
+//   x [N,I,H,W], w [I,O,2,2] (PyTorch layout), b [O], y [N,O,2H,2W]; ab = 2a + b indexes the tap.
+//   forward      : y[n,o,2i+a,2j+b] = b[o] + sum_c x[n,c,i,j] w[c,o,a,b]
+//   backward_data: dx[n,c,i,j] += sum_{o,a,b} dy[n,o,2i+a,2j+b] w[c,o,a,b]
+//   backward_weight: dw[c,o,a,b] += sum_{n,i,j} x[n,c,i,j] dy[n,o,2i+a,2j+b];  db[o] += sum dy[n,o,..]
+// The windows do not overlap, so each is a plain GEMM over the pixels (n,i,j):
+//   forward : Y[(o,ab), px] = W^T[(o,ab), c] X[c, px]      (reduce over I)
+//   data    : DX[c, px]     = W[c, (o,ab)] DY[(o,ab), px]   (reduce over 4*O)
+//   weight  : DW[c, (o,ab)] = X[c, px] DY[(o,ab), px]^T     (reduce over N*H*W, split-K)
+// The four taps of one (c,o) are adjacent in w, so w is read as vec4 (ab = x,y,z,w); the taps
+// (a, b=0..1) of one dy/y row are adjacent, so dy and y are read and written as vec2 (one
+// vec2 per input column j: row 2i+a of plane (n,o) is vec2 index ((n*O + o)*2H + 2i + a)*W + j).
+//
+// group 0:  0 uniform Params (below)
+//   1 read x [N,I,H,W]        2 read w [I,O,2,2] as vec4   3 read b [O] (forward, when has_bias)
+//   4 read_write y as vec2    5 read dy as vec2            6 read_write dx [N,I,H,W]
+//   7 read_write partial: split-K partial sums, [slices, I, O, 4] (weight) or [slices, O] (bias)
+//   8 read_write dst: dw or db, accumulated into by the final fixed-order sum over slices
+//
+// Tiling. Every thread keeps a block of outputs in registers and has no barriers (on lavapipe a
+// barrier costs far more than the arithmetic it would save with workgroup memory).
+// - forward / data: lanes run along the pixels of one image, so neighbouring lanes read
+//   neighbouring x / dy addresses; the group's channel tile (from workgroup_id) is the same for
+//   every lane, so the weight loads are uniform (one scalar load, broadcast, on lavapipe).
+//   Each thread: PX pixels (WG apart) x TO output channels x 4 taps (forward), or
+//   PX pixels x TC input channels (data).
+// - weight: thread g owns a TC x TO x 4 block of dw and one slice s of the reduction: the pixels
+//   k = s, s + S, s + 2S, ... (S = slices). Consecutive threads are consecutive slices, so their
+//   loads are contiguous. Each writes its block to `partial`; conv_transpose2d_sum_partials then
+//   adds the S partial sums in slice order: deterministic, no float atomics.
+override WG: u32 = 64u;
+const PX: u32 = 2u; // pixels per thread (forward, data)
+const TO: u32 = 4u; // output channels per thread (forward, weight)
+const TC: u32 = 4u; // input channels per thread (data, weight)
+
+struct Params {
+    n: u32, ci: u32, co: u32, h: u32, w: u32,
+    has_bias: u32,
+    // Split-K of the weight gradient: `slices` threads share one block; the pixel index k of
+    // a slice advances by `slices` = step_n images + step_i rows + step_j columns each iteration.
+    slices: u32, step_n: u32, step_i: u32, step_j: u32,
+    // Elements of dst (sum_partials).
+    len: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read> dy: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(7) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dst: array<f32>;
+
+// groups: (ceil(H*W / (WG*PX)), ceil(O / TO), N)
+@compute @workgroup_size(WG)
+fn conv_transpose2d_forward(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let hw = p.h * p.w;
+    let n = group.z;
+    let o0 = group.y * TO;
+    // Overhanging pixels and channels compute on clamped (valid) indices and are not stored,
+    // which keeps the inner loop free of branches.
+    var px: array<u32, PX>;
+    var x_at: array<u32, PX>;
+    for (var t = 0u; t < PX; t++) {
+        px[t] = group.x * WG * PX + t * WG + lid.x;
+        x_at[t] = n * p.ci * hw + min(px[t], hw - 1u);
+    }
+    var w_at: array<u32, TO>;
+    var acc: array<vec4<f32>, PX * TO>; // acc[t * TO + oo] holds the 4 taps
+    for (var oo = 0u; oo < TO; oo++) {
+        let o = min(o0 + oo, p.co - 1u);
+        w_at[oo] = o;
+        let b0 = select(0.0, bias[o], p.has_bias != 0u);
+        for (var t = 0u; t < PX; t++) { acc[t * TO + oo] = vec4(b0); }
+    }
+    for (var c = 0u; c < p.ci; c++) {
+        var xv: array<f32, PX>;
+        for (var t = 0u; t < PX; t++) { xv[t] = x[x_at[t] + c * hw]; }
+        for (var oo = 0u; oo < TO; oo++) {
+            let wv = w[c * p.co + w_at[oo]];
+            for (var t = 0u; t < PX; t++) { acc[t * TO + oo] = fma(vec4(xv[t]), wv, acc[t * TO + oo]); }
+        }
+    }
+    for (var t = 0u; t < PX; t++) {
+        if px[t] >= hw { continue; }
+        let i = px[t] / p.w;
+        let j = px[t] % p.w;
+        for (var oo = 0u; oo < TO; oo++) {
+            let o = o0 + oo;
+            if o >= p.co { continue; }
+            let at = ((n * p.co + o) * 2u * p.h + 2u * i) * p.w + j;
+            let v = acc[t * TO + oo];
+            y[at] = v.xy; // row 2i:   taps (0,0), (0,1)
+            y[at + p.w] = v.zw; // row 2i+1: taps (1,0), (1,1)
+        }
+    }
+}
+
+// groups: (ceil(H*W / (WG*PX)), ceil(I / TC), N)
+@compute @workgroup_size(WG)
+fn conv_transpose2d_backward_data(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let hw = p.h * p.w;
+    let n = group.z;
+    let c0 = group.y * TC;
+    var px: array<u32, PX>;
+    var dy_at: array<u32, PX>; // vec2 index of (n, o = 0, row 2i, column pair j)
+    for (var t = 0u; t < PX; t++) {
+        px[t] = group.x * WG * PX + t * WG + lid.x;
+        let q = min(px[t], hw - 1u);
+        dy_at[t] = n * p.co * 2u * hw + 2u * (q / p.w) * p.w + q % p.w;
+    }
+    var w_at: array<u32, TC>;
+    for (var cc = 0u; cc < TC; cc++) { w_at[cc] = min(c0 + cc, p.ci - 1u) * p.co; }
+    // forward: y[n,o,2i+a,2j+b] += x[n,c,i,j] w[c,o,a,b]  =>  dx[n,c,i,j] += sum_{o,ab} dy w
+    var acc: array<vec4<f32>, PX * TC>; // summed over the 4 taps at the end
+    for (var o = 0u; o < p.co; o++) {
+        var d: array<vec4<f32>, PX>;
+        for (var t = 0u; t < PX; t++) {
+            let at = dy_at[t] + o * 2u * hw;
+            d[t] = vec4(dy[at], dy[at + p.w]);
+        }
+        for (var cc = 0u; cc < TC; cc++) {
+            let wv = w[w_at[cc] + o];
+            for (var t = 0u; t < PX; t++) { acc[t * TC + cc] = fma(wv, d[t], acc[t * TC + cc]); }
+        }
+    }
+    for (var t = 0u; t < PX; t++) {
+        if px[t] >= hw { continue; }
+        for (var cc = 0u; cc < TC; cc++) {
+            let c = c0 + cc;
+            if c >= p.ci { continue; }
+            let v = acc[t * TC + cc];
+            dx[(n * p.ci + c) * hw + px[t]] += (v.x + v.y) + (v.z + v.w);
+        }
+    }
+}
+
+// The pixel (n, i, j) a slice starts at, and its advance by p.slices pixels (with carries).
+struct Pixel { n: u32, i: u32, j: u32 }
+
+fn first_pixel(k: u32) -> Pixel {
+    let hw = p.h * p.w;
+    return Pixel(k / hw, (k % hw) / p.w, k % p.w);
+}
+
+fn next_pixel(q: Pixel) -> Pixel {
+    var r = Pixel(q.n + p.step_n, q.i + p.step_i, q.j + p.step_j);
+    if r.j >= p.w { r.j -= p.w; r.i += 1u; }
+    if r.i >= p.h { r.i -= p.h; r.n += 1u; }
+    return r;
+}
+
+// groups: groups_1d(slices * ceil(I/TC) * ceil(O/TO)); thread g = s + slices * (tc + tiles_c * to).
+@compute @workgroup_size(WG)
+fn conv_transpose2d_backward_weight_partial(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let g = id.x + id.y * groups.x * WG;
+    let tiles_c = (p.ci + TC - 1u) / TC;
+    let tiles_o = (p.co + TO - 1u) / TO;
+    if g >= p.slices * tiles_c * tiles_o { return; }
+    let s = g % p.slices;
+    let tile = g / p.slices;
+    let c0 = (tile % tiles_c) * TC;
+    let o0 = (tile / tiles_c) * TO;
+    let hw = p.h * p.w;
+    // Offsets of the block's channels (clamped: overhanging ones are computed, never stored).
+    var x_ch: array<u32, TC>;
+    for (var cc = 0u; cc < TC; cc++) { x_ch[cc] = min(c0 + cc, p.ci - 1u) * hw; }
+    var dy_ch: array<u32, TO>;
+    for (var oo = 0u; oo < TO; oo++) { dy_ch[oo] = min(o0 + oo, p.co - 1u) * 2u * hw; }
+
+    // forward: y[n,o,2i+a,2j+b] += x[n,c,i,j] w[c,o,a,b]  =>  dw[c,o,a,b] += sum_{n,i,j} x dy
+    var acc: array<vec4<f32>, TC * TO>;
+    let total = p.n * hw;
+    var q = first_pixel(s);
+    for (var k = s; k < total; k += p.slices) {
+        let x_at = q.n * p.ci * hw + q.i * p.w + q.j;
+        let dy_at = q.n * p.co * 2u * hw + 2u * q.i * p.w + q.j;
+        var xv: array<f32, TC>;
+        for (var cc = 0u; cc < TC; cc++) { xv[cc] = x[x_at + x_ch[cc]]; }
+        for (var oo = 0u; oo < TO; oo++) {
+            let d = vec4(dy[dy_at + dy_ch[oo]], dy[dy_at + dy_ch[oo] + p.w]);
+            for (var cc = 0u; cc < TC; cc++) { acc[cc * TO + oo] = fma(vec4(xv[cc]), d, acc[cc * TO + oo]); }
+        }
+        q = next_pixel(q);
+    }
+    let block = p.ci * p.co * 4u;
+    for (var cc = 0u; cc < TC; cc++) {
+        let c = c0 + cc;
+        if c >= p.ci { break; }
+        for (var oo = 0u; oo < TO; oo++) {
+            let o = o0 + oo;
+            if o >= p.co { break; }
+            let at = s * block + (c * p.co + o) * 4u;
+            let v = acc[cc * TO + oo];
+            partial[at] = v.x;
+            partial[at + 1u] = v.y;
+            partial[at + 2u] = v.z;
+            partial[at + 3u] = v.w;
+        }
+    }
+}
+
+// groups: groups_1d(slices * O); thread g = s + slices * o.
+@compute @workgroup_size(WG)
+fn conv_transpose2d_backward_bias_partial(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let g = id.x + id.y * groups.x * WG;
+    if g >= p.slices * p.co { return; }
+    let s = g % p.slices;
+    let o = g / p.slices;
+    let hw = p.h * p.w;
+    // forward: y[n,o,..] = b[o] + ...  =>  db[o] += sum over n and all 4HW outputs of dy[n,o,..]
+    var acc = vec4(0.0);
+    let total = p.n * hw;
+    var q = first_pixel(s);
+    for (var k = s; k < total; k += p.slices) {
+        let at = (q.n * p.co + o) * 2u * hw + 2u * q.i * p.w + q.j;
+        acc += vec4(dy[at], dy[at + p.w]);
+        q = next_pixel(q);
+    }
+    partial[s * p.co + o] = (acc.x + acc.y) + (acc.z + acc.w);
+}
+
+// dst[e] += sum_{s < slices} partial[s * len + e], in slice order. groups: groups_1d(len).
+@compute @workgroup_size(WG)
+fn conv_transpose2d_sum_partials(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let e = id.x + id.y * groups.x * WG;
+    if e >= p.len { return; }
+    var sum = 0.0;
+    for (var s = 0u; s < p.slices; s++) { sum += partial[s * p.len + e]; }
+    dst[e] += sum;
+}
