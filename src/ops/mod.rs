@@ -11,6 +11,7 @@ pub mod maxpool2d;
 pub mod reduce;
 pub mod batchnorm2d;
 pub mod dropout;
+pub mod conv2d;
 pub mod relu;
 pub mod softmax;
 pub mod conv_transpose2d;

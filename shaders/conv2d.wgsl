@@ -1,0 +1,436 @@
+// conv2d.wgsl: 2-D convolution (cross-correlation, as PyTorch), NCHW, weights OIHW, as implicit GEMM.
+//   forward        : y[n,o,oh,ow] = b[o] + sum_{i,kh,kw} w[o,i,kh,kw] * x[n,i,oh*SH-ph+kh, ow*SW-pw+kw]
+//                    (x outside the image reads as 0: zero padding)
+//   backward data  : dx[n,i,ih,iw] += sum_{o,kh,kw} w[o,i,kh,kw] * dy[n,o,oh,ow]
+//                    over the (kh,kw) with ih+ph-kh = oh*SH and iw+pw-kw = ow*SW, 0 <= oh < OH, 0 <= ow < OW
+//                    (gather form: one thread owns a tile of dx; dy is read as if dilated by the stride)
+//   backward weight: dw[o,i,kh,kw] += sum_{n,oh,ow} dy[n,o,oh,ow] * x[n,i,oh*SH-ph+kh, ow*SW-pw+kw]
+//                    db[o]         += sum_{n,oh,ow} dy[n,o,oh,ow]
+//                    split-K: pass 1 writes one partial sum per chunk of dy rows into `part`,
+//                    pass 2 adds the partials in chunk order (deterministic, no atomics).
+// As a GEMM: forward M = O, N = N*OH*OW, K = I*KH*KW; backward data M = I, N = N*H*W, K = O*KH*KW;
+// backward weight M = O, N = I*KH*KW, K = N*OH*OW. None of them builds the im2col matrix: operands
+// are read from x / dy through the index maps above.
+//
+// group 0 (every entry point uses a subset):
+//   0 uniform Params   1 read x | dy (the "image" operand)   2 read w   3 read b
+//   4 read_write y | dx   5 read dy (backward weight)   6 read_write part (split-K scratch)
+//   7 read_write dw   8 read_write db
+//
+// Two tilings:
+// * register tiles (default, `*_forward`, `*_backward_data`, `*_backward_weight`): no workgroup
+//   memory and no barriers. A thread owns TM output channels x RH output rows x 4 output columns
+//   (one vec4 per channel and row), loads the input window those outputs need once per input
+//   channel, and reuses each loaded value across all TM channels and all kernel taps that touch
+//   it. On lavapipe (CPU SIMD across invocations) every load of a storage buffer is a per-lane
+//   loop and a barrier is a coroutine switch, so the FMA-per-load ratio of register tiles is
+//   what sets the speed. The loops run over override constants, so the driver unrolls them and
+//   the private arrays live in registers.
+// * workgroup tiles (`conv2d_forward_shared`): the classic GPU GEMM. A workgroup of TX*TY threads
+//   computes a BM x BN block (BM = TY*SM output channels, BN = TX*SN output pixels), stepping
+//   through K in slices of BK: the whole group copies a BM x BK slice of w and a BK x BN slice of
+//   the virtual im2col matrix into workgroup memory, then each thread multiplies SM x SN outputs
+//   out of it. Many threads share each global load, which is what a real GPU needs.
+
+// Register tiling.
+override WG: u32 = 64u; // threads a workgroup (1-D over output tiles)
+override TM: u32 = 8u; // output channels a thread (<= 16)
+override RH: u32 = 2u; // output rows a thread (<= 4); columns are always 4 (one vec4)
+// The kernel and stride are pipeline constants: every tap loop has a fixed trip count.
+override KH: u32 = 3u;
+override KW: u32 = 3u;
+override SH: u32 = 1u;
+override SW: u32 = 1u;
+// Backward weight: input channels a thread (TM output channels x TI input channels x KH x KW taps).
+override TI: u32 = 2u;
+
+// Bounds of the private arrays (WGSL wants constant sizes; the Rust side asserts the tiling fits).
+const MAX_ACC: u32 = 64u; // TM * RH vec4 accumulators
+const WIN: u32 = 32u; // stride between rows of an input window, >= its width
+const MAX_WIN: u32 = 256u; // window rows * WIN
+const MAX_WACC: u32 = 288u; // TM * TI * KH * KW scalar accumulators (backward weight)
+const MAX_XWIN: u32 = 128u; // TI * KH * KW window values (backward weight)
+
+struct Params {
+    n: u32,
+    ci: u32, // I
+    h: u32,
+    w: u32,
+    co: u32, // O
+    oh: u32,
+    ow: u32,
+    ph: u32, // padding, rows
+    pw: u32, // padding, columns
+    tiles_w: u32, // column tiles of the thread's output (4 columns each)
+    tiles_h: u32, // row tiles (RH rows each)
+    tiles: u32, // n * tiles_h * tiles_w (backward weight: o-blocks * i-blocks)
+    chunks: u32, // backward weight: number of K chunks
+    rows_per_chunk: u32, // backward weight: dy rows (n, oh) a chunk
+    len: u32, // reduce passes: elements of dw (or db)
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> part: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(8) var<storage, read_write> db: array<f32>;
+
+// Accumulators of the register-tiled forward / backward-data (acc[m * RH + r] holds 4 columns).
+var<private> acc: array<vec4<f32>, MAX_ACC>;
+var<private> win: array<f32, MAX_WIN>;
+
+// src[plane + r * cols + c] for (r, c) inside [0,rows) x [0,cols), else 0 (padding). The index is
+// clamped before the read so no lane ever reads outside the buffer.
+fn read_padded(plane: u32, r: i32, c: i32, rows: u32, cols: u32) -> f32 {
+    let inside = r >= 0 && c >= 0 && u32(r) < rows && u32(c) < cols;
+    let idx = select(0u, plane + u32(r) * cols + u32(c), inside);
+    return select(0.0, src[idx], inside);
+}
+
+// Which output tile this thread owns: (n, first row, first column); the tile index is clamped so
+// threads past the end compute a duplicate tile and skip the store.
+fn tile_origin(t: u32) -> vec3<u32> {
+    let tile = min(t, p.tiles - 1u);
+    let tw = tile % p.tiles_w;
+    let th = (tile / p.tiles_w) % p.tiles_h;
+    return vec3<u32>(tile / (p.tiles_w * p.tiles_h), th * RH, tw * 4u);
+}
+
+// Shared by conv2d_forward and conv2d_forward_nobias: fills `acc` for output channels
+// o0 .. o0+TM of the tile at `org` = (n, oh0, ow0).
+fn forward_tile(org: vec3<u32>, o0: u32) {
+    let xr = (RH - 1u) * SH + KH; // input rows the tile reads
+    let xc = 3u * SW + KW; // input columns the tile reads
+    let ih0 = i32(org.y * SH) - i32(p.ph);
+    let iw0 = i32(org.z * SW) - i32(p.pw);
+    let taps = KH * KW;
+    for (var i = 0u; i < p.ci; i++) {
+        let plane = (org.x * p.ci + i) * p.h * p.w;
+        for (var r = 0u; r < xr; r++) {
+            for (var c = 0u; c < xc; c++) {
+                win[r * WIN + c] = read_padded(plane, ih0 + i32(r), iw0 + i32(c), p.h, p.w);
+            }
+        }
+        for (var kh = 0u; kh < KH; kh++) {
+            for (var kw = 0u; kw < KW; kw++) {
+                var wv: array<f32, 16>;
+                for (var m = 0u; m < TM; m++) {
+                    // Channels past O read channel O-1; their results are never stored.
+                    let o = min(o0 + m, p.co - 1u);
+                    wv[m] = wt[(o * p.ci + i) * taps + kh * KW + kw];
+                }
+                for (var r = 0u; r < RH; r++) {
+                    let base = (r * SH + kh) * WIN + kw;
+                    let xv = vec4<f32>(win[base], win[base + SW], win[base + 2u * SW], win[base + 3u * SW]);
+                    for (var m = 0u; m < TM; m++) {
+                        acc[m * RH + r] = fma(vec4<f32>(wv[m]), xv, acc[m * RH + r]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Write (or, with `add`, accumulate) the tile in `acc` plus `b` into dst[n, c0+m, row0+r, col0+t],
+// of a [.., channels, rows, cols] tensor; edge tiles store only their in-range part.
+fn store_tile(org: vec3<u32>, c0: u32, channels: u32, rows: u32, cols: u32, valid: bool, b: array<f32, 16>, add: bool) {
+    if !valid { return; }
+    for (var m = 0u; m < TM; m++) {
+        let c = c0 + m;
+        if c >= channels { break; }
+        for (var r = 0u; r < RH; r++) {
+            let row = org.y + r;
+            if row >= rows { break; }
+            let v = acc[m * RH + r] + vec4<f32>(b[m]);
+            let base = ((org.x * channels + c) * rows + row) * cols + org.z;
+            for (var t = 0u; t < 4u; t++) {
+                if org.z + t < cols {
+                    if add {
+                        dst[base + t] += v[t];
+                    } else {
+                        dst[base + t] = v[t];
+                    }
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let org = tile_origin(id.x);
+    let o0 = wid.y * TM;
+    forward_tile(org, o0);
+    var b: array<f32, 16>;
+    for (var m = 0u; m < TM; m++) {
+        b[m] = bias[min(o0 + m, p.co - 1u)];
+    }
+    store_tile(org, o0, p.co, p.oh, p.ow, id.x < p.tiles, b, false);
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_forward_nobias(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let org = tile_origin(id.x);
+    let o0 = wid.y * TM;
+    forward_tile(org, o0);
+    var b: array<f32, 16>;
+    store_tile(org, o0, p.co, p.oh, p.ow, id.x < p.tiles, b, false);
+}
+
+// dx tile: input channels i0 .. i0+TM, rows org.y .. +RH, columns org.z .. +4 of image org.x.
+// Here src = dy and the tile dimensions (tiles_w, tiles_h) count dx tiles.
+@compute @workgroup_size(WG)
+fn conv2d_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let org = tile_origin(id.x);
+    let i0 = wid.y * TM;
+    // forward: y[oh,ow] += w[o,i,kh,kw] * x[oh*SH-ph+kh, ow*SW-pw+kw]
+    //   =>  dx[ih,iw] += w[o,i,kh,kw] * dy[oh,ow]  where oh*SH = ih+ph-kh, ow*SW = iw+pw-kw.
+    // Window row q holds dy "row numerator" ih0+ph-(KH-1)+q (q = r - kh + KH-1), which names a real
+    // dy row only when divisible by SH; column c likewise. Non-rows read as 0.
+    let qr = RH + KH - 1u;
+    let qc = 3u + KW;
+    let num_h = i32(org.y + p.ph) - i32(KH - 1u);
+    let num_w = i32(org.z + p.pw) - i32(KW - 1u);
+    let taps = KH * KW;
+    for (var o = 0u; o < p.co; o++) {
+        let plane = (org.x * p.co + o) * p.oh * p.ow;
+        for (var q = 0u; q < qr; q++) {
+            let nh = num_h + i32(q);
+            for (var c = 0u; c < qc; c++) {
+                let nw = num_w + i32(c);
+                // i32 % keeps the sign: a negative numerator is never a multiple here, and
+                // read_padded rejects negative rows anyway.
+                let on_grid = nh % i32(SH) == 0 && nw % i32(SW) == 0;
+                let v = read_padded(plane, nh / i32(SH), nw / i32(SW), p.oh, p.ow);
+                win[q * WIN + c] = select(0.0, v, on_grid && nh >= 0 && nw >= 0);
+            }
+        }
+        for (var kh = 0u; kh < KH; kh++) {
+            for (var kw = 0u; kw < KW; kw++) {
+                var wv: array<f32, 16>;
+                for (var m = 0u; m < TM; m++) {
+                    let i = min(i0 + m, p.ci - 1u);
+                    wv[m] = wt[(o * p.ci + i) * taps + kh * KW + kw];
+                }
+                for (var r = 0u; r < RH; r++) {
+                    let base = (r + KH - 1u - kh) * WIN + KW - 1u - kw;
+                    let dv = vec4<f32>(win[base], win[base + 1u], win[base + 2u], win[base + 3u]);
+                    for (var m = 0u; m < TM; m++) {
+                        acc[m * RH + r] = fma(vec4<f32>(wv[m]), dv, acc[m * RH + r]);
+                    }
+                }
+            }
+        }
+    }
+    var zero: array<f32, 16>;
+    store_tile(org, i0, p.ci, p.h, p.w, id.x < p.tiles, zero, true);
+}
+
+// Backward weight, pass 1. Thread = (tile of TM output channels x TI input channels, chunk of dy
+// rows). It walks its rows pixel by pixel: TM loads of dy and (stride 1) TI*KH new loads of x per
+// pixel, TM*TI*KH*KW FMAs. part[chunk, o, i, kh, kw] = its sum; part[chunks*O*I*KH*KW + chunk*O + o]
+// = the chunk's sum of dy (the bias gradient), written by the threads of input block 0.
+var<private> wacc: array<f32, MAX_WACC>;
+var<private> xwin: array<f32, MAX_XWIN>;
+
+@compute @workgroup_size(WG)
+fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let g = id.x + id.y * groups.x * WG;
+    let valid = g < p.tiles * p.chunks;
+    let gc = min(g, p.tiles * p.chunks - 1u);
+    let tile = gc % p.tiles;
+    let chunk = gc / p.tiles;
+    let o_blocks = (p.co + TM - 1u) / TM;
+    let o0 = (tile % o_blocks) * TM;
+    let i0 = (tile / o_blocks) * TI;
+    let taps = KH * KW;
+    let rows = p.n * p.oh;
+    var dbacc: array<f32, 16>;
+    for (var rr = 0u; rr < p.rows_per_chunk; rr++) {
+        let row_raw = chunk * p.rows_per_chunk + rr;
+        // Chunks past the last row run on a clamped row with dy scaled by 0, so every lane runs the
+        // same trip count.
+        let live = select(0.0, 1.0, row_raw < rows);
+        let row = min(row_raw, rows - 1u);
+        let n = row / p.oh;
+        let oh = row % p.oh;
+        let ih0 = i32(oh * SH) - i32(p.ph);
+        // Start the window at ow = 0: columns -pw .. -pw+KW-2 (the first step loads the last one).
+        for (var ii = 0u; ii < TI; ii++) {
+            let i = min(i0 + ii, p.ci - 1u);
+            let plane = (n * p.ci + i) * p.h * p.w;
+            for (var kh = 0u; kh < KH; kh++) {
+                for (var kw = 0u; kw + 1u < KW; kw++) {
+                    xwin[(ii * KH + kh) * KW + kw + 1u] =
+                        read_padded(plane, ih0 + i32(kh), i32(kw) - i32(p.pw), p.h, p.w);
+                }
+            }
+        }
+        for (var ow = 0u; ow < p.ow; ow++) {
+            var dv: array<f32, 16>;
+            for (var m = 0u; m < TM; m++) {
+                let o = min(o0 + m, p.co - 1u);
+                dv[m] = live * dy[((n * p.co + o) * p.oh + oh) * p.ow + ow];
+                dbacc[m] += dv[m];
+            }
+            let iw0 = i32(ow * SW) - i32(p.pw);
+            for (var ii = 0u; ii < TI; ii++) {
+                let i = min(i0 + ii, p.ci - 1u);
+                let plane = (n * p.ci + i) * p.h * p.w;
+                for (var kh = 0u; kh < KH; kh++) {
+                    let wbase = (ii * KH + kh) * KW;
+                    if SW == 1u {
+                        // Stride 1: the window slides by one column; keep KW-1 values, load one.
+                        for (var kw = 0u; kw + 1u < KW; kw++) {
+                            xwin[wbase + kw] = xwin[wbase + kw + 1u];
+                        }
+                        xwin[wbase + KW - 1u] = read_padded(plane, ih0 + i32(kh), iw0 + i32(KW - 1u), p.h, p.w);
+                    } else {
+                        for (var kw = 0u; kw < KW; kw++) {
+                            xwin[wbase + kw] = read_padded(plane, ih0 + i32(kh), iw0 + i32(kw), p.h, p.w);
+                        }
+                    }
+                }
+            }
+            // forward: y[o,oh,ow] += w[o,i,kh,kw] * x[i, ..]  =>  dw[o,i,kh,kw] += dy[o,oh,ow] * x[i, ..]
+            for (var m = 0u; m < TM; m++) {
+                for (var k = 0u; k < TI * taps; k++) {
+                    wacc[m * TI * taps + k] = fma(dv[m], xwin[k], wacc[m * TI * taps + k]);
+                }
+            }
+        }
+    }
+    if !valid { return; }
+    let len = p.co * p.ci * taps;
+    for (var m = 0u; m < TM; m++) {
+        let o = o0 + m;
+        if o >= p.co { break; }
+        for (var ii = 0u; ii < TI; ii++) {
+            let i = i0 + ii;
+            if i >= p.ci { break; }
+            for (var k = 0u; k < taps; k++) {
+                part[chunk * len + (o * p.ci + i) * taps + k] = wacc[(m * TI + ii) * taps + k];
+            }
+        }
+        if i0 == 0u {
+            part[p.chunks * len + chunk * p.co + o] = dbacc[m];
+        }
+    }
+}
+
+// Backward weight, pass 2: dw[e] += sum over chunks, in chunk order, of part[chunk, e].
+@compute @workgroup_size(WG)
+fn conv2d_reduce_dw(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let e = id.x + id.y * groups.x * WG;
+    if e >= p.len { return; }
+    var s = 0.0;
+    for (var c = 0u; c < p.chunks; c++) {
+        s += part[c * p.len + e];
+    }
+    dw[e] += s;
+}
+
+// db[o] += sum over chunks, in chunk order, of the chunk sums after the dw partials.
+@compute @workgroup_size(WG)
+fn conv2d_reduce_db(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let o = id.x + id.y * groups.x * WG;
+    if o >= p.co { return; }
+    let base = p.chunks * p.len; // p.len = O*I*KH*KW here too
+    var s = 0.0;
+    for (var c = 0u; c < p.chunks; c++) {
+        s += part[base + c * p.co + o];
+    }
+    db[o] += s;
+}
+
+// Workgroup tiling (forward).
+override TX: u32 = 16u; // threads along pixels
+override TY: u32 = 16u; // threads along output channels
+override SM: u32 = 4u; // output channels a thread (<= 8)
+override SN: u32 = 4u; // pixels a thread (<= 8)
+override BK: u32 = 16u; // K slice a step
+const MAX_TILE: u32 = 2048u; // BM*BK and BK*BN must fit
+
+var<workgroup> w_tile: array<f32, MAX_TILE>; // [BK][BM]
+var<workgroup> x_tile: array<f32, MAX_TILE>; // [BK][BN]
+
+@compute @workgroup_size(TX, TY)
+fn conv2d_forward_shared(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let bm = TY * SM;
+    let bn = TX * SN;
+    let o_base = wid.y * bm;
+    let p_base = wid.x * bn;
+    let taps = KH * KW;
+    let k_len = p.ci * taps;
+    let pixels = p.n * p.oh * p.ow;
+    let plane_out = p.oh * p.ow;
+    let tid = lid.y * TX + lid.x;
+    let threads = TX * TY;
+    var sacc: array<f32, 64>;
+    for (var k0 = 0u; k0 < k_len; k0 += BK) {
+        // Cooperative copy: thread tid fills elements tid, tid+threads, ... of each slice.
+        for (var e = tid; e < BK * bm; e += threads) {
+            let kk = e / bm;
+            let mm = e % bm;
+            let o = o_base + mm;
+            let k = k0 + kk;
+            let inside = o < p.co && k < k_len;
+            w_tile[e] = select(0.0, wt[select(0u, o * k_len + k, inside)], inside);
+        }
+        for (var e = tid; e < BK * bn; e += threads) {
+            let kk = e / bn;
+            let nn = e % bn;
+            let px = p_base + nn;
+            let k = k0 + kk;
+            // Virtual im2col element (k = (i, kh, kw), px = (n, oh, ow)).
+            let i = k / taps;
+            let kh = (k % taps) / KW;
+            let kw = k % KW;
+            let n = px / plane_out;
+            let oh = (px % plane_out) / p.ow;
+            let ow = px % p.ow;
+            let ih = i32(oh * SH + kh) - i32(p.ph);
+            let iw = i32(ow * SW + kw) - i32(p.pw);
+            let v = read_padded((n * p.ci + i) * p.h * p.w, ih, iw, p.h, p.w);
+            x_tile[e] = select(0.0, v, px < pixels && k < k_len);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var a: array<f32, 8>;
+            var bv: array<f32, 8>;
+            for (var m = 0u; m < SM; m++) {
+                a[m] = w_tile[kk * bm + lid.y + m * TY];
+            }
+            for (var j = 0u; j < SN; j++) {
+                bv[j] = x_tile[kk * bn + lid.x + j * TX];
+            }
+            for (var m = 0u; m < SM; m++) {
+                for (var j = 0u; j < SN; j++) {
+                    sacc[m * SN + j] = fma(a[m], bv[j], sacc[m * SN + j]);
+                }
+            }
+        }
+        workgroupBarrier(); // the next copy overwrites the tiles
+    }
+    // Thread (lid.x, lid.y) owns channels o_base + lid.y + m*TY and pixels p_base + lid.x + j*TX:
+    // strided so that neighbouring threads touch neighbouring pixels (coalesced stores).
+    for (var m = 0u; m < SM; m++) {
+        let o = o_base + lid.y + m * TY;
+        if o >= p.co { break; }
+        for (var j = 0u; j < SN; j++) {
+            let px = p_base + lid.x + j * TX;
+            if px >= pixels { break; }
+            let n = px / plane_out;
+            let rest = px % plane_out;
+            dst[(n * p.co + o) * plane_out + rest] = sacc[m * SN + j] + bias[o];
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! 2-D convolution (cross-correlation, as PyTorch's `Conv2d`), with zero padding and stride.
+//!
+//! Shapes: x `[N,I,H,W]`, w `[O,I,KH,KW]` (OIHW), optional bias b `[O]`,
+//! y `[N,O,OH,OW]` with `OH = (H + 2*ph - KH) / sh + 1` (likewise OW).
+//!
+//! ```text
+//! forward:         y[n,o,oh,ow] = b[o] + sum_{i,kh,kw} w[o,i,kh,kw] * x[n,i, oh*sh-ph+kh, ow*sw-pw+kw]
+//! backward data:   dx[n,i,ih,iw] += sum_{o,kh,kw} w[o,i,kh,kw] * dy[n,o,oh,ow]   (ih = oh*sh-ph+kh, ...)
+//! backward weight: dw[o,i,kh,kw] += sum_{n,oh,ow} dy[n,o,oh,ow] * x[n,i, oh*sh-ph+kh, ow*sw-pw+kw]
+//!                  db[o]         += sum_{n,oh,ow} dy[n,o,oh,ow]
+//! ```
+//!
+//! All three are implicit GEMMs (the im2col matrix is never stored): see `shaders/conv2d.wgsl`
+//! for the tilings. The default kernels tile in registers only (no workgroup memory, no
+//! barriers), which is what a CPU Vulkan driver runs fastest; [`conv2d_forward_shared`] is the
+//! workgroup-memory tiling a real GPU wants. The weight gradient is a GEMM with a huge K
+//! (`N*OH*OW`), so it is split into chunks whose partial sums go to a pooled scratch buffer
+//! and are then added in a fixed order: results are deterministic.
+
+use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::shader;
+use crate::tape::Step;
+use crate::tensor::Tensor;
+
+const SHADER: Shader = shader!("conv2d");
+
+/// Stride and zero padding of a convolution, per axis `[rows, columns]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Step between output pixels, in input pixels: `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Zeros added on each side of the input: `[ph, pw]`.
+    pub pad: [usize; 2],
+}
+
+impl Conv2d {
+    /// The same stride and padding on both axes (`Conv2d::new(1, 1)`: the 3x3 "same" conv).
+    pub fn new(stride: usize, pad: usize) -> Conv2d {
+        Conv2d { stride: [stride, stride], pad: [pad, pad] }
+    }
+
+    /// Output size `[OH, OW]` for an input of `[h, w]` and a kernel of `[kh, kw]`
+    /// (PyTorch's rule: `(h + 2*ph - kh) / sh + 1`). Panics when the kernel does not fit.
+    pub fn out_size(&self, [h, w]: [usize; 2], [kh, kw]: [usize; 2]) -> [usize; 2] {
+        assert!(self.stride[0] > 0 && self.stride[1] > 0, "conv2d: stride {:?} must be positive", self.stride);
+        assert!(
+            h + 2 * self.pad[0] >= kh && w + 2 * self.pad[1] >= kw,
+            "conv2d: kernel {kh}x{kw} larger than the padded input {}x{}",
+            h + 2 * self.pad[0],
+            w + 2 * self.pad[1]
+        );
+        [(h + 2 * self.pad[0] - kh) / self.stride[0] + 1, (w + 2 * self.pad[1] - kw) / self.stride[1] + 1]
+    }
+}
+
+/// Register tiling of the default kernels (the override constants of `shaders/conv2d.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiling {
+    /// Threads a workgroup.
+    pub wg: u32,
+    /// Output channels a thread (forward), input channels a thread (backward data); at most 16.
+    pub tm: u32,
+    /// Output rows a thread, each 4 columns wide; at most 4.
+    pub rh: u32,
+    /// Backward weight: output channels a thread (at most 16).
+    pub wm: u32,
+    /// Backward weight: input channels a thread.
+    pub ti: u32,
+}
+
+impl Default for Tiling {
+    fn default() -> Tiling {
+        Tiling { wg: 64, tm: 8, rh: 2, wm: 8, ti: 2 }
+    }
+}
+
+/// Workgroup-memory tiling of [`conv2d_forward_shared`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedTiling {
+    /// Threads along pixels.
+    pub tx: u32,
+    /// Threads along output channels.
+    pub ty: u32,
+    /// Output channels a thread (at most 8).
+    pub sm: u32,
+    /// Pixels a thread (at most 8).
+    pub sn: u32,
+    /// K slice a step; `bk * ty * sm` and `bk * tx * sn` at most 2048.
+    pub bk: u32,
+}
+
+impl Default for SharedTiling {
+    fn default() -> SharedTiling {
+        SharedTiling { tx: 16, ty: 16, sm: 4, sn: 4, bk: 8 }
+    }
+}
+
+// Bounds of the shader's private arrays (keep in step with `shaders/conv2d.wgsl`).
+const MAX_ACC: u32 = 64;
+const WIN: u32 = 32;
+const MAX_WIN: u32 = 256;
+const MAX_WACC: u32 = 288;
+const MAX_XWIN: u32 = 128;
+const MAX_TILE: u32 = 2048;
+
+/// Mirrors `Params` in `shaders/conv2d.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    ci: u32,
+    h: u32,
+    w: u32,
+    co: u32,
+    oh: u32,
+    ow: u32,
+    ph: u32,
+    pw: u32,
+    tiles_w: u32,
+    tiles_h: u32,
+    tiles: u32,
+    chunks: u32,
+    rows_per_chunk: u32,
+    len: u32,
+    _pad: u32,
+}
+
+/// The dimensions of one convolution, checked against each other.
+struct Dims {
+    x: [usize; 4],
+    w: [usize; 4],
+    y: [usize; 4],
+}
+
+fn dims(what: &str, x: &Tensor, w: &Tensor, y: &Tensor, p: &Conv2d) -> Dims {
+    let (xd, wd, yd) = (x.dims4("conv2d x"), w.dims4("conv2d w"), y.dims4("conv2d y"));
+    assert_eq!(xd[1], wd[1], "{what}: x {:?} has {} channels, w {:?} expects {}", xd, xd[1], wd, wd[1]);
+    let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
+    assert_eq!(yd, [xd[0], wd[0], oh, ow], "{what}: y {yd:?} for x {xd:?}, w {wd:?}, {p:?}");
+    Dims { x: xd, w: wd, y: yd }
+}
+
+impl Dims {
+    fn params(&self, p: &Conv2d) -> Params {
+        let [n, ci, h, w] = self.x.map(|v| v as u32);
+        Params {
+            n,
+            ci,
+            h,
+            w,
+            co: self.w[0] as u32,
+            oh: self.y[2] as u32,
+            ow: self.y[3] as u32,
+            ph: p.pad[0] as u32,
+            pw: p.pad[1] as u32,
+            ..Params::default()
+        }
+    }
+
+    fn kernel_constants(&self, p: &Conv2d) -> [(&'static str, f64); 4] {
+        [
+            ("KH", self.w[2] as f64),
+            ("KW", self.w[3] as f64),
+            ("SH", p.stride[0] as f64),
+            ("SW", p.stride[1] as f64),
+        ]
+    }
+}
+
+/// Rows a thread can own: the tiling's `rh`, lowered until the input window fits the shader's arrays.
+fn fit_rows(t: &Tiling, win_rows: impl Fn(u32) -> u32, win_cols: u32) -> u32 {
+    assert!(win_cols <= WIN, "conv2d: an input window {win_cols} columns wide exceeds {WIN}; kernel too wide");
+    let mut rh = t.rh.clamp(1, 4).min(MAX_ACC / t.tm);
+    while rh > 1 && win_rows(rh) * WIN > MAX_WIN {
+        rh -= 1;
+    }
+    assert!(win_rows(rh) * WIN <= MAX_WIN, "conv2d: an input window {} rows tall exceeds the shader's", win_rows(rh));
+    rh
+}
+
+fn register_constants(t: &Tiling, rh: u32) -> [(&'static str, f64); 3] {
+    assert!((1..=16).contains(&t.tm) && t.wg > 0, "conv2d: tiling {t:?} out of range");
+    [("WG", t.wg as f64), ("TM", t.tm as f64), ("RH", rh as f64)]
+}
+
+/// `y = conv(x, w) + b`. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
+pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor, p: Conv2d) {
+    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, &Tiling::default());
+}
+
+/// [`conv2d_forward`] with a chosen register tiling (benchmarks sweep it).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_tiled(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    p: Conv2d,
+    t: &Tiling,
+) {
+    let d = dims("conv2d forward", x, w, y, &p);
+    let (kh, kw, sh, sw) = (d.w[2] as u32, d.w[3] as u32, p.stride[0] as u32, p.stride[1] as u32);
+    let rh = fit_rows(t, |rh| (rh - 1) * sh + kh, 3 * sw + kw);
+    let mut params = d.params(&p);
+    params.tiles_w = params.ow.div_ceil(4);
+    params.tiles_h = params.oh.div_ceil(rh);
+    params.tiles = params.n * params.tiles_w * params.tiles_h;
+    let constants: Vec<_> = register_constants(t, rh).into_iter().chain(d.kernel_constants(&p)).collect();
+    let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(t.tm), 1];
+    match b {
+        Some(b) => {
+            assert_eq!(b.shape(), [d.w[0]], "conv2d forward: b {:?} for w {:?}", b.shape(), d.w);
+            let kernel = gpu.kernel(&SHADER, "conv2d_forward", &constants);
+            gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
+        }
+        None => {
+            let kernel = gpu.kernel(&SHADER, "conv2d_forward_nobias", &constants);
+            gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (4, y)], groups);
+        }
+    }
+}
+
+/// The forward with workgroup-memory tiles (the GPU-shaped variant; same contract as
+/// [`conv2d_forward`]). x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_shared(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    p: Conv2d,
+    t: &SharedTiling,
+) {
+    let d = dims("conv2d forward (shared)", x, w, y, &p);
+    let (bm, bn) = (t.ty * t.sm, t.tx * t.sn);
+    assert!(
+        t.sm <= 8 && t.sn <= 8 && t.bk * bm <= MAX_TILE && t.bk * bn <= MAX_TILE,
+        "conv2d: shared tiling {t:?} exceeds the shader's tiles"
+    );
+    let params = d.params(&p);
+    let zeros;
+    let b = match b {
+        Some(b) => {
+            assert_eq!(b.shape(), [d.w[0]], "conv2d forward: b {:?} for w {:?}", b.shape(), d.w);
+            b
+        }
+        None => {
+            zeros = gpu.zeros(enc, &[d.w[0]]);
+            &zeros
+        }
+    };
+    let constants: Vec<_> = [
+        ("TX", t.tx as f64),
+        ("TY", t.ty as f64),
+        ("SM", t.sm as f64),
+        ("SN", t.sn as f64),
+        ("BK", t.bk as f64),
+    ]
+    .into_iter()
+    .chain(d.kernel_constants(&p))
+    .collect();
+    let kernel = gpu.kernel(&SHADER, "conv2d_forward_shared", &constants);
+    let pixels = (d.y[0] * d.y[2] * d.y[3]) as u32;
+    let groups = [pixels.div_ceil(bn), params.co.div_ceil(bm), 1];
+    gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
+}
+
+/// `dx += conv2d_backward_data(dy, w)`. dy `[N,O,OH,OW]`, w `[O,I,KH,KW]`, dx `[N,I,H,W]`.
+pub fn conv2d_backward_data(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, w: &Tensor, dx: &Tensor, p: Conv2d) {
+    conv2d_backward_data_tiled(gpu, enc, dy, w, dx, p, &Tiling::default());
+}
+
+/// [`conv2d_backward_data`] with a chosen register tiling.
+pub fn conv2d_backward_data_tiled(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    p: Conv2d,
+    t: &Tiling,
+) {
+    let d = dims("conv2d backward data", dx, w, dy, &p);
+    let (kh, kw) = (d.w[2] as u32, d.w[3] as u32);
+    let rh = fit_rows(t, |rh| rh + kh - 1, 3 + kw);
+    let mut params = d.params(&p);
+    params.tiles_w = params.w.div_ceil(4);
+    params.tiles_h = params.h.div_ceil(rh);
+    params.tiles = params.n * params.tiles_w * params.tiles_h;
+    let constants: Vec<_> = register_constants(t, rh).into_iter().chain(d.kernel_constants(&p)).collect();
+    let kernel = gpu.kernel(&SHADER, "conv2d_backward_data", &constants);
+    let groups = [params.tiles.div_ceil(t.wg), params.ci.div_ceil(t.tm), 1];
+    gpu.dispatch(enc, &kernel, &params, &[(1, dy), (2, w), (4, dx)], groups);
+}
+
+/// `dw += conv2d_backward_weight(x, dy)`, and `db += sum of dy over n, oh, ow` when `db` is given.
+/// x `[N,I,H,W]`, dy `[N,O,OH,OW]`, dw `[O,I,KH,KW]`, db `[O]`.
+pub fn conv2d_backward_weight(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+    p: Conv2d,
+) {
+    conv2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, p, &Tiling::default());
+}
+
+/// Threads the weight gradient's first pass aims for: enough to fill a GPU, few enough that the
+/// partial sums stay small (chunks * O*I*KH*KW floats).
+const BACKWARD_WEIGHT_THREADS: u32 = 4096;
+
+/// [`conv2d_backward_weight`] with a chosen register tiling.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_weight_tiled(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+    p: Conv2d,
+    t: &Tiling,
+) {
+    let d = dims("conv2d backward weight", x, dw, dy, &p);
+    let taps = (d.w[2] * d.w[3]) as u32;
+    let (wm, ti) = (t.wm.clamp(1, 16), t.ti.max(1).min(MAX_XWIN / taps).max(1));
+    assert!(ti * taps <= MAX_XWIN, "conv2d: a {}x{} kernel is too large for the weight gradient", d.w[2], d.w[3]);
+    let wm = wm.min(MAX_WACC / (ti * taps)).max(1);
+    let mut params = d.params(&p);
+    params.tiles = params.co.div_ceil(wm) * params.ci.div_ceil(ti);
+    let rows = params.n * params.oh;
+    let chunks = BACKWARD_WEIGHT_THREADS.div_ceil(params.tiles).clamp(1, rows);
+    params.rows_per_chunk = rows.div_ceil(chunks);
+    params.chunks = rows.div_ceil(params.rows_per_chunk);
+    params.len = params.co * params.ci * taps;
+    let constants: Vec<_> = [("WG", t.wg as f64), ("TM", wm as f64), ("TI", ti as f64)]
+        .into_iter()
+        .chain(d.kernel_constants(&p))
+        .collect();
+    let part = gpu.empty(&[(params.chunks * (params.len + params.co)) as usize]);
+    let kernel = gpu.kernel(&SHADER, "conv2d_backward_weight", &constants);
+    let threads = (params.tiles * params.chunks) as usize;
+    gpu.dispatch(enc, &kernel, &params, &[(1, x), (5, dy), (6, &part)], groups_1d(threads, t.wg));
+
+    let reduce_constants = [("WG", t.wg as f64)];
+    let kernel = gpu.kernel(&SHADER, "conv2d_reduce_dw", &reduce_constants);
+    gpu.dispatch(enc, &kernel, &params, &[(6, &part), (7, dw)], groups_1d(params.len as usize, t.wg));
+    if let Some(db) = db {
+        assert_eq!(db.shape(), [d.w[0]], "conv2d backward weight: db {:?} for dw {:?}", db.shape(), d.w);
+        let kernel = gpu.kernel(&SHADER, "conv2d_reduce_db", &reduce_constants);
+        gpu.dispatch(enc, &kernel, &params, &[(6, &part), (8, db)], groups_1d(d.w[0], t.wg));
+    }
+}
+
+/// Convolution on the tape. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none; returns y `[N,O,OH,OW]`.
+pub fn conv2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2d) -> Tensor {
+    let (xd, wd) = (x.dims4("conv2d x"), w.dims4("conv2d w"));
+    let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
+    let inputs: Vec<&Tensor> = [Some(x), Some(w), b].into_iter().flatten().collect();
+    let y = step.output(&[xd[0], wd[0], oh, ow], &inputs);
+    conv2d_forward(step.gpu, &mut step.enc, x, w, b, &y, p);
+    let (x, w, b) = (x.clone(), w.clone(), b.cloned());
+    step.record("conv2d", &y, move |ctx, dy| {
+        if let Some(dx) = ctx.grad(&x) {
+            conv2d_backward_data(ctx.gpu, ctx.enc, dy, &w, &dx, p);
+        }
+        let dw = ctx.grad(&w);
+        let db = b.as_ref().and_then(|b| ctx.grad(b));
+        match (dw, db) {
+            (Some(dw), db) => conv2d_backward_weight(ctx.gpu, ctx.enc, &x, dy, &dw, db.as_ref(), p),
+            (None, Some(db)) => {
+                // Only the bias learns: the weight pass still gives the dy sums; its dw goes to scratch.
+                let scratch = ctx.gpu.empty(w.shape());
+                conv2d_backward_weight(ctx.gpu, ctx.enc, &x, dy, &scratch, Some(&db), p);
+            }
+            (None, None) => {}
+        }
+    });
+    y
+}
+
+/// Plain-Rust convolution on `f64`, the contract the shaders are tested against. Shapes are
+/// passed as `[N,I,H,W]` for x and `[O,I,KH,KW]` for w.
+pub mod reference {
+    use super::Conv2d;
+
+    /// Input pixel `(ih, iw)` under output pixel `(oh, ow)` and tap `(kh, kw)`, if not padding.
+    fn input_pixel(p: &Conv2d, [h, w]: [usize; 2], [oh, ow, kh, kw]: [usize; 4]) -> Option<(usize, usize)> {
+        let ih = (oh * p.stride[0] + kh).checked_sub(p.pad[0])?;
+        let iw = (ow * p.stride[1] + kw).checked_sub(p.pad[1])?;
+        (ih < h && iw < w).then_some((ih, iw))
+    }
+
+    /// Calls `f(n, o, oh, ow, i, kh, kw, x index)` for every product of the convolution.
+    #[allow(clippy::type_complexity)]
+    fn for_each_product(
+        xd: [usize; 4],
+        wd: [usize; 4],
+        p: &Conv2d,
+        mut f: impl FnMut([usize; 7], usize),
+    ) -> [usize; 4] {
+        let [n, ci, h, w] = xd;
+        let [co, _, kh, kw] = wd;
+        let [oh, ow] = p.out_size([h, w], [kh, kw]);
+        for b in 0..n {
+            for o in 0..co {
+                for r in 0..oh {
+                    for c in 0..ow {
+                        for i in 0..ci {
+                            for u in 0..kh {
+                                for v in 0..kw {
+                                    if let Some((ih, iw)) = input_pixel(p, [h, w], [r, c, u, v]) {
+                                        f([b, o, r, c, i, u, v], ((b * ci + i) * h + ih) * w + iw);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [n, co, oh, ow]
+    }
+
+    /// `y = conv(x, w) + b`; returns y `[N,O,OH,OW]` flattened.
+    pub fn conv2d_forward(x: &[f64], xd: [usize; 4], w: &[f64], wd: [usize; 4], b: Option<&[f64]>, p: &Conv2d) -> Vec<f64> {
+        let [n, co, kh, kw] = [xd[0], wd[0], wd[2], wd[3]];
+        let [oh, ow] = p.out_size([xd[2], xd[3]], [kh, kw]);
+        let mut y = vec![0.0; n * co * oh * ow];
+        for_each_product(xd, wd, p, |[b, o, r, c, i, u, v], xi| {
+            y[((b * co + o) * oh + r) * ow + c] += w[((o * wd[1] + i) * kh + u) * kw + v] * x[xi];
+        });
+        if let Some(bias) = b {
+            for (j, yv) in y.iter_mut().enumerate() {
+                *yv += bias[(j / (oh * ow)) % co];
+            }
+        }
+        y
+    }
+
+    /// `dx = dL/dx` given `dy = dL/dy` (not accumulated): each product `w * x` sends `w * dy` to x.
+    pub fn conv2d_backward_data(dy: &[f64], w: &[f64], xd: [usize; 4], wd: [usize; 4], p: &Conv2d) -> Vec<f64> {
+        let mut dx = vec![0.0; xd.iter().product()];
+        let [co, kh, kw] = [wd[0], wd[2], wd[3]];
+        let [oh, ow] = p.out_size([xd[2], xd[3]], [kh, kw]);
+        for_each_product(xd, wd, p, |[b, o, r, c, i, u, v], xi| {
+            dx[xi] += w[((o * wd[1] + i) * kh + u) * kw + v] * dy[((b * co + o) * oh + r) * ow + c];
+        });
+        dx
+    }
+
+    /// `(dw, db)` given dy (not accumulated): each product sends `x * dy` to its weight.
+    pub fn conv2d_backward_weight(
+        x: &[f64],
+        dy: &[f64],
+        xd: [usize; 4],
+        wd: [usize; 4],
+        p: &Conv2d,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut dw = vec![0.0; wd.iter().product()];
+        let [co, kh, kw] = [wd[0], wd[2], wd[3]];
+        let [oh, ow] = p.out_size([xd[2], xd[3]], [kh, kw]);
+        for_each_product(xd, wd, p, |[b, o, r, c, i, u, v], xi| {
+            dw[((o * wd[1] + i) * kh + u) * kw + v] += x[xi] * dy[((b * co + o) * oh + r) * ow + c];
+        });
+        let mut db = vec![0.0; co];
+        for (j, g) in dy.iter().enumerate() {
+            db[(j / (oh * ow)) % co] += g;
+        }
+        (dw, db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, assert_close_f32, dot, gpu, numeric_grad, random_vec, to_f64};
+
+    /// (x dims, w dims, params) of the odd shapes every test runs.
+    fn cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
+        vec![
+            ([1, 3, 7, 9], [5, 3, 3, 3], Conv2d::new(1, 1)),
+            ([2, 3, 7, 9], [5, 3, 3, 3], Conv2d::new(2, 1)),
+            ([2, 3, 7, 9], [5, 3, 1, 1], Conv2d::new(1, 0)),
+            ([1, 2, 9, 7], [3, 2, 5, 5], Conv2d::new(1, 2)),
+            ([2, 3, 7, 9], [5, 3, 3, 1], Conv2d { stride: [1, 1], pad: [1, 0] }),
+            ([2, 4, 8, 10], [6, 4, 2, 2], Conv2d::new(2, 0)),
+            ([1, 1, 1, 1], [1, 1, 1, 1], Conv2d::new(1, 0)),
+            ([2, 17, 6, 5], [19, 17, 3, 3], Conv2d::new(1, 1)),
+            ([1, 3, 8, 8], [4, 3, 3, 3], Conv2d::new(3, 2)),
+        ]
+    }
+
+    fn yd(xd: [usize; 4], wd: [usize; 4], p: &Conv2d) -> [usize; 4] {
+        let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
+        [xd[0], wd[0], oh, ow]
+    }
+
+    #[test]
+    fn reference_backward_matches_finite_differences() {
+        for (seed, (xd, wd, p)) in cases().into_iter().enumerate().take(6) {
+            let seed = 10 * seed as u64;
+            let x = to_f64(&random_vec(seed, xd.iter().product()));
+            let w = to_f64(&random_vec(seed + 1, wd.iter().product()));
+            let b = to_f64(&random_vec(seed + 2, wd[0]));
+            let r = to_f64(&random_vec(seed + 3, yd(xd, wd, &p).iter().product()));
+            let f = reference::conv2d_forward;
+            let want_dx = numeric_grad(|x| dot(&r, &f(x, xd, &w, wd, Some(&b), &p)), &x, 1e-6);
+            let want_dw = numeric_grad(|w| dot(&r, &f(&x, xd, w, wd, Some(&b), &p)), &w, 1e-6);
+            let want_db = numeric_grad(|b| dot(&r, &f(&x, xd, &w, wd, Some(b), &p)), &b, 1e-6);
+            let dx = reference::conv2d_backward_data(&r, &w, xd, wd, &p);
+            let (dw, db) = reference::conv2d_backward_weight(&x, &r, xd, wd, &p);
+            assert_close(&format!("dx {xd:?} {wd:?} {p:?}"), &dx, &want_dx, 1e-6);
+            assert_close(&format!("dw {xd:?} {wd:?} {p:?}"), &dw, &want_dw, 1e-6);
+            assert_close(&format!("db {xd:?} {wd:?} {p:?}"), &db, &want_db, 1e-6);
+        }
+    }
+
+    /// Runs forward (bias or not), backward data and backward weight on the GPU for one case and
+    /// checks all against the reference; `t` picks the register tiling.
+    fn check_gpu(seed: u64, xd: [usize; 4], wd: [usize; 4], p: Conv2d, bias: bool, t: &Tiling) {
+        let gpu = gpu();
+        let ydims = yd(xd, wd, &p);
+        let x = random_vec(seed, xd.iter().product());
+        let w = random_vec(seed + 1, wd.iter().product());
+        let b = random_vec(seed + 2, wd[0]);
+        let dy = random_vec(seed + 3, ydims.iter().product());
+        let (dx0, dw0, db0) = (random_vec(seed + 4, x.len()), random_vec(seed + 5, w.len()), random_vec(seed + 6, wd[0]));
+        let (xt, wt, bt, dyt) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.upload(&b, &[wd[0]]), gpu.upload(&dy, &ydims));
+        let (dxt, dwt, dbt) = (gpu.upload(&dx0, &xd), gpu.upload(&dw0, &wd), gpu.upload(&db0, &[wd[0]]));
+        let y = gpu.empty(&ydims);
+        let y_shared = gpu.empty(&ydims);
+        let mut enc = gpu.encoder();
+        let bopt = bias.then_some(&bt);
+        conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, bopt, &y, p, t);
+        conv2d_forward_shared(gpu, &mut enc, &xt, &wt, bopt, &y_shared, p, &SharedTiling::default());
+        conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dxt, p, t);
+        conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dwt, bias.then_some(&dbt), p, t);
+        gpu.submit(enc);
+
+        let what = format!("{xd:?} {wd:?} {p:?} bias {bias} {t:?}");
+        let (xf, wf, bf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
+        let want_y = reference::conv2d_forward(&xf, xd, &wf, wd, bias.then_some(&bf[..]), &p);
+        assert_close_f32(&format!("y {what}"), &gpu.read(&y), &want_y, 1e-4);
+        assert_close_f32(&format!("y (shared) {what}"), &gpu.read(&y_shared), &want_y, 1e-4);
+        let plus = |g: Vec<f64>, start: &[f32]| -> Vec<f64> { g.iter().zip(start).map(|(g, &s)| g + s as f64).collect() };
+        let want_dx = plus(reference::conv2d_backward_data(&dyf, &wf, xd, wd, &p), &dx0);
+        assert_close_f32(&format!("dx {what}"), &gpu.read(&dxt), &want_dx, 1e-3);
+        let (dw, db) = reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
+        assert_close_f32(&format!("dw {what}"), &gpu.read(&dwt), &plus(dw, &dw0), 1e-3);
+        let want_db = if bias { plus(db, &db0) } else { to_f64(&db0) };
+        assert_close_f32(&format!("db {what}"), &gpu.read(&dbt), &want_db, 1e-3);
+    }
+
+    #[test]
+    fn gpu_matches_reference_on_odd_shapes() {
+        for (k, (xd, wd, p)) in cases().into_iter().enumerate() {
+            check_gpu(100 + 10 * k as u64, xd, wd, p, k % 2 == 0, &Tiling::default());
+            check_gpu(200 + 10 * k as u64, xd, wd, p, k % 2 == 1, &Tiling::default());
+        }
+    }
+
+    #[test]
+    fn gpu_matches_reference_with_other_tilings() {
+        let tilings = [
+            Tiling { wg: 32, tm: 4, rh: 1, wm: 4, ti: 1 },
+            Tiling { wg: 16, tm: 16, rh: 4, wm: 16, ti: 3 },
+            Tiling { wg: 64, tm: 3, rh: 3, wm: 5, ti: 4 },
+        ];
+        for (k, t) in tilings.iter().enumerate() {
+            check_gpu(300 + k as u64, [2, 5, 11, 6], [7, 5, 3, 3], Conv2d::new(1, 1), true, t);
+            check_gpu(310 + k as u64, [1, 6, 9, 13], [3, 6, 1, 1], Conv2d::new(1, 0), false, t);
+        }
+    }
+
+    #[test]
+    fn shared_tilings_match_reference() {
+        let gpu = gpu();
+        let (xd, wd, p) = ([2, 5, 9, 11], [21, 5, 3, 3], Conv2d::new(1, 1));
+        let x = random_vec(400, xd.iter().product());
+        let w = random_vec(401, wd.iter().product());
+        let want = reference::conv2d_forward(&to_f64(&x), xd, &to_f64(&w), wd, None, &p);
+        let (xt, wt) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd));
+        for t in [SharedTiling { tx: 8, ty: 4, sm: 3, sn: 2, bk: 5 }, SharedTiling { tx: 16, ty: 8, sm: 8, sn: 8, bk: 16 }]
+        {
+            let y = gpu.empty(&yd(xd, wd, &p));
+            let mut enc = gpu.encoder();
+            conv2d_forward_shared(gpu, &mut enc, &xt, &wt, None, &y, p, &t);
+            gpu.submit(enc);
+            assert_close_f32(&format!("y (shared) {t:?}"), &gpu.read(&y), &want, 1e-4);
+        }
+    }
+
+    #[test]
+    fn tape_gives_the_wrappers_gradients() {
+        let gpu = gpu();
+        let (xd, wd, p) = ([2, 3, 5, 6], [4, 3, 3, 3], Conv2d::new(1, 1));
+        let ydims = yd(xd, wd, &p);
+        let (x, w, b) = (random_vec(500, xd.iter().product()), random_vec(501, wd.iter().product()), random_vec(502, 4));
+        let dy = random_vec(503, ydims.iter().product());
+        let xt = gpu.upload(&x, &xd).with_grad();
+        let wt = gpu.upload(&w, &wd).with_grad();
+        let bt = gpu.upload(&b, &[4]).with_grad();
+        let mut step = Step::train(gpu);
+        let y = conv2d(&mut step, &xt, &wt, Some(&bt), p);
+        let dyt = gpu.upload(&dy, &ydims);
+        let grads = step.backward(vec![(y.clone(), dyt)]);
+        step.submit();
+
+        let (xf, wf, bf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
+        let want_y = reference::conv2d_forward(&xf, xd, &wf, wd, Some(&bf), &p);
+        assert_close_f32("tape y", &gpu.read(&y), &want_y, 1e-4);
+        let (dw, db) = reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
+        assert_close_f32("tape dx", &gpu.read(grads.get(&xt).unwrap()), &reference::conv2d_backward_data(&dyf, &wf, xd, wd, &p), 1e-3);
+        assert_close_f32("tape dw", &gpu.read(grads.get(&wt).unwrap()), &dw, 1e-3);
+        assert_close_f32("tape db", &gpu.read(grads.get(&bt).unwrap()), &db, 1e-3);
+    }
+}
