@@ -549,7 +549,7 @@ impl Gpu {
         if n > 0 {
             enc.raw.resolve_query_set(&timer.queries, 0..n as u32, &resolve, 0);
         }
-        let ticks: Vec<u64> = bytemuck::cast_slice(&self.read_buffer(enc, &resolve, 0, n * 8)).to_vec();
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_buffer(enc, &resolve, 0, n * 8));
         let period = self.queue.get_timestamp_period() as f64 * 1e-9;
         let dispatches = timer
             .labels
@@ -619,12 +619,12 @@ impl Gpu {
 
     /// Read a tensor back as `f32` (submits and waits: never inside a step).
     pub fn read(&self, t: &Tensor) -> Vec<f32> {
-        bytemuck::cast_slice(&self.read_tensor_bytes(t)).to_vec()
+        bytemuck::pod_collect_to_vec(&self.read_tensor_bytes(t))
     }
 
     /// Read a tensor back as `u32` (submits and waits: never inside a step).
     pub fn read_u32(&self, t: &Tensor) -> Vec<u32> {
-        bytemuck::cast_slice(&self.read_tensor_bytes(t)).to_vec()
+        bytemuck::pod_collect_to_vec(&self.read_tensor_bytes(t))
     }
 
     fn read_tensor_bytes(&self, t: &Tensor) -> Vec<u8> {

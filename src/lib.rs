@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod gpu;
 pub mod loss;
 pub mod metrics;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -10,17 +10,16 @@
 use unet_wgpu::bench::Bench;
 use unet_wgpu::{Gpu, GpuOptions};
 
+mod batchnorm2d;
 mod bias_add;
 mod concat;
+mod conv_transpose2d;
+mod dropout;
 mod elementwise;
 mod maxpool2d;
 mod reduce;
-mod batchnorm2d;
-mod dropout;
 mod relu;
 mod softmax;
-mod conv_transpose2d;
-mod relu;
 mod upsample;
 
 fn main() -> anyhow::Result<()> {
@@ -30,15 +29,15 @@ fn main() -> anyhow::Result<()> {
     let reps = std::env::var("BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut bench = Bench::new(&gpu, &filter, reps);
     println!("{}", bench.header());
-    conv_transpose2d::run(&mut bench);
-    relu::run(&mut bench);
-    maxpool2d::run(&mut bench);
+    batchnorm2d::run(&mut bench);
     bias_add::run(&mut bench);
     concat::run(&mut bench);
-    elementwise::run(&mut bench);
-    reduce::run(&mut bench);
-    batchnorm2d::run(&mut bench);
+    conv_transpose2d::run(&mut bench);
     dropout::run(&mut bench);
+    elementwise::run(&mut bench);
+    maxpool2d::run(&mut bench);
+    reduce::run(&mut bench);
+    relu::run(&mut bench);
     softmax::run(&mut bench);
     upsample::run(&mut bench);
     Ok(())

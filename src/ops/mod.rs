@@ -4,16 +4,15 @@
 //! the tape-level function that records the backward on a
 //! [`Step`](crate::tape::Step); `mod reference` in plain Rust (f64); tests.
 
+pub mod batchnorm2d;
 pub mod bias_add;
 pub mod concat;
+pub mod conv2d;
+pub mod conv_transpose2d;
+pub mod dropout;
 pub mod elementwise;
 pub mod maxpool2d;
 pub mod reduce;
-pub mod batchnorm2d;
-pub mod dropout;
-pub mod conv2d;
 pub mod relu;
 pub mod softmax;
-pub mod conv_transpose2d;
-pub mod relu;
 pub mod upsample;

@@ -1,0 +1,395 @@
+//! The U-Net (Ronneberger et al. 2015), in the shape of the Keras tutorial
+//! model for the Dubai aerial dataset: per level two 3x3 convolutions with
+//! ReLU and dropout between them, 2x2 max pooling on the way down, 2x2
+//! transposed convolutions (or bilinear upsampling and a 1x1 convolution) on
+//! the way up, skip connections by channel concatenation, and a 1x1 head to
+//! class logits. Optional batch norm after each 3x3 convolution.
+//!
+//! ```text
+//! x [N,3,H,W] -> enc0 (16) -> pool -> enc1 (32) -> pool -> ... -> bottleneck (256)
+//!                  |                     |                            |
+//!                  +----- concat <- up <-+- ... <- dec1 <- concat <- up
+//! dec0 (16) -> head 1x1 -> logits [N,classes,H,W]
+//! ```
+//!
+//! Parameter names follow a PyTorch `state_dict` (`enc0.conv1.weight`,
+//! `up3.weight`, `dec0.bn2.running_mean`, `head.bias`, ...), with PyTorch's
+//! layouts (OIHW; transposed conv [in, out, 2, 2]).
+
+use crate::gpu::Gpu;
+use crate::ops::batchnorm2d::batchnorm2d;
+use crate::ops::concat::concat;
+use crate::ops::conv2d::{conv2d, Conv2d};
+use crate::ops::conv_transpose2d::conv_transpose2d;
+use crate::ops::dropout::dropout;
+use crate::ops::maxpool2d::maxpool2d;
+use crate::ops::relu::relu;
+use crate::ops::upsample::{upsample, Upsample};
+use crate::params::{ParamArena, ParamSpec};
+use crate::rng::Rng;
+use crate::tape::Step;
+use crate::tensor::Tensor;
+
+/// How the decoder doubles the resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upsampling {
+    /// 2x2 transposed convolution, stride 2 (the Keras tutorial, the original U-Net).
+    Transposed,
+    /// Bilinear 2x upsampling followed by a 1x1 convolution that halves the channels.
+    Bilinear,
+}
+
+/// The shape of a U-Net.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNetConfig {
+    /// Input channels (3 for RGB).
+    pub in_channels: usize,
+    /// Output classes.
+    pub classes: usize,
+    /// Number of downsamplings (4: 16-32-64-128-256 filters).
+    pub depth: usize,
+    /// Filters at the first level; doubled at each level down.
+    pub base: usize,
+    /// Batch norm after each 3x3 convolution.
+    pub batch_norm: bool,
+    /// Dropout probability per level, from the top level to the bottleneck
+    /// (`depth + 1` values), mirrored on the way up.
+    pub dropout: Vec<f32>,
+    /// How the decoder upsamples.
+    pub upsampling: Upsampling,
+    /// Seed of the He-normal initialisation.
+    pub seed: u64,
+}
+
+impl Default for UNetConfig {
+    /// The Keras tutorial model: 3 -> 6 classes, depth 4, base 16, dropout
+    /// 0.1, 0.1, 0.2, 0.2, 0.3, transposed convolutions, no batch norm.
+    fn default() -> Self {
+        UNetConfig {
+            in_channels: 3,
+            classes: 6,
+            depth: 4,
+            base: 16,
+            batch_norm: false,
+            dropout: vec![0.1, 0.1, 0.2, 0.2, 0.3],
+            upsampling: Upsampling::Transposed,
+            seed: 0,
+        }
+    }
+}
+
+/// Indices into the arena of one convolution's weight and bias.
+#[derive(Clone, Copy, Debug)]
+struct Conv {
+    weight: usize,
+    bias: usize,
+}
+
+/// Batch-norm parameters (arena indices) and running statistics (buffers).
+#[derive(Clone, Debug)]
+struct Norm {
+    gamma: usize,
+    beta: usize,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+/// conv3x3 -> [BN] -> ReLU -> dropout -> conv3x3 -> [BN] -> ReLU.
+#[derive(Clone, Debug)]
+struct Block {
+    conv1: Conv,
+    norm1: Option<Norm>,
+    conv2: Conv,
+    norm2: Option<Norm>,
+    dropout: f32,
+}
+
+/// A U-Net whose parameters live in one [`ParamArena`].
+pub struct UNet {
+    /// The configuration it was built from.
+    pub config: UNetConfig,
+    /// Every trainable parameter.
+    pub arena: ParamArena,
+    encoder: Vec<Block>,
+    bottleneck: Block,
+    /// Per level, top first: the upsampling conv (transposed 2x2 or 1x1 after bilinear).
+    up: Vec<Conv>,
+    decoder: Vec<Block>,
+    head: Conv,
+    buffers: Vec<(String, Tensor)>,
+}
+
+/// Collects parameter specs and buffers while the layers are laid out.
+struct Builder<'a> {
+    gpu: &'a Gpu,
+    rng: Rng,
+    specs: Vec<ParamSpec>,
+    buffers: Vec<(String, Tensor)>,
+}
+
+impl Builder<'_> {
+    fn param(&mut self, name: String, shape: Vec<usize>, init: Vec<f32>) -> usize {
+        self.specs.push(ParamSpec { name, shape, init });
+        self.specs.len() - 1
+    }
+
+    /// He-normal weights (truncated at 2 standard deviations, as Keras' `he_normal`)
+    /// with `std = sqrt(2 / fan_in)`, and `out_channels` zero biases.
+    fn weights(&mut self, name: &str, shape: [usize; 4], fan_in: usize, out_channels: usize) -> Conv {
+        let std = (2.0 / fan_in as f64).sqrt();
+        let len = shape.iter().product();
+        let init = (0..len)
+            .map(|_| loop {
+                let z = self.rng.normal();
+                if z.abs() <= 2.0 {
+                    break (z * std) as f32;
+                }
+            })
+            .collect();
+        let weight = self.param(format!("{name}.weight"), shape.to_vec(), init);
+        let bias = self.param(format!("{name}.bias"), vec![out_channels], vec![0.0; out_channels]);
+        Conv { weight, bias }
+    }
+
+    /// A convolution, OIHW.
+    fn conv(&mut self, name: &str, [o, i, kh, kw]: [usize; 4]) -> Conv {
+        self.weights(name, [o, i, kh, kw], i * kh * kw, o)
+    }
+
+    /// A 2x2 stride-2 transposed convolution, [in, out, 2, 2]; each output
+    /// pixel sees one tap of each input channel, so its fan-in is `input`.
+    fn conv_transpose(&mut self, name: &str, input: usize, out: usize) -> Conv {
+        self.weights(name, [input, out, 2, 2], input, out)
+    }
+
+    fn conv3x3(&mut self, name: &str, out: usize, input: usize) -> Conv {
+        self.conv(name, [out, input, 3, 3])
+    }
+
+    fn norm(&mut self, name: &str, channels: usize) -> Norm {
+        let gamma = self.param(format!("{name}.weight"), vec![channels], vec![1.0; channels]);
+        let beta = self.param(format!("{name}.bias"), vec![channels], vec![0.0; channels]);
+        let running_mean = self.gpu.upload(&vec![0.0; channels], &[channels]);
+        let running_var = self.gpu.upload(&vec![1.0; channels], &[channels]);
+        self.buffers.push((format!("{name}.running_mean"), running_mean.clone()));
+        self.buffers.push((format!("{name}.running_var"), running_var.clone()));
+        Norm { gamma, beta, running_mean, running_var }
+    }
+
+    fn block(&mut self, name: &str, out: usize, input: usize, batch_norm: bool, dropout: f32) -> Block {
+        let conv1 = self.conv3x3(&format!("{name}.conv1"), out, input);
+        let norm1 = batch_norm.then(|| self.norm(&format!("{name}.bn1"), out));
+        let conv2 = self.conv3x3(&format!("{name}.conv2"), out, out);
+        let norm2 = batch_norm.then(|| self.norm(&format!("{name}.bn2"), out));
+        Block { conv1, norm1, conv2, norm2, dropout }
+    }
+}
+
+impl UNet {
+    /// Lay out and initialise a U-Net on `gpu`.
+    pub fn new(gpu: &Gpu, config: UNetConfig) -> UNet {
+        assert_eq!(
+            config.dropout.len(),
+            config.depth + 1,
+            "dropout needs one probability per level ({} for depth {}), got {:?}",
+            config.depth + 1,
+            config.depth,
+            config.dropout
+        );
+        let mut b = Builder { gpu, rng: Rng::new(config.seed), specs: Vec::new(), buffers: Vec::new() };
+        let filters = |level: usize| config.base << level;
+        let mut encoder = Vec::new();
+        let mut channels = config.in_channels;
+        for level in 0..config.depth {
+            let block = b.block(&format!("enc{level}"), filters(level), channels, config.batch_norm, config.dropout[level]);
+            encoder.push(block);
+            channels = filters(level);
+        }
+        let depth = config.depth;
+        let bottleneck = b.block("bottleneck", filters(depth), channels, config.batch_norm, config.dropout[depth]);
+        let (mut up, mut decoder) = (Vec::new(), Vec::new());
+        for level in 0..depth {
+            let (from, to) = (filters(level + 1), filters(level));
+            up.push(match config.upsampling {
+                Upsampling::Transposed => b.conv_transpose(&format!("up{level}"), from, to),
+                Upsampling::Bilinear => b.conv(&format!("up{level}"), [to, from, 1, 1]),
+            });
+            decoder.push(b.block(&format!("dec{level}"), to, 2 * to, config.batch_norm, config.dropout[level]));
+        }
+        let head = b.conv("head", [config.classes, filters(0), 1, 1]);
+        let arena = ParamArena::new(gpu, &b.specs);
+        UNet { config, arena, encoder, bottleneck, up, decoder, head, buffers: b.buffers }
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.arena.count()
+    }
+
+    /// Every tensor of the model's state by `state_dict` name: parameters,
+    /// then batch-norm running statistics.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let params = self.arena.params.iter().map(|p| (p.name.clone(), p.value.clone()));
+        params.chain(self.buffers.iter().cloned()).collect()
+    }
+
+    fn param(&self, index: usize) -> &Tensor {
+        &self.arena.params[index].value
+    }
+
+    fn conv(&self, step: &mut Step, x: &Tensor, conv: Conv, p: Conv2d) -> Tensor {
+        conv2d(step, x, self.param(conv.weight), Some(self.param(conv.bias)), p)
+    }
+
+    fn norm_relu(&self, step: &mut Step, x: Tensor, norm: &Option<Norm>) -> Tensor {
+        let x = match norm {
+            Some(n) => batchnorm2d(step, &x, self.param(n.gamma), self.param(n.beta), &n.running_mean, &n.running_var),
+            None => x,
+        };
+        relu(step, &x)
+    }
+
+    fn block(&self, step: &mut Step, x: &Tensor, block: &Block, seed: u64) -> Tensor {
+        let same = Conv2d::new(1, 1);
+        let h = self.conv(step, x, block.conv1, same);
+        let h = self.norm_relu(step, h, &block.norm1);
+        let h = dropout(step, &h, block.dropout, seed);
+        let h = self.conv(step, &h, block.conv2, same);
+        self.norm_relu(step, h, &block.norm2)
+    }
+
+    /// Logits [N, classes, H, W] for images `x` [N, in_channels, H, W]; H and
+    /// W must be multiples of `2^depth`. `seed` makes this step's dropout
+    /// masks (use a new one each step; ignored in eval mode).
+    pub fn forward(&self, step: &mut Step, x: &Tensor, seed: u64) -> Tensor {
+        let [_, c, h, w] = x.dims4("U-Net input");
+        let multiple = 1 << self.config.depth;
+        assert_eq!(c, self.config.in_channels, "U-Net input has {c} channels, the model takes {}", self.config.in_channels);
+        assert!(
+            h % multiple == 0 && w % multiple == 0 && h > 0 && w > 0,
+            "U-Net input is {h}x{w}; with depth {} both sides must be multiples of {multiple}",
+            self.config.depth
+        );
+        // One dropout seed per block: mix the step's seed with the block number.
+        let mut block_seed = Rng::new(seed);
+        let mut skips = Vec::with_capacity(self.config.depth);
+        let mut h = x.clone();
+        for block in &self.encoder {
+            h = self.block(step, &h, block, block_seed.next_u64());
+            skips.push(h.clone());
+            h = maxpool2d(step, &h);
+        }
+        h = self.block(step, &h, &self.bottleneck, block_seed.next_u64());
+        for level in (0..self.config.depth).rev() {
+            let up = match self.config.upsampling {
+                Upsampling::Transposed => {
+                    let conv = self.up[level];
+                    conv_transpose2d(step, &h, self.param(conv.weight), Some(self.param(conv.bias)))
+                }
+                Upsampling::Bilinear => {
+                    let big = upsample(step, &h, Upsample::Bilinear);
+                    self.conv(step, &big, self.up[level], Conv2d::new(1, 0))
+                }
+            };
+            // Keras' concatenate([up, skip]): upsampled channels first.
+            let merged = concat(step, &up, &skips[level]);
+            h = self.block(step, &merged, &self.decoder[level], block_seed.next_u64());
+        }
+        self.conv(step, &h, self.head, Conv2d::new(1, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::{loss, LossConfig, Term};
+    use crate::optim::{Method, OptimConfig, Optimizer};
+    use crate::testing::{gpu, random_vec};
+
+    fn tiny(batch_norm: bool, upsampling: Upsampling) -> UNetConfig {
+        UNetConfig { base: 4, depth: 2, batch_norm, dropout: vec![0.1, 0.1, 0.2], upsampling, ..UNetConfig::default() }
+    }
+
+    #[test]
+    fn the_default_model_has_the_keras_tutorial_parameter_count() {
+        // Layer by layer (3x3 convs with bias, 2x2 transposed convs, 1x1 head):
+        // encoder 448 + 2320, 4640 + 9248, 18496 + 36928, 73856 + 147584;
+        // bottleneck 295168 + 590080; decoder (up, conv1, conv2) 131200 + 295040 + 147584,
+        // 32832 + 73792 + 36928, 8224 + 18464 + 9248, 2064 + 4624 + 2320; head 102.
+        let model = UNet::new(gpu(), UNetConfig::default());
+        assert_eq!(model.parameter_count(), 1_941_190);
+        let names: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.first().map(String::as_str), Some("enc0.conv1.weight"));
+        assert!(names.contains(&"up3.weight".to_string()) && names.contains(&"head.bias".to_string()));
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "state names repeat");
+    }
+
+    #[test]
+    fn shapes_modes_and_dropout_seeds() {
+        let gpu = gpu();
+        let x = gpu.upload(&random_vec(1, 2 * 3 * 16 * 12), &[2, 3, 16, 12]);
+        for (bn, up) in [(false, Upsampling::Transposed), (true, Upsampling::Bilinear)] {
+            let model = UNet::new(gpu, tiny(bn, up));
+            assert!(model.state().iter().any(|(n, _)| n.ends_with("running_var")) == bn);
+            let run = |train: bool, seed: u64| {
+                let mut step = if train { Step::train(gpu) } else { Step::eval(gpu) };
+                let y = model.forward(&mut step, &x, seed);
+                assert_eq!(y.shape(), [2, 6, 16, 12]);
+                step.submit();
+                gpu.read(&y)
+            };
+            assert_eq!(run(false, 1), run(false, 2), "eval mode must not drop anything");
+            assert_eq!(run(true, 1), run(true, 1), "same seed, same masks");
+            assert_ne!(run(true, 1), run(true, 2), "another seed, other masks");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "multiples of 4")]
+    fn inputs_must_divide_by_two_to_the_depth() {
+        let gpu = gpu();
+        let model = UNet::new(gpu, tiny(false, Upsampling::Transposed));
+        let x = gpu.upload(&random_vec(1, 3 * 10 * 10), &[1, 3, 10, 10]);
+        model.forward(&mut Step::eval(gpu), &x, 0);
+    }
+
+    #[test]
+    fn a_few_adam_steps_fit_one_batch() {
+        // Labels are a function of the image (class = brightest of three
+        // channel groups), so the network can fit them.
+        let gpu = gpu();
+        let (n, h, w) = (2, 16, 16);
+        let image = random_vec(5, n * 3 * h * w);
+        let labels: Vec<u32> = (0..n * h * w)
+            .map(|i| {
+                let (b, pos) = (i / (h * w), i % (h * w));
+                let ch = |c: usize| image[(b * 3 + c) * h * w + pos];
+                (0..3).fold(0, |best, c| if ch(c) > ch(best) { c } else { best }) as u32 * 2
+            })
+            .collect();
+        let (x, y) = (gpu.upload(&image, &[n, 3, h, w]), gpu.upload_u32(&labels, &[n, h, w]));
+        for bn in [false, true] {
+            let model = UNet::new(gpu, UNetConfig { dropout: vec![0.0; 3], ..tiny(bn, Upsampling::Transposed) });
+            let mut opt = Optimizer::new(gpu, &model.arena, OptimConfig::new(Method::Adam));
+            // Only classes 0, 2, 4 occur: absent ones would hold the Dice term near 0.5.
+            let cfg = LossConfig {
+                skip_absent: true,
+                ..LossConfig::sum(&[(1.0, Term::Dice { pooled: false }), (1.0, Term::CrossEntropy)])
+            };
+            let mut losses = Vec::new();
+            for s in 0..30 {
+                let mut step = Step::train(gpu);
+                model.arena.zero_grads(&mut step.enc);
+                let logits = model.forward(&mut step, &x, s);
+                let out = loss(gpu, &mut step.enc, &cfg, &logits, &y);
+                step.backward_into(vec![(logits, out.dlogits)], model.arena.grads());
+                opt.step(gpu, &mut step.enc, &model.arena, 1e-2);
+                step.submit();
+                losses.push(gpu.read(&out.values)[0]);
+            }
+            assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+            assert!(losses[29] < 0.75 * losses[0], "batch norm {bn}: loss went {losses:?}");
+        }
+    }
+}
