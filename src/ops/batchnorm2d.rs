@@ -624,6 +624,17 @@ mod tests {
         assert_eq!(gpu.read(&dgamma), want.dgamma);
         assert_eq!(gpu.read(&dbeta), want.dbeta);
 
+        // Only x needs a gradient: the same dx, no parameter kernels.
+        let (gamma_const, beta_const) = (gpu.upload(&case.gamma, &c), gpu.upload(&case.beta, &c));
+        let mut step = Step::train(gpu);
+        let y_only_x = batchnorm2d(&mut step, &x, &gamma_const, &beta_const, &rm, &rv);
+        let mut grads = step.backward(vec![(y_only_x, gpu.upload(&case.dy, &dims))]);
+        let dx_only = grads.take(&x).unwrap();
+        assert_eq!(grads.len(), 0, "gamma and beta need no gradient");
+        step.submit();
+        assert_eq!(gpu.read(&dx_only), want.dx);
+        let (rm, rv) = (gpu.upload(&want.running_mean, &c), gpu.upload(&want.running_var, &c));
+
         // Evaluation uses the (now updated) running statistics and records nothing.
         let mut step = Step::eval(gpu);
         let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv);
