@@ -13,6 +13,7 @@
 // each thread runs Welford's update over its values, and partial (count, mean, M2)
 // triples merge with Chan's formula, exact in real arithmetic and stable in floats:
 //   n = na + nb,  d = mean_b - mean_a,  mean = mean_a + d nb / n,  M2 = M2a + M2b + d^2 na nb / n
+// (counts are f32: exact up to 2^24 values a channel, and only weights beyond that).
 //
 // Reductions run in two passes so that a channel with a large M (262144 at the top U-Net
 // level, where there are only 16 channels) spreads over many workgroups:
@@ -35,7 +36,7 @@
 //   batchnorm_backward_param      10 sums                              11 dgamma | dbeta
 // WG = 256 threads (a power of two, for the tree): enough values per thread in pass 1
 // to hide latency, and one thread per partial in pass 2. Elementwise entry points use
-// one thread per element (group count folded into x and y as in relu.wgsl); the
+// one thread per element, a row of workgroups per (n, c) plane; the
 // per-channel ones (running, param) one thread per channel.
 override WG: u32 = 256u;
 
@@ -68,10 +69,28 @@ var<workgroup> t0: array<f32, WG>;
 var<workgroup> t1: array<f32, WG>;
 var<workgroup> t2: array<f32, WG>;
 
-// Index in x of value m (in (n, h, w) order) of channel c.
-fn at(c: u32, m: u32) -> u32 {
-    let n = m / p.hw;
-    return (n * p.c + c) * p.hw + (m - n * p.hw);
+// Walks the values m = first, first + WG, ... of channel c (in (n, h, w) order) and
+// yields their indices in x without a division per value: the stride WG advances
+// the image n by WG / hw and the pixel q by WG % hw, carrying into n when q passes hw.
+struct Walk { n: u32, q: u32 }
+
+fn walk_start(first: u32) -> Walk {
+    let n = first / p.hw;
+    return Walk(n, first - n * p.hw);
+}
+
+fn walk_index(w: Walk, c: u32) -> u32 {
+    return (w.n * p.c + c) * p.hw + w.q;
+}
+
+fn walk_next(w: ptr<function, Walk>) {
+    let dn = WG / p.hw;
+    (*w).n += dn;
+    (*w).q += WG - dn * p.hw;
+    if (*w).q >= p.hw {
+        (*w).q -= p.hw;
+        (*w).n += 1u;
+    }
 }
 
 // Chan's merge of triple b into triple a (slots i and j of the scratch), into slot i.
@@ -114,8 +133,10 @@ fn batchnorm_stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
     var count = 0.0;
     var mu = 0.0;
     var m2 = 0.0;
+    var w = walk_start(start + t);
     for (var m = start + t; m < end; m += WG) {
-        let v = x[at(c, m)];
+        let v = x[walk_index(w, c)];
+        walk_next(&w);
         count += 1.0;
         let d = v - mu;
         mu += d / count;
@@ -167,11 +188,14 @@ fn batchnorm_stats_running(@builtin(global_invocation_id) id: vec3<u32>) {
     invstd[c] = 1.0 / sqrt(running_var[c] + p.eps);
 }
 
+// Elementwise entry points run on a 2-D grid: y = the (n, c) plane, x = WG pixels of
+// it. The channel is then the same for the whole workgroup (its parameters are
+// uniform loads) and no thread divides to find it.
 @compute @workgroup_size(WG)
-fn batchnorm_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = id.x + id.y * groups.x * WG;
-    if i >= p.n * p.c * p.hw { return; } // the last group overhangs
-    let c = (i / p.hw) % p.c;
+fn batchnorm_forward(@builtin(global_invocation_id) id: vec3<u32>) {
+    if id.x >= p.hw { return; } // the last group of a plane overhangs
+    let c = id.y % p.c;
+    let i = id.y * p.hw + id.x;
     out[i] = (x[i] - mean[c]) * (invstd[c] * gamma[c]) + beta[c];
 }
 
@@ -185,8 +209,10 @@ fn batchnorm_backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
     let r = invstd[c];
     var sum_dy = 0.0;
     var sum_dy_xhat = 0.0;
+    var w = walk_start(start + t);
     for (var m = start + t; m < end; m += WG) {
-        let k = at(c, m);
+        let k = walk_index(w, c);
+        walk_next(&w);
         sum_dy += dy[k];
         sum_dy_xhat += dy[k] * (x[k] - mu) * r;
     }
@@ -219,10 +245,10 @@ fn batchnorm_backward_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loca
 }
 
 @compute @workgroup_size(WG)
-fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = id.x + id.y * groups.x * WG;
-    if i >= p.n * p.c * p.hw { return; }
-    let c = (i / p.hw) % p.c;
+fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>) {
+    if id.x >= p.hw { return; }
+    let c = id.y % p.c;
+    let i = id.y * p.hw + id.x;
     let inv_m = 1.0 / f32(p.n * p.hw);
     let xhat = (x[i] - mean[c]) * invstd[c];
     // forward: y = gamma (x - mean(x)) / sqrt(var(x) + eps) + beta, with mean and var
@@ -231,10 +257,10 @@ fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builti
 }
 
 @compute @workgroup_size(WG)
-fn batchnorm_backward_data_eval(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = id.x + id.y * groups.x * WG;
-    if i >= p.n * p.c * p.hw { return; }
-    let c = (i / p.hw) % p.c;
+fn batchnorm_backward_data_eval(@builtin(global_invocation_id) id: vec3<u32>) {
+    if id.x >= p.hw { return; }
+    let c = id.y % p.c;
+    let i = id.y * p.hw + id.x;
     // forward: y = gamma (x - running_mean) invstd + beta  =>  dx += dy gamma invstd
     out[i] += dy[i] * gamma[c] * invstd[c];
 }
