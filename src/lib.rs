@@ -10,6 +10,7 @@
 //! each with its plain-Rust reference).
 
 pub mod bench;
+pub mod data;
 pub mod gpu;
 pub mod loss;
 pub mod metrics;
