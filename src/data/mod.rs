@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 
 pub use palette::{Palette, Unknown, IGNORE};
 pub use patches::{
-    Augment, Batch, BatchOptions, Batches, ChannelStats, ClassFrequencies, Patches, Scaling, SplitLevel, SplitOptions,
+    Augment, Batch, BatchOptions, Batches, ChannelStats, ClassFrequencies, Origin, Patches, Scaling, SplitLevel,
+    SplitOptions,
 };
 pub use tiles::{Pair, Tile};
 
