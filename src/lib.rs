@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod data;
 pub mod gpu;
 pub mod loss;
 pub mod metrics;
