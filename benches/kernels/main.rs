@@ -10,6 +10,7 @@
 use unet_wgpu::bench::Bench;
 use unet_wgpu::{Gpu, GpuOptions};
 
+mod conv2d;
 mod relu;
 
 fn main() -> anyhow::Result<()> {
@@ -19,6 +20,7 @@ fn main() -> anyhow::Result<()> {
     let reps = std::env::var("BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut bench = Bench::new(&gpu, &filter, reps);
     println!("{}", bench.header());
+    conv2d::run(&mut bench);
     relu::run(&mut bench);
     Ok(())
 }
