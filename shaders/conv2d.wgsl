@@ -19,13 +19,15 @@
 //
 // Two tilings:
 // * register tiles (default, `*_forward`, `*_backward_data`, `*_backward_weight`): no workgroup
-//   memory and no barriers. A thread owns TM output channels x RH output rows x 4 output columns
-//   (one vec4 per channel and row), loads the input window those outputs need once per input
-//   channel, and reuses each loaded value across all TM channels and all kernel taps that touch
-//   it. On lavapipe (CPU SIMD across invocations) every load of a storage buffer is a per-lane
-//   loop and a barrier is a coroutine switch, so the FMA-per-load ratio of register tiles is
-//   what sets the speed. The loops run over override constants, so the driver unrolls them and
-//   the private arrays live in registers.
+//   memory and no barriers. In forward and backward data a thread owns 2 blocks of TM channels
+//   x 2 rows x 8 columns (a vec4 per channel, row and half row). Per input channel and kernel row
+//   it loads the 8 input columns under the tile once per row; with stride 1 each further tap kw
+//   shifts that window by one column and needs one new load per row. Each weight load feeds
+//   4 vec4 FMAs. On lavapipe (CPU SIMD across invocations) every load of a storage buffer is a
+//   per-lane loop and a barrier is a coroutine switch, so the FMA-per-load ratio of register
+//   tiles is what sets the speed. Measured there: a channel loop of more than about 4 iterations
+//   of this body is not unrolled, and then the accumulator arrays go to memory (3x slower); hence
+//   two blocks of TM = 4 rather than one block of 8.
 // * workgroup tiles (`conv2d_forward_shared`): the classic GPU GEMM. A workgroup of TX*TY threads
 //   computes a BM x BN block (BM = TY*SM output channels, BN = TX*SN output pixels), stepping
 //   through K in slices of BK: the whole group copies a BM x BK slice of w and a BK x BN slice of
@@ -34,14 +36,18 @@
 
 // Register tiling.
 override WG: u32 = 64u; // threads a workgroup (1-D over output tiles)
-override TM: u32 = 8u; // output channels a thread (<= 16)
+override TM: u32 = 4u; // channels a block (2 blocks a thread); backward weight: output channels (<= 16)
 // The kernel and stride are pipeline constants: every tap loop has a fixed trip count.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
 override SH: u32 = 1u;
 override SW: u32 = 1u;
 // Backward weight: input channels a thread (TM output channels x TI input channels x KH x KW taps).
-override TI: u32 = 2u;
+override TI: u32 = 1u;
+// Forward: add into y instead of storing (backward data through the forward kernel). A pipeline
+// constant, not a uniform: a runtime branch in the store loop stops its unrolling, and then the
+// accumulators go to memory for the whole kernel (3x slower).
+override ACCUMULATE: bool = false;
 
 // Bounds of the private arrays (WGSL wants constant sizes; the Rust side asserts the tiling fits).
 const MAX_WACC: u32 = 288u; // TM * TI * KH * KW scalar accumulators (backward weight)
@@ -57,13 +63,22 @@ struct Params {
     ow: u32,
     ph: u32, // padding, rows
     pw: u32, // padding, columns
-    tiles_w: u32, // column tiles of the thread's output (4 columns each)
-    tiles_h: u32, // row tiles (RH rows each)
+    tiles_w: u32, // column tiles of the thread's output (8 columns each)
+    tiles_h: u32, // row tiles (2 rows each)
     tiles: u32, // n * tiles_h * tiles_w (backward weight: o-blocks * i-blocks)
     chunks: u32, // backward weight: number of K chunks
     rows_per_chunk: u32, // backward weight: dy rows (n, oh) a chunk
     len: u32, // reduce passes: elements of dw (or db)
     has_bias: u32, // forward: 1 when binding 3 holds a bias
+    // Forward: where w[o, i, tap] lives (w_so * o + w_si * i + tap, tap flipped to taps-1-tap when
+    // flip = 1). Backward data at stride 1 runs the forward with
+    // (o, i) swapped, the taps flipped and accumulate = 1: dx is the convolution of dy with the
+    // flipped, transposed kernel and padding K-1-p,
+    // with ACCUMULATE set.
+    w_so: u32,
+    w_si: u32,
+    flip: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -138,7 +153,10 @@ fn conv2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgro
     let ih0 = i32(org.y * SH) - i32(p.ph);
     let iw0 = i32(org.z * SW) - i32(p.pw);
     let taps = KH * KW;
-    let ks = p.ci * taps;
+    let w_so = p.w_so; // read the uniform once, outside the loops
+    let w_si = p.w_si;
+    let flip = p.flip != 0u;
+    let last_o = p.co - 1u;
     for (var i = 0u; i < p.ci; i++) {
         let plane = (org.x * p.ci + i) * p.h * p.w;
         for (var kh = 0u; kh < KH; kh++) {
@@ -166,17 +184,18 @@ fn conv2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgro
                         xb1 = src4(plane, r1, c + 4 * i32(SW), SW, p.h, p.w);
                     }
                 }
-                let wb = i * taps + kh * KW + kw;
+                let tap = kh * KW + kw;
+                let wb = i * w_si + select(tap, taps - 1u - tap, flip);
                 for (var m = 0u; m < TM; m++) {
                     // Channels past O read channel O-1; their results are never stored.
-                    let wv = vec4<f32>(wt[min(o0 + m, p.co - 1u) * ks + wb]);
+                    let wv = vec4<f32>(wt[min(o0 + m, last_o) * w_so + wb]);
                     a0[m] = fma(wv, xa0, a0[m]);
                     b0[m] = fma(wv, xb0, b0[m]);
                     a1[m] = fma(wv, xa1, a1[m]);
                     b1[m] = fma(wv, xb1, b1[m]);
                 }
                 for (var m = 0u; m < TM; m++) {
-                    let wv = vec4<f32>(wt[min(o0 + TM + m, p.co - 1u) * ks + wb]);
+                    let wv = vec4<f32>(wt[min(o0 + TM + m, last_o) * w_so + wb]);
                     c0[m] = fma(wv, xa0, c0[m]);
                     d0[m] = fma(wv, xb0, d0[m]);
                     c1[m] = fma(wv, xa1, c1[m]);
@@ -186,29 +205,49 @@ fn conv2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgro
         }
     }
     let ok = id.x < p.tiles;
+    let add = ACCUMULATE;
+    let has_bias = p.has_bias != 0u;
+    let row1 = org.y + 1u < p.oh;
+    // One loop per accumulator array, so each stays small enough to unroll (see the header).
     for (var m = 0u; m < TM; m++) {
-        let o = min(o0 + m, p.co - 1u);
-        // Without a bias the wrapper binds x at 3 and sets has_bias = 0.
-        let b = vec4<f32>(select(0.0, bias[o], p.has_bias != 0u));
-        let base = ((org.x * p.co + o) * p.oh + org.y) * p.ow + org.z;
-        let live = ok && o0 + m < p.co;
-        store4(a0[m] + b, base, org.z, p.ow, live, false);
-        store4(b0[m] + b, base + 4u, org.z + 4u, p.ow, live, false);
-        let live1 = live && org.y + 1u < p.oh;
-        store4(a1[m] + b, base + p.ow, org.z, p.ow, live1, false);
-        store4(b1[m] + b, base + p.ow + 4u, org.z + 4u, p.ow, live1, false);
+        let c = min(o0 + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
+        store4(a0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + m < p.co, add);
     }
     for (var m = 0u; m < TM; m++) {
-        let o = min(o0 + TM + m, p.co - 1u);
-        // Without a bias the wrapper binds x at 3 and sets has_bias = 0.
-        let b = vec4<f32>(select(0.0, bias[o], p.has_bias != 0u));
-        let base = ((org.x * p.co + o) * p.oh + org.y) * p.ow + org.z;
-        let live = ok && o0 + TM + m < p.co;
-        store4(c0[m] + b, base, org.z, p.ow, live, false);
-        store4(d0[m] + b, base + 4u, org.z + 4u, p.ow, live, false);
-        let live1 = live && org.y + 1u < p.oh;
-        store4(c1[m] + b, base + p.ow, org.z, p.ow, live1, false);
-        store4(d1[m] + b, base + p.ow + 4u, org.z + 4u, p.ow, live1, false);
+        let c = min(o0 + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
+        store4(b0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + m < p.co, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
+        store4(a1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + m < p.co && row1, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
+        store4(b1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + m < p.co && row1, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + TM + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
+        store4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + TM + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
+        store4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + TM + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
+        store4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co && row1, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + TM + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
+        store4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co && row1, add);
     }
 }
 
@@ -292,25 +331,47 @@ fn conv2d_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(w
         }
     }
     let ok = id.x < p.tiles;
+    let row1 = org.y + 1u < p.h;
+    // One loop per accumulator array, so each stays small enough to unroll (see the header).
     for (var m = 0u; m < TM; m++) {
-        let i = min(i0 + m, p.ci - 1u);
-        let base = ((org.x * p.ci + i) * p.h + org.y) * p.w + org.z;
-        let live = ok && i0 + m < p.ci;
-        store4(a0[m], base, org.z, p.w, live, true);
-        store4(b0[m], base + 4u, org.z + 4u, p.w, live, true);
-        let live1 = live && org.y + 1u < p.h;
-        store4(a1[m], base + p.w, org.z, p.w, live1, true);
-        store4(b1[m], base + p.w + 4u, org.z + 4u, p.w, live1, true);
+        let c = min(i0 + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y) * p.w + org.z + 0u;
+        store4(a0[m], base, org.z + 0u, p.w, ok && i0 + m < p.ci, true);
     }
     for (var m = 0u; m < TM; m++) {
-        let i = min(i0 + TM + m, p.ci - 1u);
-        let base = ((org.x * p.ci + i) * p.h + org.y) * p.w + org.z;
-        let live = ok && i0 + TM + m < p.ci;
-        store4(c0[m], base, org.z, p.w, live, true);
-        store4(d0[m], base + 4u, org.z + 4u, p.w, live, true);
-        let live1 = live && org.y + 1u < p.h;
-        store4(c1[m], base + p.w, org.z, p.w, live1, true);
-        store4(d1[m], base + p.w + 4u, org.z + 4u, p.w, live1, true);
+        let c = min(i0 + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y) * p.w + org.z + 4u;
+        store4(b0[m], base, org.z + 4u, p.w, ok && i0 + m < p.ci, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y + 1u) * p.w + org.z + 0u;
+        store4(a1[m], base, org.z + 0u, p.w, ok && i0 + m < p.ci && row1, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y + 1u) * p.w + org.z + 4u;
+        store4(b1[m], base, org.z + 4u, p.w, ok && i0 + m < p.ci && row1, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + TM + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y) * p.w + org.z + 0u;
+        store4(c0[m], base, org.z + 0u, p.w, ok && i0 + TM + m < p.ci, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + TM + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y) * p.w + org.z + 4u;
+        store4(d0[m], base, org.z + 4u, p.w, ok && i0 + TM + m < p.ci, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + TM + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y + 1u) * p.w + org.z + 0u;
+        store4(c1[m], base, org.z + 0u, p.w, ok && i0 + TM + m < p.ci && row1, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + TM + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y + 1u) * p.w + org.z + 4u;
+        store4(d1[m], base, org.z + 4u, p.w, ok && i0 + TM + m < p.ci && row1, true);
     }
 }
 
@@ -388,18 +449,20 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
         }
     }
     let len = p.co * p.ci * taps;
+    // Two flat loops of fixed trip count (a deeper nest with conditions would not unroll, and
+    // then wacc would live in memory for the whole kernel).
     for (var m = 0u; m < TM; m++) {
-        let o = o0 + m;
-        for (var ii = 0u; ii < TI; ii++) {
-            let i = i0 + ii;
-            for (var k = 0u; k < taps; k++) {
-                if valid && o < p.co && i < p.ci {
-                    part[chunk * len + (o * p.ci + i) * taps + k] = wacc[m * tk + ii * taps + k];
-                }
+        for (var k = 0u; k < tk; k++) {
+            let o = o0 + m;
+            let i = i0 + k / taps;
+            if valid && o < p.co && i < p.ci {
+                part[chunk * len + (o * p.ci + i) * taps + k % taps] = wacc[m * tk + k];
             }
         }
-        if valid && o < p.co && i0 == 0u {
-            part[p.chunks * len + chunk * p.co + o] = dbacc[m];
+    }
+    for (var m = 0u; m < TM; m++) {
+        if valid && o0 + m < p.co && i0 == 0u {
+            part[p.chunks * len + chunk * p.co + o0 + m] = dbacc[m];
         }
     }
 }

@@ -58,8 +58,9 @@ impl Conv2d {
 pub struct Tiling {
     /// Threads a workgroup.
     pub wg: u32,
-    /// Output channels a thread (forward), input channels a thread (backward data), each over
-    /// 2 rows x 8 columns of pixels; at most 16.
+    /// Channels a block (output channels in the forward, input channels in backward data); a
+    /// thread owns 2 blocks, each over 2 rows x 8 columns of pixels. At most 16; above 4 lavapipe
+    /// stops unrolling the channel loop and slows down 3x.
     pub tm: u32,
     /// Backward weight: output channels a thread (at most 16).
     pub wm: u32,
@@ -119,6 +120,10 @@ struct Params {
     rows_per_chunk: u32,
     len: u32,
     has_bias: u32,
+    w_so: u32,
+    w_si: u32,
+    flip: u32,
+    _pad: u32,
 }
 
 /// The dimensions of one convolution, checked against each other.
@@ -149,6 +154,8 @@ impl Dims {
             ow: self.y[3] as u32,
             ph: p.pad[0] as u32,
             pw: p.pad[1] as u32,
+            w_so: (self.w[1] * self.w[2] * self.w[3]) as u32,
+            w_si: (self.w[2] * self.w[3]) as u32,
             ..Params::default()
         }
     }
@@ -185,12 +192,35 @@ pub fn conv2d_forward_tiled(
     t: &Tiling,
 ) {
     let d = dims("conv2d forward", x, w, y, &p);
-    let mut params = d.params(&p);
+    let params = d.params(&p);
+    dispatch_forward(gpu, enc, &d, params, &p, x, w, b, y, t, false);
+}
+
+/// Dispatch the register-tiled forward kernel on `d` (params from `d`, weight layout set by the
+/// caller); `accumulate` adds into y instead of storing.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_forward(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    d: &Dims,
+    mut params: Params,
+    p: &Conv2d,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    t: &Tiling,
+    accumulate: bool,
+) {
     params.tiles_w = params.ow.div_ceil(TILE_COLS);
     params.tiles_h = params.oh.div_ceil(TILE_ROWS);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
-    let b = bias_or_x(&mut params, b, x, &d);
-    let constants: Vec<_> = register_constants(t).into_iter().chain(d.kernel_constants(&p)).collect();
+    let b = bias_or_x(&mut params, b, x, d);
+    let constants: Vec<_> = register_constants(t)
+        .into_iter()
+        .chain(d.kernel_constants(p))
+        .chain([("ACCUMULATE", if accumulate { 1.0 } else { 0.0 })])
+        .collect();
     let kernel = gpu.kernel(&SHADER, "conv2d_forward", &constants);
     let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(2 * t.tm), 1];
     gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
@@ -256,6 +286,17 @@ pub fn conv2d_backward_data_tiled(
     t: &Tiling,
 ) {
     let d = dims("conv2d backward data", dx, w, dy, &p);
+    let [o, i, kh, kw] = d.w;
+    if p.stride == [1, 1] && p.pad[0] < kh && p.pad[1] < kw {
+        // forward: y = conv(x, w, pad p)  =>  dx += conv(dy, w', pad K-1-p), w'[i,o,a,b] = w[o,i,KH-1-a,KW-1-b]:
+        // the forward kernel with the roles of the channels swapped, the taps flipped, adding into dx.
+        let flipped = Conv2d { stride: [1, 1], pad: [kh - 1 - p.pad[0], kw - 1 - p.pad[1]] };
+        let fd = Dims { x: d.y, w: [i, o, kh, kw], y: d.x };
+        let mut params = fd.params(&flipped);
+        (params.w_so, params.w_si, params.flip) = ((kh * kw) as u32, (i * kh * kw) as u32, 1);
+        dispatch_forward(gpu, enc, &fd, params, &flipped, dy, w, None, dx, t, true);
+        return;
+    }
     let mut params = d.params(&p);
     params.tiles_w = params.w.div_ceil(TILE_COLS);
     params.tiles_h = params.h.div_ceil(TILE_ROWS);
