@@ -19,13 +19,15 @@
 //
 // Two tilings:
 // * register tiles (default, `*_forward`, `*_backward_data`, `*_backward_weight`): no workgroup
-//   memory and no barriers. A thread owns TM output channels x RH output rows x 4 output columns
-//   (one vec4 per channel and row), loads the input window those outputs need once per input
-//   channel, and reuses each loaded value across all TM channels and all kernel taps that touch
-//   it. On lavapipe (CPU SIMD across invocations) every load of a storage buffer is a per-lane
-//   loop and a barrier is a coroutine switch, so the FMA-per-load ratio of register tiles is
-//   what sets the speed. The loops run over override constants, so the driver unrolls them and
-//   the private arrays live in registers.
+//   memory and no barriers. In forward and backward data a thread owns 2 blocks of TM channels
+//   x 2 rows x 8 columns (a vec4 per channel, row and half row). Per input channel and kernel row
+//   it loads the 8 input columns under the tile once per row; with stride 1 each further tap kw
+//   shifts that window by one column and needs one new load per row. Each weight load feeds
+//   4 vec4 FMAs. On lavapipe (CPU SIMD across invocations) every load of a storage buffer is a
+//   per-lane loop and a barrier is a coroutine switch, so the FMA-per-load ratio of register
+//   tiles is what sets the speed. Measured there: a channel loop of more than about 4 iterations
+//   of this body is not unrolled, and then the accumulator arrays go to memory (3x slower); hence
+//   two blocks of TM = 4 rather than one block of 8.
 // * workgroup tiles (`conv2d_forward_shared`): the classic GPU GEMM. A workgroup of TX*TY threads
 //   computes a BM x BN block (BM = TY*SM output channels, BN = TX*SN output pixels), stepping
 //   through K in slices of BK: the whole group copies a BM x BK slice of w and a BK x BN slice of
@@ -34,20 +36,20 @@
 
 // Register tiling.
 override WG: u32 = 64u; // threads a workgroup (1-D over output tiles)
-override TM: u32 = 8u; // output channels a thread (<= 16)
-override RH: u32 = 2u; // output rows a thread (<= 4); columns are always 4 (one vec4)
+override TM: u32 = 4u; // channels a block (2 blocks a thread); backward weight: output channels (<= 16)
 // The kernel and stride are pipeline constants: every tap loop has a fixed trip count.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
 override SH: u32 = 1u;
 override SW: u32 = 1u;
 // Backward weight: input channels a thread (TM output channels x TI input channels x KH x KW taps).
-override TI: u32 = 2u;
+override TI: u32 = 1u;
+// Forward: add into y instead of storing (backward data through the forward kernel). A pipeline
+// constant, not a uniform: a runtime branch in the store loop stops its unrolling, and then the
+// accumulators go to memory for the whole kernel (3x slower).
+override ACCUMULATE: bool = false;
 
 // Bounds of the private arrays (WGSL wants constant sizes; the Rust side asserts the tiling fits).
-const MAX_ACC: u32 = 64u; // TM * RH vec4 accumulators
-const WIN: u32 = 32u; // stride between rows of an input window, >= its width
-const MAX_WIN: u32 = 256u; // window rows * WIN
 const MAX_WACC: u32 = 288u; // TM * TI * KH * KW scalar accumulators (backward weight)
 const MAX_XWIN: u32 = 128u; // TI * KH * KW window values (backward weight)
 
@@ -61,12 +63,21 @@ struct Params {
     ow: u32,
     ph: u32, // padding, rows
     pw: u32, // padding, columns
-    tiles_w: u32, // column tiles of the thread's output (4 columns each)
-    tiles_h: u32, // row tiles (RH rows each)
+    tiles_w: u32, // column tiles of the thread's output (8 columns each)
+    tiles_h: u32, // row tiles (2 rows each)
     tiles: u32, // n * tiles_h * tiles_w (backward weight: o-blocks * i-blocks)
     chunks: u32, // backward weight: number of K chunks
     rows_per_chunk: u32, // backward weight: dy rows (n, oh) a chunk
     len: u32, // reduce passes: elements of dw (or db)
+    has_bias: u32, // forward: 1 when binding 3 holds a bias
+    // Forward: where w[o, i, tap] lives (w_so * o + w_si * i + tap, tap flipped to taps-1-tap when
+    // flip = 1). Backward data at stride 1 runs the forward with
+    // (o, i) swapped, the taps flipped and accumulate = 1: dx is the convolution of dy with the
+    // flipped, transposed kernel and padding K-1-p,
+    // with ACCUMULATE set.
+    w_so: u32,
+    w_si: u32,
+    flip: u32,
     _pad: u32,
 }
 
@@ -80,10 +91,6 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;
 
-// Accumulators of the register-tiled forward / backward-data (acc[m * RH + r] holds 4 columns).
-var<private> acc: array<vec4<f32>, MAX_ACC>;
-var<private> win: array<f32, MAX_WIN>;
-
 // src[plane + r * cols + c] for (r, c) inside [0,rows) x [0,cols), else 0 (padding). The index is
 // clamped before the read so no lane ever reads outside the buffer.
 fn read_padded(plane: u32, r: i32, c: i32, rows: u32, cols: u32) -> f32 {
@@ -92,152 +99,286 @@ fn read_padded(plane: u32, r: i32, c: i32, rows: u32, cols: u32) -> f32 {
     return select(0.0, src[idx], inside);
 }
 
-// Which output tile this thread owns: (n, first row, first column); the tile index is clamped so
-// threads past the end compute a duplicate tile and skip the store.
+// Which output tile thread `t` owns: (n, first row, first column), tiles of 2 rows x 8 columns.
+// Threads past the end compute a duplicate of the last tile and skip the store, so no lane leaves
+// the loops early.
 fn tile_origin(t: u32) -> vec3<u32> {
     let tile = min(t, p.tiles - 1u);
     let tw = tile % p.tiles_w;
     let th = (tile / p.tiles_w) % p.tiles_h;
-    return vec3<u32>(tile / (p.tiles_w * p.tiles_h), th * RH, tw * 4u);
+    return vec3<u32>(tile / (p.tiles_w * p.tiles_h), th * 2u, tw * 8u);
 }
 
-// Shared by conv2d_forward and conv2d_forward_nobias: fills `acc` for output channels
-// o0 .. o0+TM of the tile at `org` = (n, oh0, ow0).
-fn forward_tile(org: vec3<u32>, o0: u32) {
-    let xr = (RH - 1u) * SH + KH; // input rows the tile reads
-    let xc = 3u * SW + KW; // input columns the tile reads
-    let ih0 = i32(org.y * SH) - i32(p.ph);
-    let iw0 = i32(org.z * SW) - i32(p.pw);
-    let taps = KH * KW;
-    for (var i = 0u; i < p.ci; i++) {
-        let plane = (org.x * p.ci + i) * p.h * p.w;
-        for (var r = 0u; r < xr; r++) {
-            for (var c = 0u; c < xc; c++) {
-                win[r * WIN + c] = read_padded(plane, ih0 + i32(r), iw0 + i32(c), p.h, p.w);
-            }
-        }
-        for (var kh = 0u; kh < KH; kh++) {
-            for (var kw = 0u; kw < KW; kw++) {
-                var wv: array<f32, 16>;
-                for (var m = 0u; m < TM; m++) {
-                    // Channels past O read channel O-1; their results are never stored.
-                    let o = min(o0 + m, p.co - 1u);
-                    wv[m] = wt[(o * p.ci + i) * taps + kh * KW + kw];
-                }
-                for (var r = 0u; r < RH; r++) {
-                    let base = (r * SH + kh) * WIN + kw;
-                    let xv = vec4<f32>(win[base], win[base + SW], win[base + 2u * SW], win[base + 3u * SW]);
-                    for (var m = 0u; m < TM; m++) {
-                        acc[m * RH + r] = fma(vec4<f32>(wv[m]), xv, acc[m * RH + r]);
-                    }
-                }
+// src at row r, columns c, c+step, c+2*step, c+3*step of a plane (zero outside).
+fn src4(plane: u32, r: i32, c: i32, step: u32, rows: u32, cols: u32) -> vec4<f32> {
+    let s = i32(step);
+    return vec4<f32>(
+        read_padded(plane, r, c, rows, cols),
+        read_padded(plane, r, c + s, rows, cols),
+        read_padded(plane, r, c + 2 * s, rows, cols),
+        read_padded(plane, r, c + 3 * s, rows, cols),
+    );
+}
+
+// dst[base + t] (= or +=) v[t] for the t with col + t < cols; nothing when !ok.
+fn store4(v: vec4<f32>, base: u32, col: u32, cols: u32, ok: bool, add: bool) {
+    for (var t = 0u; t < 4u; t++) {
+        if ok && col + t < cols {
+            if add {
+                dst[base + t] += v[t];
+            } else {
+                dst[base + t] = v[t];
             }
         }
     }
 }
 
-// Write (or, with `add`, accumulate) the tile in `acc` plus `b` into dst[n, c0+m, row0+r, col0+t],
-// of a [.., channels, rows, cols] tensor; edge tiles store only their in-range part.
-fn store_tile(org: vec3<u32>, c0: u32, channels: u32, rows: u32, cols: u32, valid: bool, b: array<f32, 16>, add: bool) {
-    if !valid { return; }
-    for (var m = 0u; m < TM; m++) {
-        let c = c0 + m;
-        if c >= channels { break; }
-        for (var r = 0u; r < RH; r++) {
-            let row = org.y + r;
-            if row >= rows { break; }
-            let v = acc[m * RH + r] + vec4<f32>(b[m]);
-            let base = ((org.x * channels + c) * rows + row) * cols + org.z;
-            for (var t = 0u; t < 4u; t++) {
-                if org.z + t < cols {
-                    if add {
-                        dst[base + t] += v[t];
-                    } else {
-                        dst[base + t] = v[t];
-                    }
-                }
-            }
-        }
-    }
-}
-
+// The register tile of forward and backward data: TM channels x 2 rows x 8 columns, held as four
+// function-local arrays of TM vec4s (row 0 columns 0-3, row 0 columns 4-7, row 1 ...). They are
+// indexed only by the channel loop, whose trip count is a pipeline constant, so the driver
+// unrolls it and keeps them in registers (a `var<private>` array, or an index that depends on an
+// outer loop, sends them to memory on lavapipe, which costs 3x).
 @compute @workgroup_size(WG)
 fn conv2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let org = tile_origin(id.x);
-    let o0 = wid.y * TM;
-    forward_tile(org, o0);
-    var b: array<f32, 16>;
-    for (var m = 0u; m < TM; m++) {
-        b[m] = bias[min(o0 + m, p.co - 1u)];
+    let o0 = wid.y * 2u * TM;
+    var a0: array<vec4<f32>, 16>;
+    var b0: array<vec4<f32>, 16>;
+    var a1: array<vec4<f32>, 16>;
+    var b1: array<vec4<f32>, 16>;
+    var c0: array<vec4<f32>, 16>;
+    var d0: array<vec4<f32>, 16>;
+    var c1: array<vec4<f32>, 16>;
+    var d1: array<vec4<f32>, 16>;
+    let ih0 = i32(org.y * SH) - i32(p.ph);
+    let iw0 = i32(org.z * SW) - i32(p.pw);
+    let taps = KH * KW;
+    let w_so = p.w_so; // read the uniform once, outside the loops
+    let w_si = p.w_si;
+    let flip = p.flip != 0u;
+    let last_o = p.co - 1u;
+    for (var i = 0u; i < p.ci; i++) {
+        let plane = (org.x * p.ci + i) * p.h * p.w;
+        for (var kh = 0u; kh < KH; kh++) {
+            let r0 = ih0 + i32(kh);
+            let r1 = r0 + i32(SH);
+            var xa0 = src4(plane, r0, iw0, SW, p.h, p.w);
+            var xb0 = src4(plane, r0, iw0 + 4 * i32(SW), SW, p.h, p.w);
+            var xa1 = src4(plane, r1, iw0, SW, p.h, p.w);
+            var xb1 = src4(plane, r1, iw0 + 4 * i32(SW), SW, p.h, p.w);
+            for (var kw = 0u; kw < KW; kw++) {
+                if kw > 0u {
+                    if SW == 1u {
+                        // Stride 1: the 8 input columns under tap kw are those of kw-1 shifted by
+                        // one, so each row needs one new load, not eight.
+                        let c = iw0 + 7 + i32(kw);
+                        xa0 = vec4<f32>(xa0.yzw, xb0.x);
+                        xb0 = vec4<f32>(xb0.yzw, read_padded(plane, r0, c, p.h, p.w));
+                        xa1 = vec4<f32>(xa1.yzw, xb1.x);
+                        xb1 = vec4<f32>(xb1.yzw, read_padded(plane, r1, c, p.h, p.w));
+                    } else {
+                        let c = iw0 + i32(kw);
+                        xa0 = src4(plane, r0, c, SW, p.h, p.w);
+                        xb0 = src4(plane, r0, c + 4 * i32(SW), SW, p.h, p.w);
+                        xa1 = src4(plane, r1, c, SW, p.h, p.w);
+                        xb1 = src4(plane, r1, c + 4 * i32(SW), SW, p.h, p.w);
+                    }
+                }
+                let tap = kh * KW + kw;
+                let wb = i * w_si + select(tap, taps - 1u - tap, flip);
+                for (var m = 0u; m < TM; m++) {
+                    // Channels past O read channel O-1; their results are never stored.
+                    let wv = vec4<f32>(wt[min(o0 + m, last_o) * w_so + wb]);
+                    a0[m] = fma(wv, xa0, a0[m]);
+                    b0[m] = fma(wv, xb0, b0[m]);
+                    a1[m] = fma(wv, xa1, a1[m]);
+                    b1[m] = fma(wv, xb1, b1[m]);
+                }
+                for (var m = 0u; m < TM; m++) {
+                    let wv = vec4<f32>(wt[min(o0 + TM + m, last_o) * w_so + wb]);
+                    c0[m] = fma(wv, xa0, c0[m]);
+                    d0[m] = fma(wv, xb0, d0[m]);
+                    c1[m] = fma(wv, xa1, c1[m]);
+                    d1[m] = fma(wv, xb1, d1[m]);
+                }
+            }
+        }
     }
-    store_tile(org, o0, p.co, p.oh, p.ow, id.x < p.tiles, b, false);
+    let ok = id.x < p.tiles;
+    let add = ACCUMULATE;
+    let has_bias = p.has_bias != 0u;
+    let row1 = org.y + 1u < p.oh;
+    // One loop per accumulator array, so each stays small enough to unroll (see the header).
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
+        store4(a0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + m < p.co, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
+        store4(b0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + m < p.co, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
+        store4(a1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + m < p.co && row1, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
+        store4(b1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + m < p.co && row1, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + TM + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
+        store4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + TM + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
+        store4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + TM + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
+        store4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co && row1, add);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(o0 + TM + m, p.co - 1u);
+        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
+        store4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co && row1, add);
+    }
 }
 
-@compute @workgroup_size(WG)
-fn conv2d_forward_nobias(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let org = tile_origin(id.x);
-    let o0 = wid.y * TM;
-    forward_tile(org, o0);
-    var b: array<f32, 16>;
-    store_tile(org, o0, p.co, p.oh, p.ow, id.x < p.tiles, b, false);
+// dy at "numerators" (nh, nw): the dy pixel (nh/SH, nw/SW) where both divide exactly and land
+// inside dy, else 0 (dy read as if dilated by the stride and padded).
+fn dy1(plane: u32, nh: i32, nw: i32) -> f32 {
+    if SH == 1u && SW == 1u {
+        return read_padded(plane, nh, nw, p.oh, p.ow);
+    }
+    // A negative numerator is never a real row or column: i32 % keeps the sign, and read_padded
+    // rejects negative indices.
+    let on_grid = nh >= 0 && nw >= 0 && nh % i32(SH) == 0 && nw % i32(SW) == 0;
+    return select(0.0, read_padded(plane, nh / i32(SH), nw / i32(SW), p.oh, p.ow), on_grid);
 }
 
-// dx tile: input channels i0 .. i0+TM, rows org.y .. +RH, columns org.z .. +4 of image org.x.
-// Here src = dy and the tile dimensions (tiles_w, tiles_h) count dx tiles.
+// dy1 at numerators nw .. nw+3 (no loop: a loop indexing a vector would not be unrolled).
+fn dy4(plane: u32, nh: i32, nw: i32) -> vec4<f32> {
+    return vec4<f32>(dy1(plane, nh, nw), dy1(plane, nh, nw + 1), dy1(plane, nh, nw + 2), dy1(plane, nh, nw + 3));
+}
+
+// dx tile: input channels i0 .. i0+TM, rows org.y, org.y+1, columns org.z .. org.z+7 of image
+// org.x (src = dy here, and tiles_w, tiles_h count dx tiles).
 @compute @workgroup_size(WG)
 fn conv2d_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let org = tile_origin(id.x);
-    let i0 = wid.y * TM;
+    let i0 = wid.y * 2u * TM;
+    var a0: array<vec4<f32>, 16>;
+    var b0: array<vec4<f32>, 16>;
+    var a1: array<vec4<f32>, 16>;
+    var b1: array<vec4<f32>, 16>;
+    var c0: array<vec4<f32>, 16>;
+    var d0: array<vec4<f32>, 16>;
+    var c1: array<vec4<f32>, 16>;
+    var d1: array<vec4<f32>, 16>;
+    let taps = KH * KW;
     // forward: y[oh,ow] += w[o,i,kh,kw] * x[oh*SH-ph+kh, ow*SW-pw+kw]
     //   =>  dx[ih,iw] += w[o,i,kh,kw] * dy[oh,ow]  where oh*SH = ih+ph-kh, ow*SW = iw+pw-kw.
-    // Window row q holds dy "row numerator" ih0+ph-(KH-1)+q (q = r - kh + KH-1), which names a real
-    // dy row only when divisible by SH; column c likewise. Non-rows read as 0.
-    let qr = RH + KH - 1u;
-    let qc = 3u + KW;
-    let num_h = i32(org.y + p.ph) - i32(KH - 1u);
-    let num_w = i32(org.z + p.pw) - i32(KW - 1u);
-    let taps = KH * KW;
+    // Walk the taps with j = KW-1-kw so that the dy columns move right as j grows, as in the forward.
+    let nw0 = i32(org.z + p.pw) - i32(KW - 1u);
     for (var o = 0u; o < p.co; o++) {
         let plane = (org.x * p.co + o) * p.oh * p.ow;
-        for (var q = 0u; q < qr; q++) {
-            let nh = num_h + i32(q);
-            for (var c = 0u; c < qc; c++) {
-                let nw = num_w + i32(c);
-                // i32 % keeps the sign: a negative numerator is never a multiple here, and
-                // read_padded rejects negative rows anyway.
-                let on_grid = nh % i32(SH) == 0 && nw % i32(SW) == 0;
-                let v = read_padded(plane, nh / i32(SH), nw / i32(SW), p.oh, p.ow);
-                win[q * WIN + c] = select(0.0, v, on_grid && nh >= 0 && nw >= 0);
-            }
-        }
         for (var kh = 0u; kh < KH; kh++) {
-            for (var kw = 0u; kw < KW; kw++) {
-                var wv: array<f32, 16>;
-                for (var m = 0u; m < TM; m++) {
-                    let i = min(i0 + m, p.ci - 1u);
-                    wv[m] = wt[(o * p.ci + i) * taps + kh * KW + kw];
-                }
-                for (var r = 0u; r < RH; r++) {
-                    let base = (r + KH - 1u - kh) * WIN + KW - 1u - kw;
-                    let dv = vec4<f32>(win[base], win[base + 1u], win[base + 2u], win[base + 3u]);
-                    for (var m = 0u; m < TM; m++) {
-                        acc[m * RH + r] = fma(vec4<f32>(wv[m]), dv, acc[m * RH + r]);
+            let r0 = i32(org.y + p.ph) - i32(kh);
+            let r1 = r0 + 1;
+            var da0 = dy4(plane, r0, nw0);
+            var db0 = dy4(plane, r0, nw0 + 4);
+            var da1 = dy4(plane, r1, nw0);
+            var db1 = dy4(plane, r1, nw0 + 4);
+            for (var j = 0u; j < KW; j++) {
+                if j > 0u {
+                    if SW == 1u && SH == 1u {
+                        let c = nw0 + 7 + i32(j);
+                        da0 = vec4<f32>(da0.yzw, db0.x);
+                        db0 = vec4<f32>(db0.yzw, read_padded(plane, r0, c, p.oh, p.ow));
+                        da1 = vec4<f32>(da1.yzw, db1.x);
+                        db1 = vec4<f32>(db1.yzw, read_padded(plane, r1, c, p.oh, p.ow));
+                    } else {
+                        let c = nw0 + i32(j);
+                        da0 = dy4(plane, r0, c);
+                        db0 = dy4(plane, r0, c + 4);
+                        da1 = dy4(plane, r1, c);
+                        db1 = dy4(plane, r1, c + 4);
                     }
+                }
+                let wb = kh * KW + KW - 1u - j;
+                for (var m = 0u; m < TM; m++) {
+                    let wv = vec4<f32>(wt[(o * p.ci + min(i0 + m, p.ci - 1u)) * taps + wb]);
+                    a0[m] = fma(wv, da0, a0[m]);
+                    b0[m] = fma(wv, db0, b0[m]);
+                    a1[m] = fma(wv, da1, a1[m]);
+                    b1[m] = fma(wv, db1, b1[m]);
+                }
+                for (var m = 0u; m < TM; m++) {
+                    let wv = vec4<f32>(wt[(o * p.ci + min(i0 + TM + m, p.ci - 1u)) * taps + wb]);
+                    c0[m] = fma(wv, da0, c0[m]);
+                    d0[m] = fma(wv, db0, d0[m]);
+                    c1[m] = fma(wv, da1, c1[m]);
+                    d1[m] = fma(wv, db1, d1[m]);
                 }
             }
         }
     }
-    var zero: array<f32, 16>;
-    store_tile(org, i0, p.ci, p.h, p.w, id.x < p.tiles, zero, true);
+    let ok = id.x < p.tiles;
+    let row1 = org.y + 1u < p.h;
+    // One loop per accumulator array, so each stays small enough to unroll (see the header).
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y) * p.w + org.z + 0u;
+        store4(a0[m], base, org.z + 0u, p.w, ok && i0 + m < p.ci, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y) * p.w + org.z + 4u;
+        store4(b0[m], base, org.z + 4u, p.w, ok && i0 + m < p.ci, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y + 1u) * p.w + org.z + 0u;
+        store4(a1[m], base, org.z + 0u, p.w, ok && i0 + m < p.ci && row1, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y + 1u) * p.w + org.z + 4u;
+        store4(b1[m], base, org.z + 4u, p.w, ok && i0 + m < p.ci && row1, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + TM + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y) * p.w + org.z + 0u;
+        store4(c0[m], base, org.z + 0u, p.w, ok && i0 + TM + m < p.ci, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + TM + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y) * p.w + org.z + 4u;
+        store4(d0[m], base, org.z + 4u, p.w, ok && i0 + TM + m < p.ci, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + TM + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y + 1u) * p.w + org.z + 0u;
+        store4(c1[m], base, org.z + 0u, p.w, ok && i0 + TM + m < p.ci && row1, true);
+    }
+    for (var m = 0u; m < TM; m++) {
+        let c = min(i0 + TM + m, p.ci - 1u);
+        let base = ((org.x * p.ci + c) * p.h + org.y + 1u) * p.w + org.z + 4u;
+        store4(d1[m], base, org.z + 4u, p.w, ok && i0 + TM + m < p.ci && row1, true);
+    }
 }
 
 // Backward weight, pass 1. Thread = (tile of TM output channels x TI input channels, chunk of dy
 // rows). It walks its rows pixel by pixel: TM loads of dy and (stride 1) TI*KH new loads of x per
 // pixel, TM*TI*KH*KW FMAs. part[chunk, o, i, kh, kw] = its sum; part[chunks*O*I*KH*KW + chunk*O + o]
 // = the chunk's sum of dy (the bias gradient), written by the threads of input block 0.
-var<private> wacc: array<f32, MAX_WACC>;
-var<private> xwin: array<f32, MAX_XWIN>;
-
 @compute @workgroup_size(WG)
 fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let g = id.x + id.y * groups.x * WG;
@@ -249,76 +390,79 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
     let o0 = (tile % o_blocks) * TM;
     let i0 = (tile / o_blocks) * TI;
     let taps = KH * KW;
+    let tk = TI * taps;
     let rows = p.n * p.oh;
+    var wacc: array<f32, MAX_WACC>;
     var dbacc: array<f32, 16>;
+    var xwin: array<f32, MAX_XWIN>; // [ii][kh][kw]: x under tap (kh, kw) at the current pixel
     for (var rr = 0u; rr < p.rows_per_chunk; rr++) {
         let row_raw = chunk * p.rows_per_chunk + rr;
-        // Chunks past the last row run on a clamped row with dy scaled by 0, so every lane runs the
-        // same trip count.
+        // The last chunk may overhang: it runs on a clamped row with dy scaled by 0, so every lane
+        // runs the same trip count.
         let live = select(0.0, 1.0, row_raw < rows);
         let row = min(row_raw, rows - 1u);
         let n = row / p.oh;
         let oh = row % p.oh;
         let ih0 = i32(oh * SH) - i32(p.ph);
-        // Start the window at ow = 0: columns -pw .. -pw+KW-2 (the first step loads the last one).
-        for (var ii = 0u; ii < TI; ii++) {
-            let i = min(i0 + ii, p.ci - 1u);
-            let plane = (n * p.ci + i) * p.h * p.w;
-            for (var kh = 0u; kh < KH; kh++) {
-                for (var kw = 0u; kw + 1u < KW; kw++) {
-                    xwin[(ii * KH + kh) * KW + kw + 1u] =
-                        read_padded(plane, ih0 + i32(kh), i32(kw) - i32(p.pw), p.h, p.w);
+        // Stride 1: prime the window for ow = 0 with columns -pw .. -pw+KW-2 in slots 1 .. KW-1;
+        // the first step shifts them down and loads slot KW-1.
+        if SW == 1u {
+            for (var ii = 0u; ii < TI; ii++) {
+                let plane = (n * p.ci + min(i0 + ii, p.ci - 1u)) * p.h * p.w;
+                for (var kh = 0u; kh < KH; kh++) {
+                    for (var kw = 1u; kw < KW; kw++) {
+                        xwin[(ii * KH + kh) * KW + kw] = read_padded(plane, ih0 + i32(kh), i32(kw) - 1 - i32(p.pw), p.h, p.w);
+                    }
                 }
             }
         }
         for (var ow = 0u; ow < p.ow; ow++) {
             var dv: array<f32, 16>;
             for (var m = 0u; m < TM; m++) {
-                let o = min(o0 + m, p.co - 1u);
-                dv[m] = live * dy[((n * p.co + o) * p.oh + oh) * p.ow + ow];
+                dv[m] = live * dy[((n * p.co + min(o0 + m, p.co - 1u)) * p.oh + oh) * p.ow + ow];
                 dbacc[m] += dv[m];
             }
             let iw0 = i32(ow * SW) - i32(p.pw);
             for (var ii = 0u; ii < TI; ii++) {
-                let i = min(i0 + ii, p.ci - 1u);
-                let plane = (n * p.ci + i) * p.h * p.w;
+                let plane = (n * p.ci + min(i0 + ii, p.ci - 1u)) * p.h * p.w;
                 for (var kh = 0u; kh < KH; kh++) {
-                    let wbase = (ii * KH + kh) * KW;
+                    let s = (ii * KH + kh) * KW;
                     if SW == 1u {
-                        // Stride 1: the window slides by one column; keep KW-1 values, load one.
-                        for (var kw = 0u; kw + 1u < KW; kw++) {
-                            xwin[wbase + kw] = xwin[wbase + kw + 1u];
+                        // The window slides by one column: keep KW-1 values, load one.
+                        for (var kw = 1u; kw < KW; kw++) {
+                            xwin[s + kw - 1u] = xwin[s + kw];
                         }
-                        xwin[wbase + KW - 1u] = read_padded(plane, ih0 + i32(kh), iw0 + i32(KW - 1u), p.h, p.w);
+                        xwin[s + KW - 1u] = read_padded(plane, ih0 + i32(kh), iw0 + i32(KW - 1u), p.h, p.w);
                     } else {
                         for (var kw = 0u; kw < KW; kw++) {
-                            xwin[wbase + kw] = read_padded(plane, ih0 + i32(kh), iw0 + i32(kw), p.h, p.w);
+                            xwin[s + kw] = read_padded(plane, ih0 + i32(kh), iw0 + i32(kw), p.h, p.w);
                         }
                     }
                 }
             }
             // forward: y[o,oh,ow] += w[o,i,kh,kw] * x[i, ..]  =>  dw[o,i,kh,kw] += dy[o,oh,ow] * x[i, ..]
             for (var m = 0u; m < TM; m++) {
-                for (var k = 0u; k < TI * taps; k++) {
-                    wacc[m * TI * taps + k] = fma(dv[m], xwin[k], wacc[m * TI * taps + k]);
+                for (var k = 0u; k < tk; k++) {
+                    wacc[m * tk + k] = fma(dv[m], xwin[k], wacc[m * tk + k]);
                 }
             }
         }
     }
-    if !valid { return; }
     let len = p.co * p.ci * taps;
+    // Two flat loops of fixed trip count (a deeper nest with conditions would not unroll, and
+    // then wacc would live in memory for the whole kernel).
     for (var m = 0u; m < TM; m++) {
-        let o = o0 + m;
-        if o >= p.co { break; }
-        for (var ii = 0u; ii < TI; ii++) {
-            let i = i0 + ii;
-            if i >= p.ci { break; }
-            for (var k = 0u; k < taps; k++) {
-                part[chunk * len + (o * p.ci + i) * taps + k] = wacc[(m * TI + ii) * taps + k];
+        for (var k = 0u; k < tk; k++) {
+            let o = o0 + m;
+            let i = i0 + k / taps;
+            if valid && o < p.co && i < p.ci {
+                part[chunk * len + (o * p.ci + i) * taps + k % taps] = wacc[m * tk + k];
             }
         }
-        if i0 == 0u {
-            part[p.chunks * len + chunk * p.co + o] = dbacc[m];
+    }
+    for (var m = 0u; m < TM; m++) {
+        if valid && o0 + m < p.co && i0 == 0u {
+            part[p.chunks * len + chunk * p.co + o0 + m] = dbacc[m];
         }
     }
 }
@@ -430,7 +574,7 @@ fn conv2d_forward_shared(
             if px >= pixels { break; }
             let n = px / plane_out;
             let rest = px % plane_out;
-            dst[(n * p.co + o) * plane_out + rest] = sacc[m * SN + j] + bias[o];
+            dst[(n * p.co + o) * plane_out + rest] = sacc[m * SN + j] + select(0.0, bias[o], p.has_bias != 0u);
         }
     }
 }

@@ -13,6 +13,7 @@ use unet_wgpu::{Gpu, GpuOptions};
 mod batchnorm2d;
 mod bias_add;
 mod concat;
+mod conv2d;
 mod conv_transpose2d;
 mod dropout;
 mod elementwise;
@@ -32,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     batchnorm2d::run(&mut bench);
     bias_add::run(&mut bench);
     concat::run(&mut bench);
+    conv2d::run(&mut bench);
     conv_transpose2d::run(&mut bench);
     dropout::run(&mut bench);
     elementwise::run(&mut bench);

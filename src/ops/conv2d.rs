@@ -58,10 +58,10 @@ impl Conv2d {
 pub struct Tiling {
     /// Threads a workgroup.
     pub wg: u32,
-    /// Output channels a thread (forward), input channels a thread (backward data); at most 16.
+    /// Channels a block (output channels in the forward, input channels in backward data); a
+    /// thread owns 2 blocks, each over 2 rows x 8 columns of pixels. At most 16; above 4 lavapipe
+    /// stops unrolling the channel loop and slows down 3x.
     pub tm: u32,
-    /// Output rows a thread, each 4 columns wide; at most 4.
-    pub rh: u32,
     /// Backward weight: output channels a thread (at most 16).
     pub wm: u32,
     /// Backward weight: input channels a thread.
@@ -70,7 +70,7 @@ pub struct Tiling {
 
 impl Default for Tiling {
     fn default() -> Tiling {
-        Tiling { wg: 64, tm: 8, rh: 2, wm: 8, ti: 2 }
+        Tiling { wg: 64, tm: 4, wm: 8, ti: 2 }
     }
 }
 
@@ -96,9 +96,6 @@ impl Default for SharedTiling {
 }
 
 // Bounds of the shader's private arrays (keep in step with `shaders/conv2d.wgsl`).
-const MAX_ACC: u32 = 64;
-const WIN: u32 = 32;
-const MAX_WIN: u32 = 256;
 const MAX_WACC: u32 = 288;
 const MAX_XWIN: u32 = 128;
 const MAX_TILE: u32 = 2048;
@@ -122,6 +119,10 @@ struct Params {
     chunks: u32,
     rows_per_chunk: u32,
     len: u32,
+    has_bias: u32,
+    w_so: u32,
+    w_si: u32,
+    flip: u32,
     _pad: u32,
 }
 
@@ -153,35 +154,25 @@ impl Dims {
             ow: self.y[3] as u32,
             ph: p.pad[0] as u32,
             pw: p.pad[1] as u32,
+            w_so: (self.w[1] * self.w[2] * self.w[3]) as u32,
+            w_si: (self.w[2] * self.w[3]) as u32,
             ..Params::default()
         }
     }
 
     fn kernel_constants(&self, p: &Conv2d) -> [(&'static str, f64); 4] {
-        [
-            ("KH", self.w[2] as f64),
-            ("KW", self.w[3] as f64),
-            ("SH", p.stride[0] as f64),
-            ("SW", p.stride[1] as f64),
-        ]
+        [("KH", self.w[2] as f64), ("KW", self.w[3] as f64), ("SH", p.stride[0] as f64), ("SW", p.stride[1] as f64)]
     }
 }
 
-/// Rows a thread can own: the tiling's `rh`, lowered until the input window fits the shader's arrays.
-fn fit_rows(t: &Tiling, win_rows: impl Fn(u32) -> u32, win_cols: u32) -> u32 {
-    assert!(win_cols <= WIN, "conv2d: an input window {win_cols} columns wide exceeds {WIN}; kernel too wide");
-    let mut rh = t.rh.clamp(1, 4).min(MAX_ACC / t.tm);
-    while rh > 1 && win_rows(rh) * WIN > MAX_WIN {
-        rh -= 1;
-    }
-    assert!(win_rows(rh) * WIN <= MAX_WIN, "conv2d: an input window {} rows tall exceeds the shader's", win_rows(rh));
-    rh
-}
-
-fn register_constants(t: &Tiling, rh: u32) -> [(&'static str, f64); 3] {
+fn register_constants(t: &Tiling) -> [(&'static str, f64); 2] {
     assert!((1..=16).contains(&t.tm) && t.wg > 0, "conv2d: tiling {t:?} out of range");
-    [("WG", t.wg as f64), ("TM", t.tm as f64), ("RH", rh as f64)]
+    [("WG", t.wg as f64), ("TM", t.tm as f64)]
 }
+
+/// Rows and columns of the register tile of forward and backward data (fixed by the shader's code).
+const TILE_ROWS: u32 = 2;
+const TILE_COLS: u32 = 8;
 
 /// `y = conv(x, w) + b`. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
 pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor, p: Conv2d) {
@@ -201,24 +192,49 @@ pub fn conv2d_forward_tiled(
     t: &Tiling,
 ) {
     let d = dims("conv2d forward", x, w, y, &p);
-    let (kh, kw, sh, sw) = (d.w[2] as u32, d.w[3] as u32, p.stride[0] as u32, p.stride[1] as u32);
-    let rh = fit_rows(t, |rh| (rh - 1) * sh + kh, 3 * sw + kw);
-    let mut params = d.params(&p);
-    params.tiles_w = params.ow.div_ceil(4);
-    params.tiles_h = params.oh.div_ceil(rh);
+    let params = d.params(&p);
+    dispatch_forward(gpu, enc, &d, params, &p, x, w, b, y, t, false);
+}
+
+/// Dispatch the register-tiled forward kernel on `d` (params from `d`, weight layout set by the
+/// caller); `accumulate` adds into y instead of storing.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_forward(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    d: &Dims,
+    mut params: Params,
+    p: &Conv2d,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    t: &Tiling,
+    accumulate: bool,
+) {
+    params.tiles_w = params.ow.div_ceil(TILE_COLS);
+    params.tiles_h = params.oh.div_ceil(TILE_ROWS);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
-    let constants: Vec<_> = register_constants(t, rh).into_iter().chain(d.kernel_constants(&p)).collect();
-    let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(t.tm), 1];
+    let b = bias_or_x(&mut params, b, x, d);
+    let constants: Vec<_> = register_constants(t)
+        .into_iter()
+        .chain(d.kernel_constants(p))
+        .chain([("ACCUMULATE", if accumulate { 1.0 } else { 0.0 })])
+        .collect();
+    let kernel = gpu.kernel(&SHADER, "conv2d_forward", &constants);
+    let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(2 * t.tm), 1];
+    gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
+}
+
+/// The tensor to bind as the bias: `b`, or (flagged off in `params`) x, which is bound anyway.
+fn bias_or_x<'a>(params: &mut Params, b: Option<&'a Tensor>, x: &'a Tensor, d: &Dims) -> &'a Tensor {
     match b {
         Some(b) => {
             assert_eq!(b.shape(), [d.w[0]], "conv2d forward: b {:?} for w {:?}", b.shape(), d.w);
-            let kernel = gpu.kernel(&SHADER, "conv2d_forward", &constants);
-            gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
+            params.has_bias = 1;
+            b
         }
-        None => {
-            let kernel = gpu.kernel(&SHADER, "conv2d_forward_nobias", &constants);
-            gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (4, y)], groups);
-        }
+        None => x,
     }
 }
 
@@ -241,28 +257,13 @@ pub fn conv2d_forward_shared(
         t.sm <= 8 && t.sn <= 8 && t.bk * bm <= MAX_TILE && t.bk * bn <= MAX_TILE,
         "conv2d: shared tiling {t:?} exceeds the shader's tiles"
     );
-    let params = d.params(&p);
-    let zeros;
-    let b = match b {
-        Some(b) => {
-            assert_eq!(b.shape(), [d.w[0]], "conv2d forward: b {:?} for w {:?}", b.shape(), d.w);
-            b
-        }
-        None => {
-            zeros = gpu.zeros(enc, &[d.w[0]]);
-            &zeros
-        }
-    };
-    let constants: Vec<_> = [
-        ("TX", t.tx as f64),
-        ("TY", t.ty as f64),
-        ("SM", t.sm as f64),
-        ("SN", t.sn as f64),
-        ("BK", t.bk as f64),
-    ]
-    .into_iter()
-    .chain(d.kernel_constants(&p))
-    .collect();
+    let mut params = d.params(&p);
+    let b = bias_or_x(&mut params, b, x, &d);
+    let constants: Vec<_> =
+        [("TX", t.tx as f64), ("TY", t.ty as f64), ("SM", t.sm as f64), ("SN", t.sn as f64), ("BK", t.bk as f64)]
+            .into_iter()
+            .chain(d.kernel_constants(&p))
+            .collect();
     let kernel = gpu.kernel(&SHADER, "conv2d_forward_shared", &constants);
     let pixels = (d.y[0] * d.y[2] * d.y[3]) as u32;
     let groups = [pixels.div_ceil(bn), params.co.div_ceil(bm), 1];
@@ -285,15 +286,24 @@ pub fn conv2d_backward_data_tiled(
     t: &Tiling,
 ) {
     let d = dims("conv2d backward data", dx, w, dy, &p);
-    let (kh, kw) = (d.w[2] as u32, d.w[3] as u32);
-    let rh = fit_rows(t, |rh| rh + kh - 1, 3 + kw);
+    let [o, i, kh, kw] = d.w;
+    if p.stride == [1, 1] && p.pad[0] < kh && p.pad[1] < kw {
+        // forward: y = conv(x, w, pad p)  =>  dx += conv(dy, w', pad K-1-p), w'[i,o,a,b] = w[o,i,KH-1-a,KW-1-b]:
+        // the forward kernel with the roles of the channels swapped, the taps flipped, adding into dx.
+        let flipped = Conv2d { stride: [1, 1], pad: [kh - 1 - p.pad[0], kw - 1 - p.pad[1]] };
+        let fd = Dims { x: d.y, w: [i, o, kh, kw], y: d.x };
+        let mut params = fd.params(&flipped);
+        (params.w_so, params.w_si, params.flip) = ((kh * kw) as u32, (i * kh * kw) as u32, 1);
+        dispatch_forward(gpu, enc, &fd, params, &flipped, dy, w, None, dx, t, true);
+        return;
+    }
     let mut params = d.params(&p);
-    params.tiles_w = params.w.div_ceil(4);
-    params.tiles_h = params.h.div_ceil(rh);
+    params.tiles_w = params.w.div_ceil(TILE_COLS);
+    params.tiles_h = params.h.div_ceil(TILE_ROWS);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
-    let constants: Vec<_> = register_constants(t, rh).into_iter().chain(d.kernel_constants(&p)).collect();
+    let constants: Vec<_> = register_constants(t).into_iter().chain(d.kernel_constants(&p)).collect();
     let kernel = gpu.kernel(&SHADER, "conv2d_backward_data", &constants);
-    let groups = [params.tiles.div_ceil(t.wg), params.ci.div_ceil(t.tm), 1];
+    let groups = [params.tiles.div_ceil(t.wg), params.ci.div_ceil(2 * t.tm), 1];
     gpu.dispatch(enc, &kernel, &params, &[(1, dy), (2, w), (4, dx)], groups);
 }
 
@@ -339,10 +349,8 @@ pub fn conv2d_backward_weight_tiled(
     params.rows_per_chunk = rows.div_ceil(chunks);
     params.chunks = rows.div_ceil(params.rows_per_chunk);
     params.len = params.co * params.ci * taps;
-    let constants: Vec<_> = [("WG", t.wg as f64), ("TM", wm as f64), ("TI", ti as f64)]
-        .into_iter()
-        .chain(d.kernel_constants(&p))
-        .collect();
+    let constants: Vec<_> =
+        [("WG", t.wg as f64), ("TM", wm as f64), ("TI", ti as f64)].into_iter().chain(d.kernel_constants(&p)).collect();
     let part = gpu.empty(&[(params.chunks * (params.len + params.co)) as usize]);
     let kernel = gpu.kernel(&SHADER, "conv2d_backward_weight", &constants);
     let threads = (params.tiles * params.chunks) as usize;
@@ -429,7 +437,14 @@ pub mod reference {
     }
 
     /// `y = conv(x, w) + b`; returns y `[N,O,OH,OW]` flattened.
-    pub fn conv2d_forward(x: &[f64], xd: [usize; 4], w: &[f64], wd: [usize; 4], b: Option<&[f64]>, p: &Conv2d) -> Vec<f64> {
+    pub fn conv2d_forward(
+        x: &[f64],
+        xd: [usize; 4],
+        w: &[f64],
+        wd: [usize; 4],
+        b: Option<&[f64]>,
+        p: &Conv2d,
+    ) -> Vec<f64> {
         let [n, co, kh, kw] = [xd[0], wd[0], wd[2], wd[3]];
         let [oh, ow] = p.out_size([xd[2], xd[3]], [kh, kw]);
         let mut y = vec![0.0; n * co * oh * ow];
@@ -531,8 +546,10 @@ mod tests {
         let w = random_vec(seed + 1, wd.iter().product());
         let b = random_vec(seed + 2, wd[0]);
         let dy = random_vec(seed + 3, ydims.iter().product());
-        let (dx0, dw0, db0) = (random_vec(seed + 4, x.len()), random_vec(seed + 5, w.len()), random_vec(seed + 6, wd[0]));
-        let (xt, wt, bt, dyt) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.upload(&b, &[wd[0]]), gpu.upload(&dy, &ydims));
+        let (dx0, dw0, db0) =
+            (random_vec(seed + 4, x.len()), random_vec(seed + 5, w.len()), random_vec(seed + 6, wd[0]));
+        let (xt, wt, bt, dyt) =
+            (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.upload(&b, &[wd[0]]), gpu.upload(&dy, &ydims));
         let (dxt, dwt, dbt) = (gpu.upload(&dx0, &xd), gpu.upload(&dw0, &wd), gpu.upload(&db0, &[wd[0]]));
         let y = gpu.empty(&ydims);
         let y_shared = gpu.empty(&ydims);
@@ -549,7 +566,8 @@ mod tests {
         let want_y = reference::conv2d_forward(&xf, xd, &wf, wd, bias.then_some(&bf[..]), &p);
         assert_close_f32(&format!("y {what}"), &gpu.read(&y), &want_y, 1e-4);
         assert_close_f32(&format!("y (shared) {what}"), &gpu.read(&y_shared), &want_y, 1e-4);
-        let plus = |g: Vec<f64>, start: &[f32]| -> Vec<f64> { g.iter().zip(start).map(|(g, &s)| g + s as f64).collect() };
+        let plus =
+            |g: Vec<f64>, start: &[f32]| -> Vec<f64> { g.iter().zip(start).map(|(g, &s)| g + s as f64).collect() };
         let want_dx = plus(reference::conv2d_backward_data(&dyf, &wf, xd, wd, &p), &dx0);
         assert_close_f32(&format!("dx {what}"), &gpu.read(&dxt), &want_dx, 1e-3);
         let (dw, db) = reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
@@ -568,11 +586,8 @@ mod tests {
 
     #[test]
     fn gpu_matches_reference_with_other_tilings() {
-        let tilings = [
-            Tiling { wg: 32, tm: 4, rh: 1, wm: 4, ti: 1 },
-            Tiling { wg: 16, tm: 16, rh: 4, wm: 16, ti: 3 },
-            Tiling { wg: 64, tm: 3, rh: 3, wm: 5, ti: 4 },
-        ];
+        // Odd block sizes, so edge blocks of channels are partly empty.
+        let tilings = [Tiling { wg: 16, tm: 3, wm: 5, ti: 3 }];
         for (k, t) in tilings.iter().enumerate() {
             check_gpu(300 + k as u64, [2, 5, 11, 6], [7, 5, 3, 3], Conv2d::new(1, 1), true, t);
             check_gpu(310 + k as u64, [1, 6, 9, 13], [3, 6, 1, 1], Conv2d::new(1, 0), false, t);
@@ -587,7 +602,8 @@ mod tests {
         let w = random_vec(401, wd.iter().product());
         let want = reference::conv2d_forward(&to_f64(&x), xd, &to_f64(&w), wd, None, &p);
         let (xt, wt) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd));
-        for t in [SharedTiling { tx: 8, ty: 4, sm: 3, sn: 2, bk: 5 }, SharedTiling { tx: 16, ty: 8, sm: 8, sn: 8, bk: 16 }]
+        for t in
+            [SharedTiling { tx: 8, ty: 4, sm: 3, sn: 2, bk: 5 }, SharedTiling { tx: 16, ty: 8, sm: 8, sn: 8, bk: 16 }]
         {
             let y = gpu.empty(&yd(xd, wd, &p));
             let mut enc = gpu.encoder();
@@ -602,7 +618,8 @@ mod tests {
         let gpu = gpu();
         let (xd, wd, p) = ([2, 3, 5, 6], [4, 3, 3, 3], Conv2d::new(1, 1));
         let ydims = yd(xd, wd, &p);
-        let (x, w, b) = (random_vec(500, xd.iter().product()), random_vec(501, wd.iter().product()), random_vec(502, 4));
+        let (x, w, b) =
+            (random_vec(500, xd.iter().product()), random_vec(501, wd.iter().product()), random_vec(502, 4));
         let dy = random_vec(503, ydims.iter().product());
         let xt = gpu.upload(&x, &xd).with_grad();
         let wt = gpu.upload(&w, &wd).with_grad();
@@ -617,7 +634,12 @@ mod tests {
         let want_y = reference::conv2d_forward(&xf, xd, &wf, wd, Some(&bf), &p);
         assert_close_f32("tape y", &gpu.read(&y), &want_y, 1e-4);
         let (dw, db) = reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
-        assert_close_f32("tape dx", &gpu.read(grads.get(&xt).unwrap()), &reference::conv2d_backward_data(&dyf, &wf, xd, wd, &p), 1e-3);
+        assert_close_f32(
+            "tape dx",
+            &gpu.read(grads.get(&xt).unwrap()),
+            &reference::conv2d_backward_data(&dyf, &wf, xd, wd, &p),
+            1e-3,
+        );
         assert_close_f32("tape dw", &gpu.read(grads.get(&wt).unwrap()), &dw, 1e-3);
         assert_close_f32("tape db", &gpu.read(grads.get(&bt).unwrap()), &db, 1e-3);
     }

@@ -1,0 +1,86 @@
+//! Convolution forward (register and workgroup-memory tilings), backward data and backward
+//! weight at the U-Net's 3x3 levels and its final 1x1: compute-bound (GFLOP/s, counting
+//! `2*N*O*OH*OW*I*KH*KW` for each of the three).
+//!
+//! `CONV_TILING=wg,tm,wm,ti` overrides the register tiling (for sweeps).
+
+use unet_wgpu::bench::Bench;
+use unet_wgpu::ops::conv2d::{
+    conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_shared, conv2d_forward_tiled, reference,
+    Conv2d, SharedTiling, Tiling,
+};
+use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
+
+use crate::{shape_str, UNET_LEVELS};
+
+fn tiling() -> Tiling {
+    let Ok(s) = std::env::var("CONV_TILING") else { return Tiling::default() };
+    let v: Vec<u32> = s.split(',').map(|t| t.trim().parse().expect("CONV_TILING=wg,tm,wm,ti")).collect();
+    assert_eq!(v.len(), 4, "CONV_TILING=wg,tm,wm,ti");
+    Tiling { wg: v[0], tm: v[1], wm: v[2], ti: v[3] }
+}
+
+pub fn run(b: &mut Bench) {
+    let names = ["conv2d_forward", "conv2d_forward_shared", "conv2d_backward_data", "conv2d_backward_weight"];
+    if !names.iter().any(|n| b.wants(n)) {
+        return;
+    }
+    let gpu = b.gpu;
+    let t = tiling();
+    let st = SharedTiling::default();
+
+    // Correctness first, on an odd shape, for every kernel timed below.
+    let (xd, wd, p) = ([2, 5, 7, 9], [6, 5, 3, 3], Conv2d::new(1, 1));
+    let (x, w, dy) = (random_vec(1, 2 * 5 * 7 * 9), random_vec(2, 6 * 5 * 9), random_vec(3, 2 * 6 * 7 * 9));
+    let (xt, wt, dyt) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.upload(&dy, &[2, 6, 7, 9]));
+    let (y, ys) = (gpu.empty(&[2, 6, 7, 9]), gpu.empty(&[2, 6, 7, 9]));
+    let (dx, dw) = (gpu.empty(&xd), gpu.empty(&wd));
+    let mut enc = gpu.encoder();
+    enc.clear(&dx);
+    enc.clear(&dw);
+    conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y, p, &t);
+    conv2d_forward_shared(gpu, &mut enc, &xt, &wt, None, &ys, p, &st);
+    conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dx, p, &t);
+    conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &t);
+    gpu.submit(enc);
+    let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
+    let want_y = reference::conv2d_forward(&xf, xd, &wf, wd, None, &p);
+    assert_close_f32("conv2d forward", &gpu.read(&y), &want_y, 1e-4);
+    assert_close_f32("conv2d forward (shared)", &gpu.read(&ys), &want_y, 1e-4);
+    assert_close_f32(
+        "conv2d backward data",
+        &gpu.read(&dx),
+        &reference::conv2d_backward_data(&dyf, &wf, xd, wd, &p),
+        1e-3,
+    );
+    let (want_dw, _) = reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
+    assert_close_f32("conv2d backward weight", &gpu.read(&dw), &want_dw, 1e-3);
+
+    // The 3x3 "same" convs of each level (channels in = out), then the final 1x1 16 -> 6.
+    let mut cases: Vec<([usize; 4], [usize; 4], Conv2d)> =
+        UNET_LEVELS.iter().map(|&[n, c, h, w]| ([n, c, h, w], [c, c, 3, 3], Conv2d::new(1, 1))).collect();
+    cases.push(([4, 16, 256, 256], [6, 16, 1, 1], Conv2d::new(1, 0)));
+    for (xd, wd, p) in cases {
+        let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
+        let yd = [xd[0], wd[0], oh, ow];
+        let flops = 2.0 * (yd.iter().product::<usize>() * wd[1] * wd[2] * wd[3]) as f64;
+        let x = gpu.upload(&random_vec(4, xd.iter().product()), &xd);
+        let w = gpu.upload(&random_vec(5, wd.iter().product()), &wd);
+        let bias = gpu.upload(&random_vec(6, wd[0]), &[wd[0]]);
+        let dy = gpu.upload(&random_vec(7, yd.iter().product()), &yd);
+        let (y, dx, dw, db) = (gpu.empty(&yd), gpu.empty(&xd), gpu.empty(&wd), gpu.empty(&[wd[0]]));
+        let shape = format!("{} k{}x{} o{}", shape_str(&xd), wd[2], wd[3], wd[0]);
+        b.case("conv2d_forward", &shape, Some(flops), None, |gpu, enc| {
+            conv2d_forward_tiled(gpu, enc, &x, &w, Some(&bias), &y, p, &t)
+        });
+        b.case("conv2d_forward_shared", &shape, Some(flops), None, |gpu, enc| {
+            conv2d_forward_shared(gpu, enc, &x, &w, Some(&bias), &y, p, &st)
+        });
+        b.case("conv2d_backward_data", &shape, Some(flops), None, |gpu, enc| {
+            conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, &t)
+        });
+        b.case("conv2d_backward_weight", &shape, Some(flops), None, |gpu, enc| {
+            conv2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), p, &t)
+        });
+    }
+}
