@@ -9,11 +9,11 @@
 
 use std::time::Instant;
 
+use unet_wgpu::gpu::MAX_TIMED_DISPATCHES;
 use unet_wgpu::loss::{loss_forward_backward, LossConfig, LossOutput, Term, VALUES_LEN};
 use unet_wgpu::nn::{UNet, UNetConfig};
 use unet_wgpu::optim::{Method, OptimConfig, Optimizer};
 use unet_wgpu::rng::Rng;
-use unet_wgpu::gpu::MAX_TIMED_DISPATCHES;
 use unet_wgpu::{Gpu, GpuOptions, Mode, Step};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -27,7 +27,10 @@ fn main() -> anyhow::Result<()> {
     println!("adapter: {}", gpu.describe());
     let model = UNet::new(&gpu, UNetConfig::default());
     let classes = model.config.classes;
-    println!("model: U-Net base 16, depth 4, {} parameters; batch {batch} x 3 x {size} x {size}", model.parameter_count());
+    println!(
+        "model: U-Net base 16, depth 4, {} parameters; batch {batch} x 3 x {size} x {size}",
+        model.parameter_count()
+    );
 
     let mut rng = Rng::new(1);
     let images: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.uniform() as f32).collect();

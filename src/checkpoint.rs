@@ -36,6 +36,14 @@ pub enum CheckpointError {
         /// What the parser said.
         reason: String,
     },
+    /// The metadata lacks something the reader needs.
+    #[error("{path}: {reason}; was it written by unet-wgpu?")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or unreadable.
+        reason: String,
+    },
     /// A tensor the model needs is not in the file.
     #[error("{path} has no tensor {name:?}: it was saved from a different model configuration")]
     Missing {

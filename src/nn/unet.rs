@@ -16,6 +16,9 @@
 //! `up3.weight`, `dec0.bn2.running_mean`, `head.bias`, ...), with PyTorch's
 //! layouts (OIHW; transposed conv [in, out, 2, 2]).
 
+use std::collections::BTreeMap;
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::gpu::Gpu;
 use crate::ops::batchnorm2d::batchnorm2d;
 use crate::ops::concat::concat;
@@ -75,6 +78,60 @@ impl Default for UNetConfig {
             upsampling: Upsampling::Transposed,
             seed: 0,
         }
+    }
+}
+
+impl UNetConfig {
+    /// The configuration as checkpoint metadata (`model.<field>` keys).
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let dropout: Vec<String> = self.dropout.iter().map(|p| p.to_string()).collect();
+        let upsampling = match self.upsampling {
+            Upsampling::Transposed => "transposed",
+            Upsampling::Bilinear => "bilinear",
+        };
+        [
+            ("in_channels", self.in_channels.to_string()),
+            ("classes", self.classes.to_string()),
+            ("depth", self.depth.to_string()),
+            ("base", self.base.to_string()),
+            ("batch_norm", self.batch_norm.to_string()),
+            ("dropout", dropout.join(",")),
+            ("upsampling", upsampling.to_string()),
+            ("seed", self.seed.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("model.{k}"), v))
+        .collect()
+    }
+
+    /// Read a configuration back from checkpoint metadata; the error names the
+    /// missing or unreadable key.
+    pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<UNetConfig, String> {
+        fn get<T: std::str::FromStr>(meta: &BTreeMap<String, String>, key: &str) -> Result<T, String> {
+            let value = meta.get(&format!("model.{key}")).ok_or_else(|| format!("no model.{key} in the metadata"))?;
+            value.parse().map_err(|_| format!("model.{key} = {value:?} is not readable"))
+        }
+        let dropout: String = get(meta, "dropout")?;
+        let dropout = dropout
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|p| p.parse().map_err(|_| format!("model.dropout has {p:?}, not a number")))
+            .collect::<Result<Vec<f32>, String>>()?;
+        let upsampling = match get::<String>(meta, "upsampling")?.as_str() {
+            "transposed" => Upsampling::Transposed,
+            "bilinear" => Upsampling::Bilinear,
+            other => return Err(format!("model.upsampling = {other:?}: expected transposed or bilinear")),
+        };
+        Ok(UNetConfig {
+            in_channels: get(meta, "in_channels")?,
+            classes: get(meta, "classes")?,
+            depth: get(meta, "depth")?,
+            base: get(meta, "base")?,
+            batch_norm: get(meta, "batch_norm")?,
+            dropout,
+            upsampling,
+            seed: get(meta, "seed")?,
+        })
     }
 }
 
@@ -201,7 +258,8 @@ impl UNet {
         let mut encoder = Vec::new();
         let mut channels = config.in_channels;
         for level in 0..config.depth {
-            let block = b.block(&format!("enc{level}"), filters(level), channels, config.batch_norm, config.dropout[level]);
+            let block =
+                b.block(&format!("enc{level}"), filters(level), channels, config.batch_norm, config.dropout[level]);
             encoder.push(block);
             channels = filters(level);
         }
@@ -219,6 +277,16 @@ impl UNet {
         let head = b.conv("head", [config.classes, filters(0), 1, 1]);
         let arena = ParamArena::new(gpu, &b.specs);
         UNet { config, arena, encoder, bottleneck, up, decoder, head, buffers: b.buffers }
+    }
+
+    /// Rebuild the model a checkpoint was saved from: its configuration from
+    /// the metadata, then every parameter and running statistic.
+    pub fn from_checkpoint(gpu: &Gpu, checkpoint: &Checkpoint) -> Result<UNet, CheckpointError> {
+        let config = UNetConfig::from_metadata(&checkpoint.metadata)
+            .map_err(|reason| CheckpointError::Metadata { path: checkpoint.path.clone(), reason })?;
+        let model = UNet::new(gpu, config);
+        checkpoint.restore(gpu, &model.state())?;
+        Ok(model)
     }
 
     /// Number of trainable parameters.
@@ -264,7 +332,11 @@ impl UNet {
     pub fn forward(&self, step: &mut Step, x: &Tensor, seed: u64) -> Tensor {
         let [_, c, h, w] = x.dims4("U-Net input");
         let multiple = 1 << self.config.depth;
-        assert_eq!(c, self.config.in_channels, "U-Net input has {c} channels, the model takes {}", self.config.in_channels);
+        assert_eq!(
+            c, self.config.in_channels,
+            "U-Net input has {c} channels, the model takes {}",
+            self.config.in_channels
+        );
         assert!(
             h % multiple == 0 && w % multiple == 0 && h > 0 && w > 0,
             "U-Net input is {h}x{w}; with depth {} both sides must be multiples of {multiple}",
@@ -323,6 +395,34 @@ mod tests {
         assert!(names.contains(&"up3.weight".to_string()) && names.contains(&"head.bias".to_string()));
         let unique: std::collections::BTreeSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "state names repeat");
+    }
+
+    #[test]
+    fn the_config_round_trips_through_checkpoint_metadata() {
+        let cfg = UNetConfig { batch_norm: true, upsampling: Upsampling::Bilinear, seed: 7, ..UNetConfig::default() };
+        let mut meta = cfg.to_metadata();
+        assert_eq!(UNetConfig::from_metadata(&meta), Ok(cfg));
+        meta.remove("model.depth");
+        assert_eq!(UNetConfig::from_metadata(&meta), Err("no model.depth in the metadata".to_string()));
+    }
+
+    #[test]
+    fn a_model_round_trips_through_a_checkpoint() {
+        let gpu = gpu();
+        let model = UNet::new(gpu, UNetConfig { seed: 3, ..tiny(true, Upsampling::Bilinear) });
+        let path = std::env::temp_dir().join(format!("unet-wgpu-model-{}.safetensors", std::process::id()));
+        crate::checkpoint::save(gpu, &path, &model.state(), &model.config.to_metadata()).unwrap();
+        let loaded = UNet::from_checkpoint(gpu, &crate::checkpoint::load(&path).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.config, model.config);
+        let x = gpu.upload(&random_vec(2, 3 * 8 * 8), &[1, 3, 8, 8]);
+        let logits = |m: &UNet| {
+            let mut step = Step::eval(gpu);
+            let y = m.forward(&mut step, &x, 0);
+            step.submit();
+            gpu.read(&y)
+        };
+        assert_eq!(logits(&loaded), logits(&model));
     }
 
     #[test]
