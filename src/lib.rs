@@ -23,6 +23,7 @@ pub mod rng;
 pub mod tape;
 pub mod tensor;
 pub mod testing;
+pub mod train;
 
 pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions};
 pub use tape::{Grads, Mode, Step};

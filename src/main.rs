@@ -1,0 +1,218 @@
+//! `unet-wgpu`: train, predict, score, compare losses. A thin front end: it
+//! parses arguments and calls the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use unet_wgpu::nn::{UNetConfig, Upsampling};
+use unet_wgpu::optim::{Method, OptimConfig, Schedule};
+use unet_wgpu::train::{train, DataSource, LossName, TrainOptions};
+use unet_wgpu::{Backend, Gpu, GpuOptions};
+
+/// A U-Net trainer for semantic segmentation whose every kernel is a WGSL
+/// compute shader (Vulkan, Metal, DX12 or GL through wgpu).
+#[derive(Parser)]
+#[command(name = "unet-wgpu", version, about)]
+struct Cli {
+    /// Graphics API: vulkan, metal, dx12 or gl (default: the best adapter found;
+    /// the WGPU_BACKEND variable does the same).
+    #[arg(long, global = true)]
+    backend: Option<Backend>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a U-Net (default: on the built-in synthetic aerial tiles).
+    Train(TrainArgs),
+    /// Train the same model from the same seed with several losses and compare them.
+    CompareLosses {
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Losses to compare, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        losses: Vec<LossName>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    /// Dataset directory (Dubai layout `Tile N/images|masks`, or `images/` + `masks/`);
+    /// default: built-in synthetic tiles.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Palette file for datasets other than Dubai (lines `name #RRGGBB`, optional `ignore #RRGGBB`).
+    #[arg(long)]
+    palette: Option<PathBuf>,
+    /// Map mask colours that are no class to the ignore label instead of stopping.
+    #[arg(long)]
+    unknown_as_ignore: bool,
+    /// Number of synthetic tiles (without --data).
+    #[arg(long, default_value_t = 8)]
+    synthetic_tiles: usize,
+    /// Side of each synthetic tile in pixels.
+    #[arg(long, default_value_t = 512)]
+    synthetic_size: usize,
+    /// Loss: ce, dice, focal, dice+ce, dice+focal, tversky, focal-tversky, unified-focal.
+    #[arg(long, default_value = "dice+ce")]
+    loss: LossName,
+    /// Epochs.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Patches per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Patch side in pixels (a multiple of 2^depth).
+    #[arg(long, default_value_t = 256)]
+    patch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Optimizer: adam, adamw or sgd.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Weight decay (default: 0, or 0.01 with adamw).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Clip gradients to this global norm.
+    #[arg(long)]
+    clip_norm: Option<f32>,
+    /// Learning-rate schedule: constant, step (x0.5 every 10 epochs) or cosine.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Seed of initialisation, split, order, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory (checkpoints, history.csv, pictures).
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Continue from OUT/last.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Filters at the first level (doubled per level).
+    #[arg(long, default_value_t = 16)]
+    base: usize,
+    /// Number of downsamplings.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    /// Batch norm after each 3x3 convolution.
+    #[arg(long)]
+    batch_norm: bool,
+    /// Upsample with bilinear interpolation + 1x1 conv instead of transposed convs.
+    #[arg(long)]
+    bilinear: bool,
+    /// Turn off flips and rotations of training patches.
+    #[arg(long)]
+    no_augment: bool,
+    /// Share of the data held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    validation: f64,
+    /// Stop each epoch after this many steps (quick trials).
+    #[arg(long)]
+    max_steps: Option<usize>,
+}
+
+impl TrainArgs {
+    fn options(&self) -> anyhow::Result<TrainOptions> {
+        let method = match self.optimizer.as_str() {
+            "adam" => Method::Adam,
+            "adamw" => Method::AdamW,
+            "sgd" => Method::Sgd { momentum: self.momentum },
+            other => anyhow::bail!("unknown optimizer {other:?}; choose adam, adamw or sgd"),
+        };
+        let mut optimizer = OptimConfig { clip_norm: self.clip_norm, ..OptimConfig::new(method) };
+        if let Some(wd) = self.weight_decay {
+            optimizer.weight_decay = wd;
+        }
+        let schedule = match self.schedule.as_str() {
+            "constant" => Schedule::Constant,
+            "step" => Schedule::Step { every: 10, gamma: 0.5 },
+            "cosine" => Schedule::Cosine { epochs: self.epochs, min_lr: self.lr * 0.01 },
+            other => anyhow::bail!("unknown schedule {other:?}; choose constant, step or cosine"),
+        };
+        let data = match &self.data {
+            Some(path) => DataSource::Dir {
+                path: path.clone(),
+                palette: self.palette.clone(),
+                unknown_as_ignore: self.unknown_as_ignore,
+                groups: Vec::new(),
+            },
+            None => DataSource::Synthetic { tiles: self.synthetic_tiles, size: self.synthetic_size },
+        };
+        let mut dropout = UNetConfig::default().dropout;
+        dropout.resize(self.depth + 1, *dropout.last().unwrap());
+        let model = UNetConfig {
+            depth: self.depth,
+            base: self.base,
+            batch_norm: self.batch_norm,
+            dropout,
+            upsampling: if self.bilinear { Upsampling::Bilinear } else { Upsampling::Transposed },
+            seed: self.seed,
+            ..UNetConfig::default()
+        };
+        if !self.patch.is_multiple_of(1 << self.depth) {
+            anyhow::bail!("--patch {} is not a multiple of 2^depth = {}", self.patch, 1 << self.depth);
+        }
+        Ok(TrainOptions {
+            data,
+            loss: self.loss,
+            epochs: self.epochs,
+            batch: self.batch,
+            patch: self.patch,
+            lr: self.lr,
+            optimizer,
+            schedule,
+            seed: self.seed,
+            out: self.out.clone(),
+            resume: self.resume,
+            model,
+            augment: !self.no_augment,
+            validation: self.validation,
+            max_steps: self.max_steps,
+            progress: true,
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let gpu = Gpu::new(&GpuOptions { backend: cli.backend, verbose: true })?;
+    match cli.command {
+        Command::Train(args) => {
+            let summary = train(&gpu, &args.options()?)?;
+            println!("best validation mean IoU {:.4}: {}", summary.best, summary.best_checkpoint.display());
+        }
+        Command::CompareLosses { train: args, losses } => {
+            let losses = if losses.is_empty() { LossName::ALL.to_vec() } else { losses };
+            let base = args.options()?;
+            let mut table = String::from(
+                "| loss | best val_jacard_coef | best val_mean_iou | best val_accuracy |\n|---|---|---|---|\n",
+            );
+            for loss in losses {
+                println!("== {}", loss.as_str());
+                let out = base.out.join(loss.as_str().replace('+', "-"));
+                let summary = train(&gpu, &TrainOptions { loss, out, ..base.clone() })
+                    .with_context(|| format!("training with {}", loss.as_str()))?;
+                let best = |f: fn(&unet_wgpu::train::EpochMetrics) -> Option<f64>| {
+                    summary.history.iter().filter_map(f).fold(f64::NAN, f64::max)
+                };
+                table += &format!(
+                    "| {} | {:.4} | {:.4} | {:.4} |\n",
+                    loss.as_str(),
+                    best(|m| m.val_jacard_coef),
+                    best(|m| m.val_mean_iou),
+                    best(|m| m.val_accuracy)
+                );
+            }
+            std::fs::write(base.out.join("compare.md"), &table)?;
+            println!("{table}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,726 @@
+//! The training loop: data -> U-Net -> fused loss -> backward -> optimizer,
+//! one submit per step, metrics accumulated on the GPU and read back once per
+//! epoch, a Keras-like line per epoch, checkpoints that resume exactly.
+//!
+//! What one step records, in order (all in one encoder, one `queue.submit`):
+//! zero the gradient arena; the forward pass; the fused loss (values and
+//! dlogits); `epoch_values += values` and the confusion-matrix update; the
+//! backward walk into the gradient arena; the optimizer. The CPU prepares the
+//! next batch while the GPU runs, and waits for step `i-1` (never `i`) before
+//! submitting step `i+1`, so the progress bar follows the GPU.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::{BatchOptions, Dataset, LoadOptions, Palette, Patches, Scaling, SplitOptions, Unknown, IGNORE};
+use crate::gpu::Gpu;
+use crate::loss::{loss_forward_backward, LossConfig, LossOutput, LossValues, Term, VALUES_LEN};
+use crate::metrics::{confusion_update, Confusion};
+use crate::nn::{UNet, UNetConfig};
+use crate::ops::elementwise::accumulate;
+use crate::optim::{Method, OptimConfig, Optimizer, Schedule};
+use crate::rng::Rng;
+use crate::tape::Step;
+use crate::tensor::Tensor;
+
+/// The losses the command line offers by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossName {
+    /// Categorical cross-entropy.
+    Ce,
+    /// Soft Dice (per class, averaged).
+    Dice,
+    /// Focal loss (alpha 0.25, gamma 2).
+    Focal,
+    /// Dice + cross-entropy.
+    DiceCe,
+    /// Dice + focal (the Keras tutorial's `total_loss`).
+    DiceFocal,
+    /// Tversky (alpha 0.3, beta 0.7).
+    Tversky,
+    /// Focal Tversky (alpha 0.3, beta 0.7, gamma 4/3).
+    FocalTversky,
+    /// Symmetric Unified Focal loss (lambda 0.5, delta 0.6, gamma 0.5).
+    UnifiedFocal,
+}
+
+impl LossName {
+    /// Every loss, in the order `compare-losses` runs them.
+    pub const ALL: [LossName; 8] = [
+        LossName::Ce,
+        LossName::Dice,
+        LossName::Focal,
+        LossName::DiceCe,
+        LossName::DiceFocal,
+        LossName::Tversky,
+        LossName::FocalTversky,
+        LossName::UnifiedFocal,
+    ];
+
+    /// The command-line name (`dice+ce`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LossName::Ce => "ce",
+            LossName::Dice => "dice",
+            LossName::Focal => "focal",
+            LossName::DiceCe => "dice+ce",
+            LossName::DiceFocal => "dice+focal",
+            LossName::Tversky => "tversky",
+            LossName::FocalTversky => "focal-tversky",
+            LossName::UnifiedFocal => "unified-focal",
+        }
+    }
+
+    /// The loss to train with: ignored pixels skipped, classes absent from a
+    /// batch's target and prediction left out of Dice-type class means (a
+    /// 256x256 patch often lacks some classes), smoothing 1.
+    pub fn config(&self, class_weights: Option<Vec<f32>>) -> LossConfig {
+        let dice = Term::Dice { pooled: false };
+        let terms = match self {
+            LossName::Ce => vec![(1.0, Term::CrossEntropy)],
+            LossName::Dice => vec![(1.0, dice)],
+            LossName::Focal => vec![(1.0, Term::FOCAL)],
+            LossName::DiceCe => vec![(1.0, dice), (1.0, Term::CrossEntropy)],
+            LossName::DiceFocal => vec![(1.0, dice), (1.0, Term::FOCAL)],
+            LossName::Tversky => vec![(1.0, Term::TVERSKY)],
+            LossName::FocalTversky => vec![(1.0, Term::FOCAL_TVERSKY)],
+            LossName::UnifiedFocal => vec![(1.0, Term::UNIFIED_FOCAL)],
+        };
+        LossConfig { terms, class_weights, ignore_index: Some(IGNORE), smooth: 1.0, skip_absent: true }
+    }
+}
+
+impl std::str::FromStr for LossName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        LossName::ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = LossName::ALL.iter().map(|l| l.as_str()).collect();
+            format!("unknown loss {s:?}; choose one of {}", names.join(", "))
+        })
+    }
+}
+
+/// Where the tiles come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSource {
+    /// The built-in synthetic aerial scenes: `tiles` tiles of `size` x `size`.
+    Synthetic {
+        /// Number of tiles.
+        tiles: usize,
+        /// Side of each tile in pixels.
+        size: usize,
+    },
+    /// A dataset directory (Dubai layout or `images/` + `masks/`).
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// A palette file for other datasets (default: the Dubai colours).
+        palette: Option<PathBuf>,
+        /// Map unknown mask colours to the ignore label instead of stopping.
+        unknown_as_ignore: bool,
+        /// Read only these subfolders (e.g. `Tile 2`); empty: all.
+        groups: Vec<String>,
+    },
+}
+
+/// Everything a training run needs.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// The tiles.
+    pub data: DataSource,
+    /// The loss.
+    pub loss: LossName,
+    /// Epochs to train (in total, counting those before a resume).
+    pub epochs: usize,
+    /// Patches per step.
+    pub batch: usize,
+    /// Patch side.
+    pub patch: usize,
+    /// Base learning rate.
+    pub lr: f32,
+    /// Optimizer.
+    pub optimizer: OptimConfig,
+    /// Learning-rate schedule over epochs.
+    pub schedule: Schedule,
+    /// Seed of the split, order, augmentation, dropout (the model's init seed is in `model`).
+    pub seed: u64,
+    /// Output directory (checkpoints, history, pictures).
+    pub out: PathBuf,
+    /// Continue from `out/last.safetensors`.
+    pub resume: bool,
+    /// The model.
+    pub model: UNetConfig,
+    /// Random flips and rotations of training patches.
+    pub augment: bool,
+    /// Share of the data for validation.
+    pub validation: f64,
+    /// Stop each epoch after this many steps (quick runs and tests).
+    pub max_steps: Option<usize>,
+    /// Print progress (the Keras-like lines go to stdout either way).
+    pub progress: bool,
+}
+
+impl Default for TrainOptions {
+    /// The defaults of `unet-wgpu train`: synthetic tiles, Dice + CE, 10
+    /// epochs of batches of 4 patches of 256, Adam at 1e-3, the default U-Net.
+    fn default() -> Self {
+        TrainOptions {
+            data: DataSource::Synthetic { tiles: 8, size: 512 },
+            loss: LossName::DiceCe,
+            epochs: 10,
+            batch: 4,
+            patch: 256,
+            lr: 1e-3,
+            optimizer: OptimConfig::new(Method::Adam),
+            schedule: Schedule::Constant,
+            seed: 0,
+            out: PathBuf::from("runs/latest"),
+            resume: false,
+            model: UNetConfig::default(),
+            augment: true,
+            validation: 0.2,
+            max_steps: None,
+            progress: true,
+        }
+    }
+}
+
+/// The figures of one epoch (validation ones are `None` without validation data).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EpochMetrics {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps.
+    pub loss: f64,
+    /// Mean pixel accuracy of the training batches.
+    pub accuracy: f64,
+    /// Mean soft Jaccard (Keras `jacard_coef`) of the training batches.
+    pub jacard_coef: f64,
+    /// Mean IoU over the epoch's training confusion matrix (classes present).
+    pub mean_iou: f64,
+    /// Validation loss.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy.
+    pub val_accuracy: Option<f64>,
+    /// Validation soft Jaccard.
+    pub val_jacard_coef: Option<f64>,
+    /// Validation mean IoU.
+    pub val_mean_iou: Option<f64>,
+    /// Learning rate of the epoch.
+    pub lr: f64,
+    /// Wall-clock seconds of the epoch (training and validation).
+    pub seconds: f64,
+}
+
+impl EpochMetrics {
+    /// The Keras-style line: `12/12 - 41s - loss: 0.8123 - accuracy: ... - val_mean_iou: ...`.
+    pub fn keras_line(&self, steps: usize) -> String {
+        let mut line = format!(
+            "{steps}/{steps} - {:.0}s - loss: {:.4} - accuracy: {:.4} - jacard_coef: {:.4} - mean_iou: {:.4}",
+            self.seconds, self.loss, self.accuracy, self.jacard_coef, self.mean_iou
+        );
+        let val = [
+            ("val_loss", self.val_loss),
+            ("val_accuracy", self.val_accuracy),
+            ("val_jacard_coef", self.val_jacard_coef),
+            ("val_mean_iou", self.val_mean_iou),
+        ];
+        for (name, value) in val {
+            if let Some(v) = value {
+                line += &format!(" - {name}: {v:.4}");
+            }
+        }
+        line + &format!(" - lr: {:.2e}", self.lr)
+    }
+
+    /// The metric that picks the best checkpoint: validation mean IoU, or the
+    /// training one without validation data.
+    pub fn monitored(&self) -> f64 {
+        self.val_mean_iou.unwrap_or(self.mean_iou)
+    }
+}
+
+/// GPU-side sums of one pass over a split.
+struct Accumulators {
+    values: Tensor,
+    confusion: Tensor,
+}
+
+impl Accumulators {
+    fn new(gpu: &Gpu, classes: usize) -> Accumulators {
+        Accumulators { values: gpu.empty(&[VALUES_LEN]), confusion: gpu.empty(&[classes, classes]) }
+    }
+
+    /// Read back after `steps` steps: mean loss values and the confusion matrix.
+    fn read(&self, gpu: &Gpu, steps: usize) -> (LossValues, Confusion) {
+        let sums = gpu.read(&self.values);
+        let mean: Vec<f32> = sums.iter().map(|s| s / steps.max(1) as f32).collect();
+        (LossValues::from_slice(&mean), Confusion::read(gpu, &self.confusion))
+    }
+}
+
+/// The seed of step `step`'s dropout masks.
+fn dropout_seed(seed: u64, step: u64) -> u64 {
+    let mut rng = Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    rng.next_u64()
+}
+
+/// A model with its optimizer and everything one step needs, allocated once.
+pub struct Trainer<'g> {
+    gpu: &'g Gpu,
+    /// The model.
+    pub model: UNet,
+    /// The optimizer.
+    pub optimizer: Optimizer,
+    loss: LossConfig,
+    class_weights: Tensor,
+    out: Option<LossOutput>,
+    seed: u64,
+    last_submit: Option<wgpu::SubmissionIndex>,
+}
+
+impl<'g> Trainer<'g> {
+    /// A fresh model and optimizer.
+    pub fn new(gpu: &'g Gpu, model: UNetConfig, optimizer: OptimConfig, loss: LossConfig, seed: u64) -> Trainer<'g> {
+        let model = UNet::new(gpu, model);
+        let optimizer = Optimizer::new(gpu, &model.arena, optimizer);
+        let classes = model.config.classes;
+        let weights = loss.class_weights.clone().unwrap_or_else(|| vec![1.0; classes]);
+        let class_weights = gpu.upload(&weights, &[classes]);
+        Trainer { gpu, model, optimizer, loss, class_weights, out: None, seed, last_submit: None }
+    }
+
+    fn outputs(&mut self, logits: &Tensor) -> &LossOutput {
+        let gpu = self.gpu;
+        let fits = self.out.as_ref().is_some_and(|o| o.dlogits.shape() == logits.shape());
+        if !fits {
+            self.out = Some(LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(logits.shape()) });
+        }
+        self.out.as_ref().unwrap()
+    }
+
+    /// Wait for the step before the last one submitted: keeps at most two
+    /// steps in flight, so the CPU runs ahead by one batch and no further.
+    fn throttle(&mut self, submitted: wgpu::SubmissionIndex) {
+        if let Some(previous) = self.last_submit.replace(submitted) {
+            let wait = wgpu::PollType::Wait { submission_index: Some(previous), timeout: None };
+            self.gpu.device.poll(wait).expect("device lost during training");
+        }
+    }
+
+    /// One training step on a batch (images [N,3,P,P], labels [N,P,P]),
+    /// adding its loss values and confusion counts into `acc`.
+    fn train_step(&mut self, x: &Tensor, y: &Tensor, lr: f32, acc: &Accumulators, first: bool) {
+        let gpu = self.gpu;
+        let mut step = Step::train(gpu);
+        if first {
+            step.enc.clear(&acc.values);
+            step.enc.clear(&acc.confusion);
+        }
+        self.model.arena.zero_grads(&mut step.enc);
+        let logits = self.model.forward(&mut step, x, dropout_seed(self.seed, self.optimizer.steps));
+        let out = self.outputs(&logits);
+        let (values, dlogits) = (out.values.clone(), out.dlogits.clone());
+        loss_forward_backward(
+            gpu,
+            &mut step.enc,
+            &self.loss,
+            &logits,
+            y,
+            &self.class_weights,
+            self.out.as_ref().unwrap(),
+        );
+        accumulate(gpu, &mut step.enc, &values, 1.0, &acc.values);
+        confusion_update(gpu, &mut step.enc, &logits, y, Some(IGNORE), &acc.confusion);
+        step.backward_into(vec![(logits, dlogits)], self.model.arena.grads());
+        self.optimizer.step(gpu, &mut step.enc, &self.model.arena, lr);
+        let index = step.submit();
+        self.throttle(index);
+    }
+
+    /// One evaluation step (no tape, eval-mode layers), accumulating into `acc`.
+    fn eval_step(&mut self, x: &Tensor, y: &Tensor, acc: &Accumulators, first: bool) {
+        let gpu = self.gpu;
+        let mut step = Step::eval(gpu);
+        if first {
+            step.enc.clear(&acc.values);
+            step.enc.clear(&acc.confusion);
+        }
+        let logits = self.model.forward(&mut step, x, 0);
+        self.outputs(&logits);
+        let out = self.out.as_ref().unwrap();
+        loss_forward_backward(gpu, &mut step.enc, &self.loss, &logits, y, &self.class_weights, out);
+        accumulate(gpu, &mut step.enc, &out.values, 1.0, &acc.values);
+        confusion_update(gpu, &mut step.enc, &logits, y, Some(IGNORE), &acc.confusion);
+        let index = step.submit();
+        self.throttle(index);
+    }
+
+    /// Predicted class ids [N,P,P] of a batch, in eval mode (for pictures).
+    pub fn predict(&self, x: &Tensor) -> Vec<u8> {
+        let mut step = Step::eval(self.gpu);
+        let logits = self.model.forward(&mut step, x, 0);
+        step.submit();
+        let [n, c, h, w] = logits.dims4("logits");
+        let z = self.gpu.read(&logits);
+        (0..n * h * w)
+            .map(|i| {
+                let (b, pos) = (i / (h * w), i % (h * w));
+                (0..c).fold(
+                    0,
+                    |best, k| if z[(b * c + k) * h * w + pos] > z[(b * c + best) * h * w + pos] { k } else { best },
+                ) as u8
+            })
+            .collect()
+    }
+
+    /// Every tensor a checkpoint holds: the model's state, then the optimizer's.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut named = self.model.state();
+        named.extend(self.optimizer.state(&self.model.arena));
+        named
+    }
+}
+
+/// Load or synthesise the tiles and cut them into training and validation patches.
+pub fn load_patches(options: &TrainOptions) -> anyhow::Result<(Palette, Patches, Patches)> {
+    let dataset = match &options.data {
+        DataSource::Synthetic { tiles, size } => Dataset::synthetic(options.seed, *tiles, *size),
+        DataSource::Dir { path, palette, unknown_as_ignore, groups } => {
+            let palette = match palette {
+                Some(p) => Palette::load(p)?,
+                None => Palette::dubai(),
+            };
+            let unknown = if *unknown_as_ignore { Unknown::Ignore } else { Unknown::Error };
+            Dataset::load(path, &LoadOptions { palette, unknown, groups: groups.clone(), ..LoadOptions::default() })?
+        }
+    };
+    let patches = dataset.patches(options.patch)?;
+    if patches.is_empty() {
+        bail!("the dataset gave no {0}x{0} patches; use a smaller --patch", options.patch);
+    }
+    let split = SplitOptions { seed: options.seed, validation: options.validation, ..SplitOptions::default() };
+    let (train, val) =
+        if options.validation > 0.0 { patches.split(&split)? } else { (patches.clone(), patches.select(&[])) };
+    Ok((dataset.palette.clone(), train, val))
+}
+
+/// The metadata a checkpoint carries besides the model's configuration.
+fn run_metadata(
+    options: &TrainOptions,
+    epoch: usize,
+    steps: u64,
+    best: f64,
+    palette: &Palette,
+) -> BTreeMap<String, String> {
+    let mut meta = options.model.to_metadata();
+    let colours: Vec<String> = palette.colours().iter().map(|c| crate::data::palette::hex(*c)).collect();
+    meta.extend([
+        ("train.epoch".to_string(), epoch.to_string()),
+        ("train.steps".to_string(), steps.to_string()),
+        ("train.best".to_string(), best.to_string()),
+        ("train.loss".to_string(), options.loss.as_str().to_string()),
+        ("train.seed".to_string(), options.seed.to_string()),
+        ("train.lr".to_string(), options.lr.to_string()),
+        ("train.batch".to_string(), options.batch.to_string()),
+        ("train.patch".to_string(), options.patch.to_string()),
+        ("data.scaling".to_string(), "unit".to_string()),
+        ("data.classes".to_string(), palette.names().join(",")),
+        ("data.colours".to_string(), colours.join(",")),
+    ]);
+    meta
+}
+
+fn meta_number<T: std::str::FromStr>(ck: &Checkpoint, key: &str) -> anyhow::Result<T> {
+    ck.metadata.get(key).and_then(|v| v.parse().ok()).with_context(|| {
+        format!("{}: no readable {key} in the metadata; was it written by `unet-wgpu train`?", ck.path.display())
+    })
+}
+
+/// What [`train`] returns.
+#[derive(Debug)]
+pub struct TrainSummary {
+    /// Every epoch's figures (those before a resume included, read from history.csv).
+    pub history: Vec<EpochMetrics>,
+    /// The best monitored value (validation mean IoU).
+    pub best: f64,
+    /// Where the best checkpoint is.
+    pub best_checkpoint: PathBuf,
+}
+
+const HISTORY_COLUMNS: [&str; 11] = [
+    "epoch",
+    "loss",
+    "accuracy",
+    "jacard_coef",
+    "mean_iou",
+    "val_loss",
+    "val_accuracy",
+    "val_jacard_coef",
+    "val_mean_iou",
+    "lr",
+    "seconds",
+];
+
+fn history_csv(history: &[EpochMetrics]) -> String {
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+    let mut csv = HISTORY_COLUMNS.join(",") + "\n";
+    for m in history {
+        csv += &format!(
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            m.epoch,
+            m.loss,
+            m.accuracy,
+            m.jacard_coef,
+            m.mean_iou,
+            opt(m.val_loss),
+            opt(m.val_accuracy),
+            opt(m.val_jacard_coef),
+            opt(m.val_mean_iou),
+            m.lr,
+            m.seconds
+        );
+    }
+    csv
+}
+
+fn read_history_csv(path: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad =
+            || format!("{} line {}: expected {} comma-separated numbers", path.display(), i + 1, HISTORY_COLUMNS.len());
+        if f.len() != HISTORY_COLUMNS.len() {
+            bail!(bad());
+        }
+        let num = |k: usize| f[k].parse::<f64>().with_context(bad);
+        let opt = |k: usize| if f[k].is_empty() { Ok(None) } else { num(k).map(Some) };
+        rows.push(EpochMetrics {
+            epoch: f[0].parse().with_context(bad)?,
+            loss: num(1)?,
+            accuracy: num(2)?,
+            jacard_coef: num(3)?,
+            mean_iou: num(4)?,
+            val_loss: opt(5)?,
+            val_accuracy: opt(6)?,
+            val_jacard_coef: opt(7)?,
+            val_mean_iou: opt(8)?,
+            lr: num(9)?,
+            seconds: num(10)?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Train a U-Net as `options` say; prints a line per epoch and writes
+/// `last.safetensors`, `best.safetensors` and `history.csv` under `options.out`.
+pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> {
+    let (palette, train_patches, val_patches) = load_patches(options)?;
+    if palette.len() != options.model.classes {
+        bail!(
+            "the palette has {} classes but the model is set up for {}; set --classes {}",
+            palette.len(),
+            options.model.classes,
+            palette.len()
+        );
+    }
+    std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
+    let (last_path, best_path, history_path) =
+        (options.out.join("last.safetensors"), options.out.join("best.safetensors"), options.out.join("history.csv"));
+
+    let mut trainer =
+        Trainer::new(gpu, options.model.clone(), options.optimizer, options.loss.config(None), options.seed);
+    let mut history = Vec::new();
+    let mut best = f64::NEG_INFINITY;
+    let mut start_epoch = 0;
+    if options.resume {
+        let ck = checkpoint::load(&last_path)
+            .with_context(|| "nothing to resume: train without --resume first".to_string())?;
+        let saved =
+            UNetConfig::from_metadata(&ck.metadata).map_err(|e| anyhow::anyhow!("{}: {e}", ck.path.display()))?;
+        if saved != options.model {
+            bail!(
+                "{} holds a model configured as {saved:?}, not {:?}; use the same model options",
+                ck.path.display(),
+                options.model
+            );
+        }
+        ck.restore(gpu, &trainer.state())?;
+        start_epoch = meta_number(&ck, "train.epoch")?;
+        trainer.optimizer.steps = meta_number(&ck, "train.steps")?;
+        best = meta_number(&ck, "train.best")?;
+        history = read_history_csv(&history_path)?;
+        history.truncate(start_epoch);
+        println!("resuming after epoch {start_epoch} from {}", ck.path.display());
+    }
+
+    let classes = options.model.classes;
+    println!(
+        "{} training patches, {} validation patches of {}x{}; U-Net with {} parameters; loss {}",
+        train_patches.len(),
+        val_patches.len(),
+        options.patch,
+        options.patch,
+        trainer.model.parameter_count(),
+        options.loss.as_str()
+    );
+    println!("class pixel frequencies (training patches):\n{}", train_patches.class_frequencies());
+
+    let (train_acc, val_acc) = (Accumulators::new(gpu, classes), Accumulators::new(gpu, classes));
+    let shape = |n: usize| ([n, 3, options.patch, options.patch], [n, options.patch, options.patch]);
+    for epoch in start_epoch..options.epochs {
+        let started = Instant::now();
+        let lr = options.schedule.lr(options.lr, epoch);
+        println!("Epoch {}/{}", epoch + 1, options.epochs);
+        let batch_options = BatchOptions {
+            batch_size: options.batch,
+            seed: options.seed.wrapping_add(epoch as u64),
+            shuffle: true,
+            augment: options.augment,
+            scaling: Scaling::Unit,
+            drop_last: false,
+        };
+        let batches = train_patches.batches(&batch_options)?;
+        let steps = batches.len().min(options.max_steps.unwrap_or(usize::MAX));
+        let bar = progress_bar(options.progress, steps);
+        for (i, batch) in batches.take(steps).enumerate() {
+            let (xs, ys) = shape(batch.n);
+            let (x, y) = (gpu.upload(&batch.images, &xs), gpu.upload_u32(&batch.labels, &ys));
+            trainer.train_step(&x, &y, lr, &train_acc, i == 0);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let (train_values, train_confusion) = train_acc.read(gpu, steps);
+
+        let mut metrics = EpochMetrics {
+            epoch: epoch + 1,
+            loss: train_values.total as f64,
+            accuracy: train_values.accuracy as f64,
+            jacard_coef: train_values.soft_jaccard as f64,
+            mean_iou: train_confusion.mean_iou().unwrap_or(0.0),
+            lr: lr as f64,
+            ..EpochMetrics::default()
+        };
+        if !val_patches.is_empty() {
+            let val_options = BatchOptions { shuffle: false, augment: false, ..batch_options };
+            let batches = val_patches.batches(&val_options)?;
+            let val_steps = batches.len();
+            for (i, batch) in batches.enumerate() {
+                let (xs, ys) = shape(batch.n);
+                let (x, y) = (gpu.upload(&batch.images, &xs), gpu.upload_u32(&batch.labels, &ys));
+                trainer.eval_step(&x, &y, &val_acc, i == 0);
+            }
+            let (values, confusion) = val_acc.read(gpu, val_steps);
+            metrics.val_loss = Some(values.total as f64);
+            metrics.val_accuracy = Some(values.accuracy as f64);
+            metrics.val_jacard_coef = Some(values.soft_jaccard as f64);
+            metrics.val_mean_iou = confusion.mean_iou();
+        }
+        metrics.seconds = started.elapsed().as_secs_f64();
+        println!("{}", metrics.keras_line(steps));
+        if !metrics.loss.is_finite() {
+            bail!("the training loss became {} in epoch {}; lower --lr (now {})", metrics.loss, epoch + 1, options.lr);
+        }
+
+        let improved = metrics.monitored() > best;
+        if improved {
+            best = metrics.monitored();
+        }
+        history.push(metrics);
+        let meta = run_metadata(options, epoch + 1, trainer.optimizer.steps, best, &palette);
+        checkpoint::save(gpu, &last_path, &trainer.state(), &meta)?;
+        if improved {
+            checkpoint::save(gpu, &best_path, &trainer.model.state(), &meta)?;
+        }
+        checkpoint::write_atomically(&history_path, history_csv(&history).as_bytes())?;
+    }
+    Ok(TrainSummary { history, best, best_checkpoint: best_path })
+}
+
+fn progress_bar(show: bool, steps: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} ({per_sec})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::gpu;
+
+    fn tiny(out: &Path, epochs: usize) -> TrainOptions {
+        TrainOptions {
+            data: DataSource::Synthetic { tiles: 4, size: 64 },
+            epochs,
+            batch: 4,
+            patch: 32,
+            lr: 3e-3,
+            out: out.to_path_buf(),
+            model: UNetConfig { base: 4, depth: 2, dropout: vec![0.1, 0.1, 0.2], ..UNetConfig::default() },
+            validation: 0.25,
+            progress: false,
+            ..TrainOptions::default()
+        }
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_a_resumed_run_continues_exactly() {
+        let gpu = gpu();
+        let root = std::env::temp_dir().join(format!("unet-wgpu-train-{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        let straight = train(gpu, &tiny(&a, 3)).unwrap();
+        assert_eq!(straight.history.len(), 3);
+        assert!(straight.history[2].loss < straight.history[0].loss, "{:?}", straight.history);
+        assert!(straight.history.iter().all(|m| m.val_mean_iou.is_some()));
+
+        train(gpu, &tiny(&b, 2)).unwrap();
+        let resumed = train(gpu, &TrainOptions { resume: true, ..tiny(&b, 3) }).unwrap();
+        assert_eq!(resumed.history.len(), 3);
+        let (x, y) = (&straight.history[2], &resumed.history[2]);
+        assert_eq!((x.loss, x.val_loss, x.val_mean_iou), (y.loss, y.val_loss, y.val_mean_iou));
+        let (ca, cb) = (
+            checkpoint::load(&a.join("last.safetensors")).unwrap(),
+            checkpoint::load(&b.join("last.safetensors")).unwrap(),
+        );
+        assert_eq!(ca.tensors, cb.tensors, "the resumed run ends with other weights");
+        assert_eq!(read_history_csv(&b.join("history.csv")).unwrap().len(), 3);
+        assert!(b.join("best.safetensors").exists());
+
+        let err = train(gpu, &TrainOptions { resume: true, ..tiny(&root.join("c"), 1) }).unwrap_err();
+        assert!(format!("{err:#}").contains("nothing to resume"), "{err:#}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn loss_names_and_the_keras_line() {
+        assert_eq!("dice+ce".parse::<LossName>(), Ok(LossName::DiceCe));
+        let err = "dice-ce".parse::<LossName>().unwrap_err();
+        assert!(err.contains("dice+ce") && err.contains("unified-focal"), "{err}");
+        let m = EpochMetrics {
+            epoch: 1,
+            loss: 0.5,
+            accuracy: 0.75,
+            val_mean_iou: Some(0.25),
+            lr: 1e-3,
+            seconds: 12.0,
+            ..Default::default()
+        };
+        let line = m.keras_line(7);
+        assert!(line.starts_with("7/7 - 12s - loss: 0.5000 - accuracy: 0.7500"), "{line}");
+        assert!(line.contains("val_mean_iou: 0.2500") && !line.contains("val_loss"), "{line}");
+    }
+}
