@@ -29,7 +29,7 @@
 //   loads are contiguous. Each writes its block to `partial`; conv_transpose2d_sum_partials then
 //   adds the S partial sums in slice order: deterministic, no float atomics.
 override WG: u32 = 64u;
-const PX: u32 = 2u; // pixels per thread (forward, data)
+const PX: u32 = 4u; // pixels per thread (forward, data)
 const TO: u32 = 4u; // output channels per thread (forward, weight)
 const TC: u32 = 4u; // input channels per thread (data, weight)
 

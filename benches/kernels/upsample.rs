@@ -7,7 +7,8 @@ use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use crate::{shape_str, UNET_LEVELS};
 
 pub fn run(b: &mut Bench) {
-    if !b.wants("upsample") {
+    let kernels = ["nearest_forward", "nearest_backward", "bilinear_forward", "bilinear_backward"];
+    if !kernels.iter().any(|k| b.wants(&format!("upsample_{k}"))) {
         return;
     }
     let gpu = b.gpu;
