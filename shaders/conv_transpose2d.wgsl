@@ -18,7 +18,10 @@
 //   8 read_write dst: dw or db, accumulated into by the final fixed-order sum over slices
 //
 // Tiling. Every thread keeps a block of outputs in registers and has no barriers (on lavapipe a
-// barrier costs far more than the arithmetic it would save with workgroup memory).
+// barrier costs far more than the arithmetic it would save with workgroup memory). On lavapipe
+// each storage load is a loop over the SIMD lanes, one scalar load per component, so the cost is
+// the number of loaded components per multiply-add. 4x4 tiles (64 accumulators) measured best:
+// 2x4 loads too often, 8x4 and 4x8 spill; four-pixel vec4 loads (W % 4 == 0) were slower still.
 // - forward / data: lanes run along the pixels of one image, so neighbouring lanes read
 //   neighbouring x / dy addresses; the group's channel tile (from workgroup_id) is the same for
 //   every lane, so the weight loads are uniform (one scalar load, broadcast, on lavapipe).
@@ -29,7 +32,7 @@
 //   loads are contiguous. Each writes its block to `partial`; conv_transpose2d_sum_partials then
 //   adds the S partial sums in slice order: deterministic, no float atomics.
 override WG: u32 = 64u;
-const PX: u32 = 2u; // pixels per thread (forward, data)
+const PX: u32 = 4u; // pixels per thread (forward, data)
 const TO: u32 = 4u; // output channels per thread (forward, weight)
 const TC: u32 = 4u; // input channels per thread (data, weight)
 

@@ -9,7 +9,8 @@ use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use crate::{shape_str, UNET_LEVELS};
 
 pub fn run(b: &mut Bench) {
-    if !b.wants("conv_transpose2d") {
+    let kernels = ["forward", "backward_data", "backward_weight"];
+    if !kernels.iter().any(|k| b.wants(&format!("conv_transpose2d_{k}"))) {
         return;
     }
     let gpu = b.gpu;

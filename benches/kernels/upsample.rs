@@ -7,7 +7,8 @@ use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use crate::{shape_str, UNET_LEVELS};
 
 pub fn run(b: &mut Bench) {
-    if !b.wants("upsample") {
+    let kernels = ["nearest_forward", "nearest_backward", "bilinear_forward", "bilinear_backward"];
+    if !kernels.iter().any(|k| b.wants(&format!("upsample_{k}"))) {
         return;
     }
     let gpu = b.gpu;
@@ -17,7 +18,7 @@ pub fn run(b: &mut Bench) {
         let x = random_vec(1, dims.iter().product());
         let dy = random_vec(2, 4 * x.len());
         let (xt, y) = (gpu.upload(&x, &dims), gpu.empty(&[2, 3, 10, 14]));
-        let (dyt, dx) = (gpu.upload(&dy, &[2, 3, 10, 14]), gpu.zeros(&mut gpu.encoder(), &dims));
+        let (dyt, dx) = (gpu.upload(&dy, &[2, 3, 10, 14]), gpu.empty(&dims));
         let mut enc = gpu.encoder();
         enc.clear(&dx);
         upsample_forward(gpu, &mut enc, mode, &xt, &y);

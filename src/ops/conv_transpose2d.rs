@@ -22,7 +22,7 @@ use crate::tensor::Tensor;
 const SHADER: Shader = shader!("conv_transpose2d");
 const WG: u32 = 64;
 /// Register tile of the shader (its `PX`, `TO`, `TC` constants; keep in step).
-const PX: u32 = 2;
+const PX: u32 = 4;
 const TO: u32 = 4;
 const TC: u32 = 4;
 /// The weight gradient uses about this many threads (blocks x slices), fewer when a slice
