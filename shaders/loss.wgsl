@@ -46,6 +46,10 @@ const STATS_WG: u32 = 64u;         // a const, not an override: it sizes workgro
 const CHUNK: u32 = 16u;            // stats reduced per workgroup tree: 64 x 16 floats = 4 KiB
 const EPS: f32 = 1e-6;
 override WG: u32 = 256u;
+// The unfused baseline (benchmarks and a cross-check only): binding 1 holds softmax
+// probabilities written by shaders/softmax.wgsl, and loss_backward writes dL/dp
+// (binding 7), which softmax_backward turns into dL/dz. CE and region terms only.
+override FROM_PROBS: bool = false;
 
 const SKIP_ABSENT: u32 = 1u;
 const DICE_POOLED: u32 = 2u;
@@ -91,6 +95,7 @@ struct Pixel {
 fn softmax_pixel(i: u32, y: u32, prob: ptr<function, array<f32, MAX_C>>) -> Pixel {
     let b = i / p.hw;
     let base = b * p.c * p.hw + (i - b * p.hw);
+    if FROM_PROBS { return stored_probs(base, y, prob); }
     var m = logits[base];
     var arg = 0u;
     for (var c = 1u; c < p.c; c++) {
@@ -110,6 +115,21 @@ fn softmax_pixel(i: u32, y: u32, prob: ptr<function, array<f32, MAX_C>>) -> Pixe
     }
     let nll = log(s) - (logits[base + y * p.hw] - m);
     return Pixel((*prob)[y], u, nll, arg);
+}
+
+/// The unfused baseline's view of a pixel: probabilities written by a separate
+/// softmax kernel, read back from binding 1. -log q loses the log-sum-exp's
+/// accuracy for tiny q: one of the reasons the fused path exists.
+fn stored_probs(base: u32, y: u32, prob: ptr<function, array<f32, MAX_C>>) -> Pixel {
+    var arg = 0u;
+    var u = 0.0;
+    for (var c = 0u; c < p.c; c++) {
+        let v = logits[base + c * p.hw];
+        (*prob)[c] = v;
+        if v > (*prob)[arg] { arg = c; }
+        if c != y { u += v; }
+    }
+    return Pixel((*prob)[y], u, -log((*prob)[y]), arg);
 }
 
 /// Unified Focal's focal part for class y: (weight d_y, exponent g_y).
@@ -314,6 +334,11 @@ fn loss_backward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_work
     for (var c = 0u; c < nc; c++) {
         let t = select(0.0, 1.0, c == y);
         let g = coef[nc + c] + select(0.0, coef[c], c == y);
-        dlogits[base + c * p.hw] = prob[c] * (g - dot) + k * (prob[c] - t);
+        if FROM_PROBS {
+            // unfused: dL/dp, for a separate softmax backward (CE and region terms only)
+            dlogits[base + c * p.hw] = g - w * coef[2u * nc] * t / px.q;
+        } else {
+            dlogits[base + c * p.hw] = prob[c] * (g - dot) + k * (prob[c] - t);
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! and seeds the tape's backward walk (`step.backward(vec![(logits, dlogits)])`).
 
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::ops::softmax::{softmax_backward, softmax_forward};
 use crate::shader;
 use crate::tensor::Tensor;
 
@@ -289,6 +290,55 @@ pub fn loss_forward_backward(
     class_weights: &Tensor,
     out: &LossOutput,
 ) {
+    dispatch(gpu, enc, cfg, logits, labels, class_weights, out, false);
+}
+
+/// The same loss (cross-entropy, Dice and Tversky terms only) built the
+/// unfused way, as a framework would run it: a softmax kernel writes the
+/// probabilities, the loss kernels read them and write dL/dp, and the softmax
+/// backward kernel turns that into `out.dlogits`. Kept as the baseline of the
+/// fused kernels' benchmark and as a cross-check in the tests.
+pub fn loss_unfused(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    cfg: &LossConfig,
+    logits: &Tensor,
+    labels: &Tensor,
+    class_weights: &Tensor,
+    out: &LossOutput,
+) {
+    let f = flatten(cfg);
+    assert!(f.w_focal == 0.0 && f.w_uf == 0.0, "the unfused baseline has no focal or Unified Focal terms");
+    let probs = gpu.empty(logits.shape());
+    let dprobs = gpu.empty(logits.shape());
+    softmax_forward(gpu, enc, logits, &probs);
+    dispatch(
+        gpu,
+        enc,
+        cfg,
+        &probs,
+        labels,
+        class_weights,
+        &LossOutput { values: out.values.clone(), dlogits: dprobs.clone() },
+        true,
+    );
+    enc.clear(&out.dlogits);
+    softmax_backward(gpu, enc, &probs, &dprobs, &out.dlogits);
+}
+
+/// Record the three loss dispatches. `input` holds logits, or probabilities
+/// when `from_probs` (the unfused baseline, which then writes dL/dp).
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    cfg: &LossConfig,
+    logits: &Tensor,
+    labels: &Tensor,
+    class_weights: &Tensor,
+    out: &LossOutput,
+    from_probs: bool,
+) {
     let LossOutput { values, dlogits } = out;
     let [n, c, h, w] = logits.dims4("loss logits");
     assert!((1..=MAX_CLASSES).contains(&c), "the fused loss handles 1 to {MAX_CLASSES} classes, got {c}");
@@ -328,7 +378,8 @@ pub fn loss_forward_backward(
     };
     let partials = gpu.empty(&[groups, stats]);
     let coef = gpu.empty(&[2 * c + 3]);
-    let stats_kernel = gpu.kernel(&SHADER, "loss_stats", &[]);
+    let unfused = ("FROM_PROBS", from_probs as u8 as f64);
+    let stats_kernel = gpu.kernel(&SHADER, "loss_stats", &[unfused]);
     gpu.dispatch(
         enc,
         &stats_kernel,
@@ -336,9 +387,9 @@ pub fn loss_forward_backward(
         &[(1, logits), (2, labels), (3, class_weights), (4, &partials)],
         [groups as u32, 1, 1],
     );
-    let finalize = gpu.kernel(&SHADER, "loss_finalize", &[]);
+    let finalize = gpu.kernel(&SHADER, "loss_finalize", &[unfused]);
     gpu.dispatch(enc, &finalize, &params, &[(3, class_weights), (4, &partials), (5, values), (6, &coef)], [1, 1, 1]);
-    let backward = gpu.kernel(&SHADER, "loss_backward", &[("WG", WG as f64)]);
+    let backward = gpu.kernel(&SHADER, "loss_backward", &[("WG", WG as f64), unfused]);
     gpu.dispatch(
         enc,
         &backward,
@@ -659,6 +710,32 @@ mod tests {
                 assert_close_f32(&format!("{name} {dims:?}: values"), &values[..9], &values_vec(&want.values), 1e-4);
                 assert_close_f32(&format!("{name} {dims:?}: dlogits"), &dlogits, &want.grad, 1e-3);
             }
+        }
+    }
+
+    #[test]
+    fn the_unfused_baseline_computes_the_same_loss() {
+        let gpu = gpu();
+        let dims = [2, 6, 19, 23];
+        let (logits, labels) = problem(12, dims, 3.0);
+        for (name, cfg) in
+            configs(6).into_iter().filter(|(n, _)| ["ce weighted", "dice", "dice + ce", "tversky"].contains(n))
+        {
+            let want = reference::loss(&cfg, &logits, &labels, dims);
+            let z: Vec<f32> = logits.iter().map(|&v| v as f32).collect();
+            let (zt, yt) = (gpu.upload(&z, &dims), gpu.upload_u32(&labels, &[2, 19, 23]));
+            let weights = gpu.upload(&class_weights(&cfg, 6), &[6]);
+            let out = LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(&dims) };
+            let mut enc = gpu.encoder();
+            loss_unfused(gpu, &mut enc, &cfg, &zt, &yt, &weights, &out);
+            gpu.submit(enc);
+            assert_close_f32(
+                &format!("unfused {name}: values"),
+                &gpu.read(&out.values)[..9],
+                &values_vec(&want.values),
+                1e-4,
+            );
+            assert_close_f32(&format!("unfused {name}: dlogits"), &gpu.read(&out.dlogits), &want.grad, 1e-3);
         }
     }
 

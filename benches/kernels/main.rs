@@ -17,6 +17,7 @@ mod conv2d;
 mod conv_transpose2d;
 mod dropout;
 mod elementwise;
+mod loss;
 mod maxpool2d;
 mod reduce;
 mod relu;
@@ -37,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     conv_transpose2d::run(&mut bench);
     dropout::run(&mut bench);
     elementwise::run(&mut bench);
+    loss::run(&mut bench);
     maxpool2d::run(&mut bench);
     reduce::run(&mut bench);
     relu::run(&mut bench);
