@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{BatchOptions, Dataset, LoadOptions, Palette, Patches, Scaling, SplitOptions, Unknown, IGNORE};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Readback};
 use crate::loss::{loss_forward_backward, LossConfig, LossOutput, LossValues, Term, VALUES_LEN};
 use crate::metrics::{confusion_update, Confusion};
 use crate::nn::{UNet, UNetConfig};
@@ -281,6 +281,8 @@ pub struct Trainer<'g> {
     out: Option<LossOutput>,
     seed: u64,
     last_submit: Option<wgpu::SubmissionIndex>,
+    /// Loss values of recent steps, read back without waiting, for the progress bar.
+    readback: Readback,
 }
 
 impl<'g> Trainer<'g> {
@@ -291,7 +293,8 @@ impl<'g> Trainer<'g> {
         let classes = model.config.classes;
         let weights = loss.class_weights.clone().unwrap_or_else(|| vec![1.0; classes]);
         let class_weights = gpu.upload(&weights, &[classes]);
-        Trainer { gpu, model, optimizer, loss, class_weights, out: None, seed, last_submit: None }
+        let readback = gpu.readback(VALUES_LEN, 3);
+        Trainer { gpu, model, optimizer, loss, class_weights, out: None, seed, last_submit: None, readback }
     }
 
     fn outputs(&mut self, logits: &Tensor) -> &LossOutput {
@@ -313,8 +316,9 @@ impl<'g> Trainer<'g> {
     }
 
     /// One training step on a batch (images [N,3,P,P], labels [N,P,P]),
-    /// adding its loss values and confusion counts into `acc`.
-    fn train_step(&mut self, x: &Tensor, y: &Tensor, lr: f32, acc: &Accumulators, first: bool) {
+    /// adding its loss values and confusion counts into `acc`. Returns the
+    /// loss of the newest earlier step whose values have arrived, if any.
+    fn train_step(&mut self, x: &Tensor, y: &Tensor, lr: f32, acc: &Accumulators, first: bool) -> Option<f32> {
         let gpu = self.gpu;
         let mut step = Step::train(gpu);
         if first {
@@ -335,11 +339,14 @@ impl<'g> Trainer<'g> {
             self.out.as_ref().unwrap(),
         );
         accumulate(gpu, &mut step.enc, &values, 1.0, &acc.values);
+        self.readback.copy(&mut step.enc, &values);
         confusion_update(gpu, &mut step.enc, &logits, y, Some(IGNORE), &acc.confusion);
         step.backward_into(vec![(logits, dlogits)], self.model.arena.grads());
         self.optimizer.step(gpu, &mut step.enc, &self.model.arena, lr);
         let index = step.submit();
+        self.readback.submitted();
         self.throttle(index);
+        self.readback.latest(gpu).map(|v| v[0])
     }
 
     /// One evaluation step (no tape, eval-mode layers), accumulating into `acc`.
@@ -588,10 +595,14 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         let batches = train_patches.batches(&batch_options)?;
         let steps = batches.len().min(options.max_steps.unwrap_or(usize::MAX));
         let bar = progress_bar(options.progress, steps);
+        let (mut seen, mut seen_sum) = (0, 0.0);
         for (i, batch) in batches.take(steps).enumerate() {
             let (xs, ys) = shape(batch.n);
             let (x, y) = (gpu.upload(&batch.images, &xs), gpu.upload_u32(&batch.labels, &ys));
-            trainer.train_step(&x, &y, lr, &train_acc, i == 0);
+            if let Some(loss) = trainer.train_step(&x, &y, lr, &train_acc, i == 0) {
+                (seen, seen_sum) = (seen + 1, seen_sum + loss as f64);
+                bar.set_message(format!("loss: {:.4}", seen_sum / seen as f64));
+            }
             bar.inc(1);
         }
         bar.finish_and_clear();

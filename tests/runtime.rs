@@ -115,3 +115,25 @@ fn parameters_are_views_into_one_arena_and_gradients_land_there() {
     assert_eq!(gpu.read(&second.grad), want_dx);
     assert_eq!(gpu.read(&arena.get("first").unwrap().grad), vec![0.0; 5]);
 }
+
+#[test]
+fn readback_rings_deliver_without_waiting_and_skip_busy_slots() {
+    let gpu = gpu();
+    let mut ring = gpu.readback(4, 2);
+    let t = gpu.upload(&[1.0, 2.0, 3.0, 4.0], &[4]);
+    for round in 0..3 {
+        let mut enc = gpu.encoder();
+        assert!(ring.copy(&mut enc, &t), "round {round}: a slot should be free");
+        gpu.submit(enc);
+        ring.submitted();
+        gpu.wait();
+        assert_eq!(ring.latest(gpu), Some(vec![1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(ring.latest(gpu), None, "each copy is delivered once");
+    }
+    // Two copies in flight fill the ring; a third is skipped, not waited for.
+    let mut enc = gpu.encoder();
+    assert!(ring.copy(&mut enc, &t) && ring.copy(&mut enc, &t));
+    assert!(!ring.copy(&mut enc, &t));
+    gpu.submit(enc);
+    ring.submitted();
+}
