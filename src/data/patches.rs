@@ -20,6 +20,7 @@
 //! `images`: `f32` `[N,3,P,P]` (NCHW, what the conv kernels read);
 //! `labels`: `u32` `[N,P,P]`, class ids or [`IGNORE`](super::IGNORE).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use super::tiles::Tile;
@@ -154,9 +155,58 @@ pub enum Scaling {
 }
 
 impl Scaling {
+    /// The checkpoint metadata key that records the scaling a model was trained with.
+    pub const METADATA_KEY: &'static str = "data.scaling";
+
+    /// The scaling as checkpoint metadata: `data.scaling` = `unit`, or
+    /// `standardize:<m0>,<m1>,<m2>:<s0>,<s1>,<s2>` (means, then standard
+    /// deviations of R, G, B; written so that they read back exactly).
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let value = match self {
+            Scaling::Unit => "unit".to_string(),
+            Scaling::Standardize(s) => {
+                let list = |v: &[f32; 3]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+                format!("standardize:{}:{}", list(&s.mean), list(&s.std))
+            }
+        };
+        BTreeMap::from([(Scaling::METADATA_KEY.to_string(), value)])
+    }
+
+    /// Read the scaling back from checkpoint metadata. A checkpoint without
+    /// the key was trained on [`Scaling::Unit`] inputs (the default); an
+    /// unreadable value is an error naming it.
+    pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<Scaling, String> {
+        let Some(value) = meta.get(Scaling::METADATA_KEY) else {
+            return Ok(Scaling::Unit);
+        };
+        let bad = |why: &str| {
+            format!(
+                "{} = {value:?} {why}: expected `unit` or `standardize:<m0>,<m1>,<m2>:<s0>,<s1>,<s2>`",
+                Scaling::METADATA_KEY
+            )
+        };
+        if value == "unit" {
+            return Ok(Scaling::Unit);
+        }
+        let parts: Vec<&str> = value.split(':').collect();
+        let ["standardize", mean, std] = parts[..] else {
+            return Err(bad("is not a known scaling"));
+        };
+        let three = |list: &str| -> Result<[f32; 3], String> {
+            let values: Vec<f32> = list
+                .split(',')
+                .map(|x| x.trim().parse::<f32>().ok().filter(|v| v.is_finite()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("has a value that is not a finite number"))?;
+            values.try_into().map_err(|_| bad("needs three values per list"))
+        };
+        Ok(Scaling::Standardize(ChannelStats { mean: three(mean)?, std: three(std)? }))
+    }
+
     /// The input value of each byte, per channel: a lookup table, because
     /// there are only 256 inputs and a batch converts millions of bytes.
-    fn table(&self) -> [[f32; 256]; 3] {
+    /// `table[c][v]` is the network input for byte `v` of channel `c`.
+    pub(crate) fn table(&self) -> [[f32; 256]; 3] {
         let mut table = [[0.0; 256]; 3];
         for (c, row) in table.iter_mut().enumerate() {
             for (v, out) in row.iter_mut().enumerate() {
@@ -531,6 +581,30 @@ impl fmt::Display for ClassFrequencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaling_round_trips_through_checkpoint_metadata() {
+        let stats = ChannelStats { mean: [0.1, 0.2, 1.0 / 3.0], std: [0.25, 0.5, 0.123_456_79] };
+        for scaling in [Scaling::Unit, Scaling::Standardize(stats)] {
+            assert_eq!(Scaling::from_metadata(&scaling.to_metadata()), Ok(scaling));
+        }
+        assert_eq!(
+            Scaling::Standardize(stats).to_metadata()["data.scaling"],
+            "standardize:0.1,0.2,0.33333334:0.25,0.5,0.12345679"
+        );
+        assert_eq!(Scaling::from_metadata(&BTreeMap::new()), Ok(Scaling::Unit));
+        for bad in [
+            "minmax",
+            "standardize:1,2:1,2,3",
+            "standardize:1,2,x:1,2,3",
+            "standardize:1,2,3",
+            "standardize:1,2,3:1,2,inf",
+        ] {
+            let meta = BTreeMap::from([("data.scaling".to_string(), bad.to_string())]);
+            let err = Scaling::from_metadata(&meta).unwrap_err();
+            assert!(err.contains("data.scaling") && err.contains(bad), "{err}");
+        }
+    }
 
     fn names() -> Vec<String> {
         ["a", "b", "c"].iter().map(|s| s.to_string()).collect()

@@ -1,0 +1,651 @@
+//! Sliding-window inference on images of any size.
+//!
+//! The network sees `patch` x `patch` windows (what it was trained on) that
+//! overlap by `overlap` pixels. Each window's softmax probabilities are
+//! weighted by a smooth window `w(y) * w(x)` (a Hann window lifted above 0,
+//! so that every pixel has weight, even at a patch border) and summed; the
+//! label of a pixel is the class with the largest weighted sum. (Dividing by
+//! the pixel's total weight would give the blended probabilities, but cannot
+//! change the argmax, so labels need no division.) Windows near their borders
+//! see less context and predict worse; the taper lets the window centre
+//! decide wherever two windows overlap.
+//!
+//! ```text
+//! padded image (reflection)         one band of patch rows
+//! +--margin----------------+       rows still receiving contributions are
+//! | +-image-------------+  |       kept; rows no later patch touches are
+//! | |                   |  |       turned into labels and dropped
+//! | +-------------------+  |
+//! +------------------------+
+//! ```
+//!
+//! # Geometry
+//! Along each axis the image is padded by reflection (mirror without
+//! repeating the edge pixel, numpy's `reflect`): `margin = overlap / 2` before
+//! it, so that image borders are not patch borders, and as much as needed
+//! after it to fill a whole number of strides (`stride = patch - overlap`).
+//! An image smaller than a patch is padded to one patch.
+//!
+//! # Memory
+//! Patches are processed in bands of whole patch rows. Only the probability
+//! rows a later band can still touch are kept ([`PredictOptions::max_band_bytes`]
+//! bounds them), and the network input is built per batch from the `u8`
+//! image, so an image far larger than a GPU buffer, or than a full-size
+//! `f32` probability canvas, is fine. The output is one byte per pixel.
+//!
+//! # Scaling
+//! Inputs must be scaled exactly as in training: checkpoints record their
+//! [`Scaling`] under `data.scaling` ([`Scaling::to_metadata`]); [`predict_files`]
+//! reads it (`unit` when absent).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::data::tiles::read_image;
+use crate::data::{DataError, Palette, Scaling};
+use crate::gpu::Gpu;
+use crate::nn::unet::UNet;
+use crate::ops::softmax::softmax_forward;
+use crate::report::{blend, colour_labels, write_png, ReportError};
+use crate::tape::Step;
+
+/// How to predict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictOptions {
+    /// Window side in pixels; a multiple of `2^depth` of the model. 256 by default.
+    pub patch: usize,
+    /// Overlap of neighbouring windows in pixels, below `patch`; `None`: a
+    /// quarter of the patch.
+    pub overlap: Option<usize>,
+    /// Windows per forward pass.
+    pub batch: usize,
+    /// Byte-to-input mapping (must match training). [`predict_files`]
+    /// replaces it with the checkpoint's.
+    pub scaling: Scaling,
+    /// Most bytes the kept probability rows may take; bands shrink to fit
+    /// (one patch row at least). 256 MiB by default.
+    pub max_band_bytes: usize,
+    /// Class colours of the written masks ([`predict_files`]).
+    pub palette: Palette,
+    /// Opacity of the mask in the overlay pictures, in [0, 1].
+    pub alpha: f32,
+}
+
+impl Default for PredictOptions {
+    /// 256-pixel windows overlapping by 64, batches of 4, unit scaling,
+    /// 256 MiB of bands, the Dubai palette, overlay opacity 0.5.
+    fn default() -> PredictOptions {
+        PredictOptions {
+            patch: crate::data::DEFAULT_PATCH,
+            overlap: None,
+            batch: 4,
+            scaling: Scaling::Unit,
+            max_band_bytes: 256 << 20,
+            palette: Palette::dubai(),
+            alpha: 0.5,
+        }
+    }
+}
+
+impl PredictOptions {
+    /// The overlap in pixels (the default resolved).
+    pub fn overlap(&self) -> usize {
+        self.overlap.unwrap_or(self.patch / 4)
+    }
+
+    /// Check the options against a model of depth `depth`.
+    pub fn validate(&self, depth: usize) -> Result<(), DataError> {
+        let option = |name: &'static str, value: String, reason: String| DataError::Option { name, value, reason };
+        let multiple = 1usize << depth;
+        if self.patch == 0 || !self.patch.is_multiple_of(multiple) {
+            return Err(option(
+                "patch",
+                self.patch.to_string(),
+                format!("the model (depth {depth}) needs a positive multiple of {multiple}"),
+            ));
+        }
+        if self.overlap() >= self.patch {
+            return Err(option(
+                "overlap",
+                self.overlap().to_string(),
+                format!("it must be below the patch ({})", self.patch),
+            ));
+        }
+        if self.batch == 0 {
+            return Err(option("batch", "0".into(), "it must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(option("alpha", self.alpha.to_string(), "it must be in [0, 1]".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What can go wrong predicting files.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// The checkpoint could not be read or does not fit.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// An input could not be read, or an option is invalid.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model predicts more classes than the palette can colour.
+    #[error("the model predicts {model} classes but the palette has {palette} colours: pass the palette the model was trained with")]
+    Classes {
+        /// Classes of the model.
+        model: usize,
+        /// Classes of the palette.
+        palette: usize,
+    },
+    /// Two inputs would write the same output files.
+    #[error("inputs {} and {} share the stem `{stem}`, so their outputs would overwrite each other: predict them into different folders", .first.display(), .second.display())]
+    SameStem {
+        /// The stem.
+        stem: String,
+        /// The first input.
+        first: PathBuf,
+        /// The second input.
+        second: PathBuf,
+    },
+    /// An output could not be written.
+    #[error("cannot write {}: {reason}", .path.display())]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The blending window of a `patch`-pixel side: `w[i] = 1e-3 + sin²(π (i + ½) / patch)`,
+/// a Hann window sampled at pixel centres and lifted so no weight is 0.
+pub fn window(patch: usize) -> Vec<f32> {
+    (0..patch)
+        .map(|i| {
+            let s = (std::f64::consts::PI * (i as f64 + 0.5) / patch as f64).sin();
+            (1e-3 + s * s) as f32
+        })
+        .collect()
+}
+
+/// Index into a row of `len` pixels for a position `i` outside it, mirrored
+/// at the edges without repeating them (`-1 -> 1`, `len -> len - 2`),
+/// repeatedly for positions far outside.
+pub fn reflect(i: isize, len: usize) -> usize {
+    if len == 1 {
+        return 0;
+    }
+    let period = 2 * (len as isize - 1);
+    let m = i.rem_euclid(period);
+    (if m < len as isize { m } else { period - m }) as usize
+}
+
+/// The windows along one axis of `len` pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Axis {
+    /// Windows along the axis.
+    count: usize,
+    /// Padding before the image.
+    margin: usize,
+    /// Padded length, `(count - 1) * stride + patch`.
+    padded: usize,
+}
+
+impl Axis {
+    fn new(len: usize, patch: usize, overlap: usize) -> Axis {
+        let stride = patch - overlap;
+        let margin = overlap / 2;
+        let need = len + 2 * margin;
+        let count = if need <= patch { 1 } else { (need - patch).div_ceil(stride) + 1 };
+        Axis { count, margin, padded: (count - 1) * stride + patch }
+    }
+}
+
+/// Weighted probability sums of the padded rows `[top, top + rows)`, laid
+/// out `[row][x][class]`, with each pixel's total weight `[row][x]`.
+struct Accumulator {
+    top: usize,
+    width: usize,
+    classes: usize,
+    sums: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+impl Accumulator {
+    fn new(width: usize, classes: usize) -> Accumulator {
+        Accumulator { top: 0, width, classes, sums: Vec::new(), weights: Vec::new() }
+    }
+
+    fn rows(&self) -> usize {
+        self.weights.len() / self.width
+    }
+
+    /// Grow (with zeros) to cover padded rows up to `bottom` (exclusive).
+    fn extend_to(&mut self, bottom: usize) {
+        let rows = bottom.saturating_sub(self.top).max(self.rows());
+        self.sums.resize(rows * self.width * self.classes, 0.0);
+        self.weights.resize(rows * self.width, 0.0);
+    }
+
+    /// Add one window's probabilities `probs` `[classes, p, p]` at padded
+    /// position (`y0`, `x0`), weighted by `window[y] * window[x]`.
+    fn add(&mut self, y0: usize, x0: usize, probs: &[f32], window: &[f32]) {
+        let p = window.len();
+        let (w, k) = (self.width, self.classes);
+        assert!(y0 >= self.top && y0 + p <= self.top + self.rows(), "window rows {y0}.. outside the band");
+        for (y, &wy) in window.iter().enumerate() {
+            let row = y0 - self.top + y;
+            for (x, &wx) in window.iter().enumerate() {
+                let weight = wy * wx;
+                let pixel = row * w + x0 + x;
+                self.weights[pixel] += weight;
+                let sums = &mut self.sums[pixel * k..(pixel + 1) * k];
+                for (c, sum) in sums.iter_mut().enumerate() {
+                    *sum += weight * probs[(c * p + y) * p + x];
+                }
+            }
+        }
+    }
+
+    /// Label the rows above `bottom` (padded coordinates) into `labels`
+    /// (`[height, width]` of the image, placed at `margin` in the padded
+    /// image), then drop them.
+    fn finish(&mut self, bottom: usize, margin: usize, labels: &mut [u8], (width, height): (usize, usize)) {
+        let done = bottom.saturating_sub(self.top).min(self.rows());
+        let k = self.classes;
+        for row in 0..done {
+            let Some(y) = (self.top + row).checked_sub(margin).filter(|&y| y < height) else {
+                continue;
+            };
+            for x in 0..width {
+                let pixel = row * self.width + x + margin;
+                let sums = &self.sums[pixel * k..(pixel + 1) * k];
+                // The first largest wins ties, as in the metrics' argmax.
+                let best = (1..k).fold(0, |best, c| if sums[c] > sums[best] { c } else { best });
+                labels[y * width + x] = best as u8;
+            }
+        }
+        self.sums.drain(..done * self.width * k);
+        self.weights.drain(..done * self.width);
+        self.top += done;
+    }
+}
+
+/// Softmax probabilities `[n, classes, p, p]` of the windows `input` `[n, 3, p, p]`.
+fn probabilities(gpu: &Gpu, model: &UNet, input: &[f32], n: usize, p: usize) -> Vec<f32> {
+    let x = gpu.upload(input, &[n, model.config.in_channels, p, p]);
+    let mut step = Step::eval(gpu);
+    let logits = model.forward(&mut step, &x, 0);
+    let probs = gpu.empty(logits.shape());
+    softmax_forward(gpu, &mut step.enc, &logits, &probs);
+    step.submit();
+    gpu.read(&probs)
+}
+
+/// Class ids `[height, width]` predicted for the interleaved RGB image `rgb`
+/// `[height, width, 3]` of any size (see the module doc for the method).
+/// Fails on invalid options, or a model that does not take 3 channels or
+/// has more than 255 classes.
+pub fn predict_image(
+    gpu: &Gpu,
+    model: &UNet,
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    options: &PredictOptions,
+) -> Result<Vec<u8>, DataError> {
+    assert_eq!(
+        rgb.len(),
+        width * height * 3,
+        "a {width}x{height} RGB image has {} bytes, got {}",
+        width * height * 3,
+        rgb.len()
+    );
+    let config = &model.config;
+    options.validate(config.depth)?;
+    if config.in_channels != 3 || config.classes > 255 {
+        return Err(DataError::Option {
+            name: "model",
+            value: format!("{} input channels, {} classes", config.in_channels, config.classes),
+            reason: "prediction takes RGB images and at most 255 classes".into(),
+        });
+    }
+    let mut labels = vec![0u8; width * height];
+    if width == 0 || height == 0 {
+        return Ok(labels);
+    }
+    let (p, overlap, k) = (options.patch, options.overlap(), config.classes);
+    let stride = p - overlap;
+    let (across, down) = (Axis::new(width, p, overlap), Axis::new(height, p, overlap));
+    // Band of b patch rows keeps (b - 1) * stride + p padded rows.
+    let row_bytes = across.padded * (k + 1) * 4;
+    let band = ((options.max_band_bytes / row_bytes).saturating_sub(p) / stride + 1).max(1);
+    let window = window(p);
+    let table = options.scaling.table();
+    // Source column of each padded column: reflection is computed once.
+    let source_x: Vec<usize> =
+        (0..across.padded).map(|x| reflect(x as isize - across.margin as isize, width)).collect();
+
+    let mut acc = Accumulator::new(across.padded, k);
+    let mut input = Vec::with_capacity(options.batch * 3 * p * p);
+    for first in (0..down.count).step_by(band) {
+        let last = (first + band).min(down.count);
+        acc.extend_to((last - 1) * stride + p);
+        let windows: Vec<(usize, usize)> =
+            (first..last).flat_map(|r| (0..across.count).map(move |c| (r * stride, c * stride))).collect();
+        for chunk in windows.chunks(options.batch) {
+            input.clear();
+            for &(y0, x0) in chunk {
+                for (c, table) in table.iter().enumerate() {
+                    for y in y0..y0 + p {
+                        let sy = reflect(y as isize - down.margin as isize, height);
+                        let row = &rgb[sy * width * 3..(sy + 1) * width * 3];
+                        input.extend(source_x[x0..x0 + p].iter().map(|&sx| table[row[sx * 3 + c] as usize]));
+                    }
+                }
+            }
+            let probs = probabilities(gpu, model, &input, chunk.len(), p);
+            for (i, &(y0, x0)) in chunk.iter().enumerate() {
+                acc.add(y0, x0, &probs[i * k * p * p..(i + 1) * k * p * p], &window);
+            }
+        }
+        // Rows above the next band's first window are final.
+        let bottom = if last == down.count { down.padded } else { last * stride };
+        acc.finish(bottom, down.margin, &mut labels, (width, height));
+    }
+    Ok(labels)
+}
+
+/// The files [`predict_files`] wrote for one input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Predicted {
+    /// The input image.
+    pub input: PathBuf,
+    /// `<stem>_mask.png`: class colours of the palette.
+    pub mask: PathBuf,
+    /// `<stem>_overlay.png`: the mask blended over the image.
+    pub overlay: PathBuf,
+    /// Image width.
+    pub width: usize,
+    /// Image height.
+    pub height: usize,
+}
+
+fn is_image(path: &Path) -> bool {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    path.is_file() && ["jpg", "jpeg", "png"].contains(&ext.as_str())
+}
+
+/// The image files of `inputs`: files as given, folders as their `.jpg`,
+/// `.jpeg` and `.png` files (not recursive, sorted by name).
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let io = |cause| DataError::Io { path: input.clone(), cause };
+            let mut found = Vec::new();
+            for entry in std::fs::read_dir(input).map_err(io)? {
+                let path = entry.map_err(io)?.path();
+                if is_image(&path) {
+                    found.push(path);
+                }
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Predict every image of `inputs` (files, or folders of `.jpg`/`.png`)
+/// with the model of the checkpoint at `checkpoint`, and write
+/// `<stem>_mask.png` and `<stem>_overlay.png` into `out_dir` (created if
+/// needed). The input scaling is the checkpoint's (`data.scaling`, `unit`
+/// when absent); `options.scaling` is ignored.
+pub fn predict_files(
+    gpu: &Gpu,
+    checkpoint: &Path,
+    inputs: &[PathBuf],
+    out_dir: &Path,
+    options: &PredictOptions,
+) -> Result<Vec<Predicted>, PredictError> {
+    let ckpt = checkpoint::load(checkpoint)?;
+    let scaling = Scaling::from_metadata(&ckpt.metadata)
+        .map_err(|reason| CheckpointError::Metadata { path: checkpoint.to_path_buf(), reason })?;
+    let model = UNet::from_checkpoint(gpu, &ckpt)?;
+    let options = PredictOptions { scaling, ..options.clone() };
+    options.validate(model.config.depth)?;
+    if model.config.classes > options.palette.len() {
+        return Err(PredictError::Classes { model: model.config.classes, palette: options.palette.len() });
+    }
+    let files = expand_inputs(inputs)?;
+    let stem_of = |file: &Path| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut seen: BTreeMap<String, &PathBuf> = BTreeMap::new();
+    for file in &files {
+        if let Some(first) = seen.insert(stem_of(file), file) {
+            return Err(PredictError::SameStem { stem: stem_of(file), first: first.clone(), second: file.clone() });
+        }
+    }
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| PredictError::Write { path: out_dir.to_path_buf(), reason: e.to_string() })?;
+    let write = |e: ReportError| match e {
+        ReportError::Write { path, reason } => PredictError::Write { path, reason },
+        other => PredictError::Write { path: out_dir.to_path_buf(), reason: other.to_string() },
+    };
+    let mut written = Vec::new();
+    for input in files {
+        let (width, height, rgb) = read_image(&input)?;
+        let labels = predict_image(gpu, &model, &rgb, width, height, &options)?;
+        let stem = stem_of(&input);
+        let mask = out_dir.join(format!("{stem}_mask.png"));
+        let overlay = out_dir.join(format!("{stem}_overlay.png"));
+        write_png(&mask, &colour_labels(&labels, &options.palette), width, height).map_err(write)?;
+        write_png(&overlay, &blend(&rgb, &labels, &options.palette, options.alpha), width, height).map_err(write)?;
+        written.push(Predicted { input, mask, overlay, width, height });
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::test_dir::TempDir;
+    use crate::data::ChannelStats;
+    use crate::nn::unet::UNetConfig;
+    use crate::rng::Rng;
+    use crate::testing::gpu;
+
+    fn tiny_model(seed: u64, classes: usize) -> UNet {
+        let config = UNetConfig { base: 4, depth: 2, classes, dropout: vec![0.0; 3], seed, ..UNetConfig::default() };
+        UNet::new(gpu(), config)
+    }
+
+    fn random_rgb(seed: u64, w: usize, h: usize) -> Vec<u8> {
+        let mut rng = Rng::new(seed);
+        (0..w * h * 3).map(|_| rng.below(256) as u8).collect()
+    }
+
+    /// Argmax of the logits of one forward pass over `x` `[1,3,p,p]` (channel-first f32).
+    fn forward_labels(model: &UNet, x: &[f32], h: usize, w: usize) -> Vec<u8> {
+        let gpu = gpu();
+        let t = gpu.upload(x, &[1, 3, h, w]);
+        let mut step = Step::eval(gpu);
+        let y = model.forward(&mut step, &t, 0);
+        step.submit();
+        let logits = gpu.read(&y);
+        let k = model.config.classes;
+        (0..h * w)
+            .map(|i| (1..k).fold(0, |b, c| if logits[c * h * w + i] > logits[b * h * w + i] { c } else { b }) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn reflection_mirrors_without_repeating_the_edge() {
+        let got: Vec<usize> = (-5..9).map(|i| reflect(i, 4)).collect();
+        // numpy.pad(range(4), 5, 'reflect')[:14]
+        assert_eq!(got, [1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]);
+        assert_eq!(reflect(-3, 1), 0);
+        assert_eq!(reflect(7, 2), 1);
+    }
+
+    #[test]
+    fn windows_cover_the_image_with_reflection_margins() {
+        assert_eq!(Axis::new(256, 256, 0), Axis { count: 1, margin: 0, padded: 256 });
+        assert_eq!(Axis::new(20, 16, 0), Axis { count: 2, margin: 0, padded: 32 });
+        assert_eq!(Axis::new(5, 16, 4), Axis { count: 1, margin: 2, padded: 16 });
+        // 37 + 2*2 = 41 pixels, stride 12: windows at 0, 12, 24, 36 reach 52.
+        assert_eq!(Axis::new(37, 16, 4), Axis { count: 4, margin: 2, padded: 52 });
+        for len in 1..80 {
+            for (p, o) in [(16, 0), (16, 4), (16, 15), (8, 3)] {
+                let a = Axis::new(len, p, o);
+                assert!(a.padded >= len + 2 * a.margin, "{len} {p} {o}: {a:?}");
+                assert!(a.count == 1 || a.padded - (p - o) < len + 2 * a.margin, "{len} {p} {o}: one window too many");
+            }
+        }
+    }
+
+    #[test]
+    fn blending_weights_sum_over_the_covering_windows_and_normalise() {
+        // One band over a 37-pixel-wide padded row of windows; every window
+        // predicts the same probabilities p, so the blend must give p back.
+        let (p, overlap, k) = (16, 4, 3);
+        let axis = Axis::new(37, p, overlap);
+        let stride = p - overlap;
+        let win = window(p);
+        assert!(win.iter().all(|&w| w > 0.0), "every pixel needs weight");
+        assert!((win[p / 2] - 1.0).abs() < 0.01 && win[0] < 0.02, "centre heavy, borders light: {win:?}");
+        let probs: Vec<f32> = [0.2f32, 0.5, 0.3].iter().flat_map(|&v| vec![v; p * p]).collect();
+        let mut acc = Accumulator::new(axis.padded, k);
+        acc.extend_to(p + stride);
+        for y0 in [0, stride] {
+            for c in 0..axis.count {
+                acc.add(y0, c * stride, &probs, &win);
+            }
+        }
+        for y in 0..p + stride {
+            for x in 0..axis.padded {
+                let covering = |pos: usize, count: usize| -> f32 {
+                    (0..count)
+                        .filter(|&i| (i * stride..i * stride + p).contains(&pos))
+                        .map(|i| win[pos - i * stride])
+                        .sum()
+                };
+                let want = covering(y, 2) * covering(x, axis.count);
+                let weight = acc.weights[y * axis.padded + x];
+                assert!((weight - want).abs() <= 1e-5 * want, "({y},{x}): weight {weight}, want {want}");
+                for (c, &pc) in [0.2f32, 0.5, 0.3].iter().enumerate() {
+                    let blended = acc.sums[(y * axis.padded + x) * k + c] / weight;
+                    assert!((blended - pc).abs() < 1e-5, "({y},{x}) class {c}: {blended}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_overlap_windows_are_independent_padded_forwards() {
+        let model = tiny_model(11, 6);
+        let opts = PredictOptions { patch: 16, overlap: Some(0), batch: 3, ..PredictOptions::default() };
+        // 20x13 is not a multiple of 16 (two windows across, one down); 11x9
+        // is smaller than one window.
+        for (w, h, seed) in [(20, 13, 1), (11, 9, 2)] {
+            let rgb = random_rgb(seed, w, h);
+            let got = predict_image(gpu(), &model, &rgb, w, h, &opts).unwrap();
+            // Reference: pad by reflection to whole windows, one forward per window.
+            let (pw, ph) = (w.div_ceil(16) * 16, 16);
+            let mirror = |i: usize, n: usize| if i < n { i } else { 2 * (n - 1) - i };
+            let mut want = vec![0u8; w * h];
+            for x0 in (0..pw).step_by(16) {
+                let mut x = vec![0.0f32; 3 * 16 * 16];
+                for c in 0..3 {
+                    for y in 0..ph {
+                        for xx in 0..16 {
+                            let (sy, sx) = (mirror(y, h), mirror(x0 + xx, w));
+                            x[(c * 16 + y) * 16 + xx] = rgb[(sy * w + sx) * 3 + c] as f32 / 255.0;
+                        }
+                    }
+                }
+                let labels = forward_labels(&model, &x, 16, 16);
+                for y in 0..h {
+                    for xx in 0..16.min(w.saturating_sub(x0)) {
+                        want[y * w + x0 + xx] = labels[y * 16 + xx];
+                    }
+                }
+            }
+            assert_eq!(got, want, "{w}x{h}");
+        }
+    }
+
+    #[test]
+    fn bands_give_the_same_labels_as_one_pass_and_sizes_match() {
+        let model = tiny_model(5, 4);
+        let opts = PredictOptions { patch: 8, overlap: Some(3), batch: 2, ..PredictOptions::default() };
+        let (w, h) = (23, 30);
+        let rgb = random_rgb(3, w, h);
+        let whole =
+            predict_image(gpu(), &model, &rgb, w, h, &PredictOptions { max_band_bytes: 1 << 30, ..opts.clone() });
+        let banded = predict_image(gpu(), &model, &rgb, w, h, &PredictOptions { max_band_bytes: 1, ..opts.clone() });
+        let whole = whole.unwrap();
+        assert_eq!(banded.unwrap(), whole);
+        assert!(whole.iter().any(|&l| l != whole[0]), "a random model on noise predicts more than one class");
+        for (w, h) in [(1, 1), (1, 9), (9, 2), (8, 8), (17, 5)] {
+            let labels = predict_image(gpu(), &model, &random_rgb(9, w, h), w, h, &opts).unwrap();
+            assert_eq!(labels.len(), w * h, "{w}x{h}");
+            assert!(labels.iter().all(|&l| l < 4));
+        }
+        let bad = PredictOptions { patch: 10, ..opts.clone() };
+        let err = predict_image(gpu(), &model, &rgb, w, h, &bad).unwrap_err().to_string();
+        assert!(err.contains("patch = 10") && err.contains("multiple of 4"), "{err}");
+        let bad = PredictOptions { overlap: Some(8), ..opts };
+        assert!(predict_image(gpu(), &model, &rgb, w, h, &bad).unwrap_err().to_string().contains("overlap = 8"));
+    }
+
+    #[test]
+    fn files_get_masks_and_overlays_scaled_as_the_checkpoint_says() {
+        let gpu = gpu();
+        let tmp = TempDir::new("predict");
+        let model = tiny_model(7, 6);
+        let stats = ChannelStats { mean: [0.9, 0.1, 0.5], std: [0.05, 0.3, 0.01] };
+        let scaling = Scaling::Standardize(stats);
+        let mut meta = model.config.to_metadata();
+        meta.extend(scaling.to_metadata());
+        let ckpt = tmp.0.join("model.safetensors");
+        checkpoint::save(gpu, &ckpt, &model.state(), &meta).unwrap();
+        let images = tmp.0.join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        let (w, h) = (13, 10);
+        let rgb = random_rgb(4, w, h);
+        image::RgbImage::from_raw(w as u32, h as u32, rgb.clone()).unwrap().save(images.join("a.png")).unwrap();
+        image::RgbImage::new(5, 4).save(images.join("b.png")).unwrap();
+        std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+
+        let out = tmp.0.join("out");
+        let opts = PredictOptions { patch: 8, batch: 3, ..PredictOptions::default() };
+        let done = predict_files(gpu, &ckpt, std::slice::from_ref(&images), &out, &opts).unwrap();
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].mask, out.join("a_mask.png"));
+        assert_eq!((done[1].width, done[1].height), (5, 4));
+        let mask = image::open(out.join("a_mask.png")).unwrap().into_rgb8();
+        let overlay = image::open(out.join("a_overlay.png")).unwrap().into_rgb8();
+        assert_eq!((mask.dimensions(), overlay.dimensions()), (((w as u32), (h as u32)), ((w as u32), (h as u32))));
+        let palette = Palette::dubai();
+        let labels = palette.rgb_to_labels(mask.as_raw(), crate::data::Unknown::Error, Path::new("mask")).unwrap();
+        let standardized = predict_image(gpu, &model, &rgb, w, h, &PredictOptions { scaling, ..opts.clone() }).unwrap();
+        let unit = predict_image(gpu, &model, &rgb, w, h, &opts).unwrap();
+        assert_eq!(labels, standardized, "the checkpoint's scaling is used");
+        assert_ne!(unit, standardized, "the test must tell the scalings apart");
+        assert_eq!(overlay.as_raw(), &blend(&rgb, &labels, &palette, 0.5));
+
+        // Errors: two inputs with one stem; a palette too small for the model.
+        std::fs::create_dir_all(tmp.0.join("other")).unwrap();
+        image::RgbImage::new(4, 4).save(tmp.0.join("other/a.jpg")).unwrap();
+        let err = predict_files(gpu, &ckpt, &[images.join("a.png"), tmp.0.join("other/a.jpg")], &out, &opts);
+        assert!(err.unwrap_err().to_string().contains("share the stem `a`"));
+        let two = Palette::new(vec![("x".into(), [1, 1, 1]), ("y".into(), [2, 2, 2])], None).unwrap();
+        let err = predict_files(gpu, &ckpt, &[images], &out, &PredictOptions { palette: two, ..opts }).unwrap_err();
+        assert!(err.to_string().contains("6 classes but the palette has 2"), "{err}");
+    }
+}
