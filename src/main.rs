@@ -6,8 +6,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use unet_wgpu::data::{Palette, Unknown};
+use unet_wgpu::history::History;
 use unet_wgpu::nn::{UNetConfig, Upsampling};
 use unet_wgpu::optim::{Method, OptimConfig, Schedule};
+use unet_wgpu::predict::{predict_files, PredictOptions};
+use unet_wgpu::report::plot_comparison;
+use unet_wgpu::score::score_dirs;
 use unet_wgpu::train::{train, DataSource, LossName, TrainOptions};
 use unet_wgpu::{Backend, Gpu, GpuOptions};
 
@@ -28,6 +33,43 @@ struct Cli {
 enum Command {
     /// Train a U-Net (default: on the built-in synthetic aerial tiles).
     Train(TrainArgs),
+    /// Segment images of any size with a trained checkpoint (sliding window, blended overlaps).
+    Predict {
+        /// The checkpoint (e.g. runs/latest/best.safetensors).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Images, or folders of images.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Where the masks and overlays go.
+        #[arg(long, default_value = "predictions")]
+        out: PathBuf,
+        /// Window side in pixels.
+        #[arg(long, default_value_t = 256)]
+        patch: usize,
+        /// Overlap of neighbouring windows in pixels (default: a quarter of the window).
+        #[arg(long)]
+        overlap: Option<usize>,
+        /// Palette file of the masks (default: the Dubai colours).
+        #[arg(long)]
+        palette: Option<PathBuf>,
+    },
+    /// Score predicted masks against ground-truth masks (matched by file stem).
+    Score {
+        /// Folder of predicted masks (colour or class-index PNGs).
+        predictions: PathBuf,
+        /// Folder of ground-truth masks.
+        truth: PathBuf,
+        /// Palette file (default: the Dubai colours).
+        #[arg(long)]
+        palette: Option<PathBuf>,
+        /// Map unknown colours to the ignore label instead of stopping.
+        #[arg(long)]
+        unknown_as_ignore: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Train the same model from the same seed with several losses and compare them.
     CompareLosses {
         #[command(flatten)]
@@ -180,10 +222,31 @@ impl TrainArgs {
     }
 }
 
+fn palette(path: &Option<PathBuf>) -> anyhow::Result<Palette> {
+    Ok(match path {
+        Some(p) => Palette::load(p)?,
+        None => Palette::dubai(),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Score { predictions, truth, palette: palette_file, unknown_as_ignore, json } = &cli.command {
+        let unknown = if *unknown_as_ignore { Unknown::Ignore } else { Unknown::Error };
+        let report = score_dirs(predictions, truth, &palette(palette_file)?, unknown)?;
+        println!("{}", if *json { report.to_json() } else { report.to_table() });
+        return Ok(()); // scoring needs no GPU
+    }
     let gpu = Gpu::new(&GpuOptions { backend: cli.backend, verbose: true })?;
     match cli.command {
+        Command::Score { .. } => unreachable!("handled above"),
+        Command::Predict { checkpoint, inputs, out, patch, overlap, palette: palette_file } => {
+            let options =
+                PredictOptions { patch, overlap, palette: palette(&palette_file)?, ..PredictOptions::default() };
+            for p in predict_files(&gpu, &checkpoint, &inputs, &out, &options)? {
+                println!("{} -> {}, {}", p.input.display(), p.mask.display(), p.overlay.display());
+            }
+        }
         Command::Train(args) => {
             let summary = train(&gpu, &args.options()?)?;
             println!("best validation mean IoU {:.4}: {}", summary.best, summary.best_checkpoint.display());
@@ -191,14 +254,16 @@ fn main() -> anyhow::Result<()> {
         Command::CompareLosses { train: args, losses } => {
             let losses = if losses.is_empty() { LossName::ALL.to_vec() } else { losses };
             let base = args.options()?;
+            let mut runs = Vec::new();
             let mut table = String::from(
                 "| loss | best val_jacard_coef | best val_mean_iou | best val_accuracy |\n|---|---|---|---|\n",
             );
             for loss in losses {
                 println!("== {}", loss.as_str());
                 let out = base.out.join(loss.as_str().replace('+', "-"));
-                let summary = train(&gpu, &TrainOptions { loss, out, ..base.clone() })
+                let summary = train(&gpu, &TrainOptions { loss, out: out.clone(), ..base.clone() })
                     .with_context(|| format!("training with {}", loss.as_str()))?;
+                runs.push((loss.as_str().to_string(), History::read(&out.join("history.csv"))?));
                 let best = |f: fn(&unet_wgpu::train::EpochMetrics) -> Option<f64>| {
                     summary.history.iter().filter_map(f).fold(f64::NAN, f64::max)
                 };
@@ -211,6 +276,9 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             std::fs::write(base.out.join("compare.md"), &table)?;
+            if let Err(e) = plot_comparison(&runs, "val_jacard_coef", &base.out.join("compare.png")) {
+                eprintln!("warning: no comparison plot: {e}");
+            }
             println!("{table}");
         }
     }

@@ -18,11 +18,13 @@ use anyhow::{bail, Context};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{BatchOptions, Dataset, LoadOptions, Palette, Patches, Scaling, SplitOptions, Unknown, IGNORE};
 use crate::gpu::{Gpu, Readback};
+use crate::history::History;
 use crate::loss::{loss_forward_backward, LossConfig, LossOutput, LossValues, Term, VALUES_LEN};
 use crate::metrics::{confusion_update, Confusion};
 use crate::nn::{UNet, UNetConfig};
 use crate::ops::elementwise::accumulate;
 use crate::optim::{Method, OptimConfig, Optimizer, Schedule};
+use crate::report::{overlay_grid, plot_history, ReportError, Sample};
 use crate::rng::Rng;
 use crate::tape::Step;
 use crate::tensor::Tensor;
@@ -426,6 +428,7 @@ fn run_metadata(
 ) -> BTreeMap<String, String> {
     let mut meta = options.model.to_metadata();
     let colours: Vec<String> = palette.colours().iter().map(|c| crate::data::palette::hex(*c)).collect();
+    meta.extend(Scaling::Unit.to_metadata());
     meta.extend([
         ("train.epoch".to_string(), epoch.to_string()),
         ("train.steps".to_string(), steps.to_string()),
@@ -435,7 +438,6 @@ fn run_metadata(
         ("train.lr".to_string(), options.lr.to_string()),
         ("train.batch".to_string(), options.batch.to_string()),
         ("train.patch".to_string(), options.patch.to_string()),
-        ("data.scaling".to_string(), "unit".to_string()),
         ("data.classes".to_string(), palette.names().join(",")),
         ("data.colours".to_string(), colours.join(",")),
     ]);
@@ -459,69 +461,79 @@ pub struct TrainSummary {
     pub best_checkpoint: PathBuf,
 }
 
-const HISTORY_COLUMNS: [&str; 11] = [
-    "epoch",
-    "loss",
-    "accuracy",
-    "jacard_coef",
-    "mean_iou",
-    "val_loss",
-    "val_accuracy",
-    "val_jacard_coef",
-    "val_mean_iou",
-    "lr",
-    "seconds",
-];
-
-fn history_csv(history: &[EpochMetrics]) -> String {
-    let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
-    let mut csv = HISTORY_COLUMNS.join(",") + "\n";
-    for m in history {
-        csv += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{}\n",
-            m.epoch,
-            m.loss,
-            m.accuracy,
-            m.jacard_coef,
-            m.mean_iou,
-            opt(m.val_loss),
-            opt(m.val_accuracy),
-            opt(m.val_jacard_coef),
-            opt(m.val_mean_iou),
-            m.lr,
-            m.seconds
-        );
+impl EpochMetrics {
+    /// The row of `history.csv`.
+    fn row(&self) -> Vec<(&'static str, f64)> {
+        let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
+        vec![
+            ("epoch", self.epoch as f64),
+            ("loss", self.loss),
+            ("accuracy", self.accuracy),
+            ("jacard_coef", self.jacard_coef),
+            ("mean_iou", self.mean_iou),
+            ("val_loss", opt(self.val_loss)),
+            ("val_accuracy", opt(self.val_accuracy)),
+            ("val_jacard_coef", opt(self.val_jacard_coef)),
+            ("val_mean_iou", opt(self.val_mean_iou)),
+            ("lr", self.lr),
+            ("seconds", self.seconds),
+        ]
     }
-    csv
+
+    /// Every row of a history read back.
+    fn all(history: &History) -> Vec<EpochMetrics> {
+        let (get, opt) = (
+            |r: usize, c: &str| history.get(r, c).unwrap_or(f64::NAN),
+            |r: usize, c: &str| history.get(r, c).filter(|v| !v.is_nan()),
+        );
+        (0..history.len())
+            .map(|r| EpochMetrics {
+                epoch: get(r, "epoch") as usize,
+                loss: get(r, "loss"),
+                accuracy: get(r, "accuracy"),
+                jacard_coef: get(r, "jacard_coef"),
+                mean_iou: get(r, "mean_iou"),
+                val_loss: opt(r, "val_loss"),
+                val_accuracy: opt(r, "val_accuracy"),
+                val_jacard_coef: opt(r, "val_jacard_coef"),
+                val_mean_iou: opt(r, "val_mean_iou"),
+                lr: get(r, "lr"),
+                seconds: get(r, "seconds"),
+            })
+            .collect()
+    }
 }
 
-fn read_history_csv(path: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let bad =
-            || format!("{} line {}: expected {} comma-separated numbers", path.display(), i + 1, HISTORY_COLUMNS.len());
-        if f.len() != HISTORY_COLUMNS.len() {
-            bail!(bad());
-        }
-        let num = |k: usize| f[k].parse::<f64>().with_context(bad);
-        let opt = |k: usize| if f[k].is_empty() { Ok(None) } else { num(k).map(Some) };
-        rows.push(EpochMetrics {
-            epoch: f[0].parse().with_context(bad)?,
-            loss: num(1)?,
-            accuracy: num(2)?,
-            jacard_coef: num(3)?,
-            mean_iou: num(4)?,
-            val_loss: opt(5)?,
-            val_accuracy: opt(6)?,
-            val_jacard_coef: opt(7)?,
-            val_mean_iou: opt(8)?,
-            lr: num(9)?,
-            seconds: num(10)?,
-        });
+/// Save a picture, or say why not: pictures never stop a training run.
+fn picture(what: &str, result: Result<(), ReportError>) {
+    if let Err(e) = result {
+        eprintln!("warning: no {what}: {e}");
     }
-    Ok(rows)
+}
+
+/// `val_predictions.png`: the first few validation patches as image | truth | prediction.
+fn save_predictions(trainer: &Trainer, patches: &Patches, palette: &Palette, path: &Path) -> anyhow::Result<()> {
+    let count = patches.len().min(4);
+    if count == 0 {
+        return Ok(());
+    }
+    let first = patches.select(&(0..count).collect::<Vec<_>>());
+    let options = BatchOptions { batch_size: count, shuffle: false, ..BatchOptions::default() };
+    let batch = first.batches(&options)?.next().expect("one batch");
+    let size = batch.size;
+    let x = trainer.gpu.upload(&batch.images, &[count, 3, size, size]);
+    let predicted = trainer.predict(&x);
+    let samples: Vec<Sample> = (0..count)
+        .map(|i| Sample {
+            width: size,
+            height: size,
+            rgb: first.image(i).to_vec(),
+            truth: first.label(i).to_vec(),
+            prediction: predicted[i * size * size..(i + 1) * size * size].to_vec(),
+        })
+        .collect();
+    picture("validation picture", overlay_grid(&samples, palette, path));
+    Ok(())
 }
 
 /// Train a U-Net as `options` say; prints a line per epoch and writes
@@ -539,10 +551,11 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
     std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
     let (last_path, best_path, history_path) =
         (options.out.join("last.safetensors"), options.out.join("best.safetensors"), options.out.join("history.csv"));
+    let curves_path = options.out.join("curves.png");
 
     let mut trainer =
         Trainer::new(gpu, options.model.clone(), options.optimizer, options.loss.config(None), options.seed);
-    let mut history = Vec::new();
+    let mut history = History::new();
     let mut best = f64::NEG_INFINITY;
     let mut start_epoch = 0;
     if options.resume {
@@ -561,8 +574,8 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         start_epoch = meta_number(&ck, "train.epoch")?;
         trainer.optimizer.steps = meta_number(&ck, "train.steps")?;
         best = meta_number(&ck, "train.best")?;
-        history = read_history_csv(&history_path)?;
-        history.truncate(start_epoch);
+        history = History::read(&history_path)?;
+        history.truncate_after_epoch(start_epoch as f64);
         println!("resuming after epoch {start_epoch} from {}", ck.path.display());
     }
 
@@ -642,15 +655,17 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         if improved {
             best = metrics.monitored();
         }
-        history.push(metrics);
+        history.push(&metrics.row());
         let meta = run_metadata(options, epoch + 1, trainer.optimizer.steps, best, &palette);
         checkpoint::save(gpu, &last_path, &trainer.state(), &meta)?;
         if improved {
             checkpoint::save(gpu, &best_path, &trainer.model.state(), &meta)?;
         }
-        checkpoint::write_atomically(&history_path, history_csv(&history).as_bytes())?;
+        history.write(&history_path)?;
+        picture("loss curves", plot_history(&history, &curves_path));
     }
-    Ok(TrainSummary { history, best, best_checkpoint: best_path })
+    save_predictions(&trainer, &val_patches, &palette, &options.out.join("val_predictions.png"))?;
+    Ok(TrainSummary { history: EpochMetrics::all(&history), best, best_checkpoint: best_path })
 }
 
 fn progress_bar(show: bool, steps: usize) -> indicatif::ProgressBar {
@@ -708,8 +723,9 @@ mod tests {
             checkpoint::load(&b.join("last.safetensors")).unwrap(),
         );
         assert_eq!(ca.tensors, cb.tensors, "the resumed run ends with other weights");
-        assert_eq!(read_history_csv(&b.join("history.csv")).unwrap().len(), 3);
+        assert_eq!(History::read(&b.join("history.csv")).unwrap().len(), 3);
         assert!(b.join("best.safetensors").exists());
+        assert!(b.join("val_predictions.png").exists());
 
         let err = train(gpu, &TrainOptions { resume: true, ..tiny(&root.join("c"), 1) }).unwrap_err();
         assert!(format!("{err:#}").contains("nothing to resume"), "{err:#}");
