@@ -27,9 +27,11 @@ fn main() -> anyhow::Result<()> {
     println!("adapter: {}", gpu.describe());
     let model = UNet::new(&gpu, UNetConfig::default());
     let classes = model.config.classes;
+    let flops = model.training_flops(batch, size, size);
     println!(
-        "model: U-Net base 16, depth 4, {} parameters; batch {batch} x 3 x {size} x {size}",
-        model.parameter_count()
+        "model: U-Net base 16, depth 4, {} parameters; batch {batch} x 3 x {size} x {size}; {:.2} GFLOP per step (convolutions)",
+        model.parameter_count(),
+        flops / 1e9
     );
 
     let mut rng = Rng::new(1);
@@ -87,12 +89,13 @@ fn main() -> anyhow::Result<()> {
     let median = warm[warm.len() / 2];
     println!("first step: {:.3} s (pipelines compiled, buffers allocated)", first);
     println!(
-        "warm steps ({}): median {:.3} s, min {:.3} s, max {:.3} s, {:.2} images/s",
+        "warm steps ({}): median {:.3} s, min {:.3} s, max {:.3} s, {:.2} images/s, {:.2} GFLOP/s",
         warm.len(),
         median,
         warm[0],
         warm[warm.len() - 1],
-        batch as f64 / median
+        batch as f64 / median,
+        flops / median / 1e9
     );
     let stats = gpu.pool_stats();
     println!(

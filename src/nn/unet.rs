@@ -289,6 +289,35 @@ impl UNet {
         Ok(model)
     }
 
+    /// Floating-point operations of the (transposed) convolutions in one
+    /// training step on a batch of `n` images of `h` x `w`: 2 per multiply-add,
+    /// forward, backward-data (except the first layer's, whose input needs no
+    /// gradient) and backward-weight. Elementwise ops are not counted. The
+    /// PyTorch reference (`benches/reference/unet_step.py`) counts the same way.
+    pub fn training_flops(&self, n: usize, h: usize, w: usize) -> f64 {
+        let c = &self.config;
+        let f = |level: usize| (c.base << level) as f64;
+        let pixels = |level: usize| (n * (h >> level) * (w >> level)) as f64;
+        let conv = |level: usize, i: f64, o: f64, k: f64| pixels(level) * i * o * k * k;
+        let mut macs = 0.0;
+        let mut input = c.in_channels as f64;
+        for level in 0..=c.depth {
+            macs += conv(level, input, f(level), 3.0) + conv(level, f(level), f(level), 3.0);
+            input = f(level);
+        }
+        for level in 0..c.depth {
+            // transposed 2x2: each input pixel feeds 4 outputs; bilinear: a 1x1 conv at the finer level
+            macs += match c.upsampling {
+                Upsampling::Transposed => pixels(level + 1) * f(level + 1) * f(level) * 4.0,
+                Upsampling::Bilinear => conv(level, f(level + 1), f(level), 1.0),
+            };
+            macs += conv(level, 2.0 * f(level), f(level), 3.0) + conv(level, f(level), f(level), 3.0);
+        }
+        macs += conv(0, f(0), c.classes as f64, 1.0);
+        let first = conv(0, c.in_channels as f64, f(0), 3.0);
+        2.0 * (3.0 * macs - first)
+    }
+
     /// Number of trainable parameters.
     pub fn parameter_count(&self) -> usize {
         self.arena.count()
@@ -423,6 +452,14 @@ mod tests {
             gpu.read(&y)
         };
         assert_eq!(logits(&loaded), logits(&model));
+    }
+
+    #[test]
+    fn training_flops_count_every_convolution_three_times_but_the_first() {
+        // 72.68 GFLOP: what benches/reference/unet_step.py counts with PyTorch
+        // forward hooks for the default model at batch 4, 256x256.
+        let model = UNet::new(gpu(), UNetConfig::default());
+        assert_eq!(model.training_flops(4, 256, 256), 72_678_899_712.0);
     }
 
     #[test]
