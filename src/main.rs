@@ -92,6 +92,9 @@ struct TrainArgs {
     /// Map mask colours that are no class to the ignore label instead of stopping.
     #[arg(long)]
     unknown_as_ignore: bool,
+    /// Read only these subfolders of --data, comma-separated (e.g. "Tile 2,Tile 3").
+    #[arg(long, value_delimiter = ',')]
+    tiles: Vec<String>,
     /// Number of synthetic tiles (without --data).
     #[arg(long, default_value_t = 8)]
     synthetic_tiles: usize,
@@ -183,7 +186,7 @@ impl TrainArgs {
                 path: path.clone(),
                 palette: self.palette.clone(),
                 unknown_as_ignore: self.unknown_as_ignore,
-                groups: Vec::new(),
+                groups: self.tiles.clone(),
             },
             None => DataSource::Synthetic { tiles: self.synthetic_tiles, size: self.synthetic_size },
         };
