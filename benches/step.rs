@@ -43,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     let weights = gpu.upload(&vec![1.0; classes], &[classes]);
     let mut opt = Optimizer::new(&gpu, &model.arena, OptimConfig::new(Method::Adam));
 
+    // Allocated once: a tensor that outlives a step's submit returns to the pool
+    // only at the next submit, so per-step outputs would cost one allocation in step 2.
+    let out = LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(&[batch, classes, size, size]) };
     let mut times = Vec::new();
     let mut allocations = Vec::new();
     for s in 0..=steps {
@@ -50,9 +53,8 @@ fn main() -> anyhow::Result<()> {
         let mut step = Step::train(&gpu);
         model.arena.zero_grads(&mut step.enc);
         let logits = model.forward(&mut step, &x, s as u64);
-        let out = LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(logits.shape()) };
         loss_forward_backward(&gpu, &mut step.enc, &cfg, &logits, &y, &weights, &out);
-        step.backward_into(vec![(logits, out.dlogits)], model.arena.grads());
+        step.backward_into(vec![(logits, out.dlogits.clone())], model.arena.grads());
         opt.step(&gpu, &mut step.enc, &model.arena, 1e-3);
         step.submit();
         gpu.wait();
@@ -63,9 +65,8 @@ fn main() -> anyhow::Result<()> {
     let mut step = Step::with_encoder(&gpu, gpu.timed_encoder(MAX_TIMED_DISPATCHES), Mode::Train);
     model.arena.zero_grads(&mut step.enc);
     let logits = model.forward(&mut step, &x, 0);
-    let out = LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(logits.shape()) };
     loss_forward_backward(&gpu, &mut step.enc, &cfg, &logits, &y, &weights, &out);
-    step.backward_into(vec![(logits, out.dlogits)], model.arena.grads());
+    step.backward_into(vec![(logits, out.dlogits.clone())], model.arena.grads());
     opt.step(&gpu, &mut step.enc, &model.arena, 1e-3);
     if let Some(timings) = gpu.submit_timed(step.enc) {
         let mut by_kernel: Vec<(String, f64, usize)> = Vec::new();

@@ -16,7 +16,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::data::{BatchOptions, Dataset, LoadOptions, Palette, Patches, Scaling, SplitOptions, Unknown, IGNORE};
+use crate::data::{
+    Batch, BatchOptions, Dataset, LoadOptions, Palette, Patches, Scaling, SplitOptions, Unknown, IGNORE,
+};
 use crate::gpu::{Gpu, Readback};
 use crate::history::History;
 use crate::loss::{loss_forward_backward, LossConfig, LossOutput, LossValues, Term, VALUES_LEN};
@@ -285,6 +287,9 @@ pub struct Trainer<'g> {
     last_submit: Option<wgpu::SubmissionIndex>,
     /// Loss values of recent steps, read back without waiting, for the progress bar.
     readback: Readback,
+    /// Input tensors by batch size, rewritten each step (uploading into fresh
+    /// pooled buffers would allocate again while the last step's are in flight).
+    inputs: Vec<(usize, Tensor, Tensor)>,
 }
 
 impl<'g> Trainer<'g> {
@@ -296,7 +301,18 @@ impl<'g> Trainer<'g> {
         let weights = loss.class_weights.clone().unwrap_or_else(|| vec![1.0; classes]);
         let class_weights = gpu.upload(&weights, &[classes]);
         let readback = gpu.readback(VALUES_LEN, 3);
-        Trainer { gpu, model, optimizer, loss, class_weights, out: None, seed, last_submit: None, readback }
+        Trainer {
+            gpu,
+            model,
+            optimizer,
+            loss,
+            class_weights,
+            out: None,
+            seed,
+            last_submit: None,
+            readback,
+            inputs: Vec::new(),
+        }
     }
 
     fn outputs(&mut self, logits: &Tensor) -> &LossOutput {
@@ -306,6 +322,22 @@ impl<'g> Trainer<'g> {
             self.out = Some(LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(logits.shape()) });
         }
         self.out.as_ref().unwrap()
+    }
+
+    /// The batch in GPU tensors: images [N,3,P,P], labels [N,P,P]. The writes
+    /// land at the next submit, after the steps already submitted have read
+    /// the previous batch (queue order).
+    pub fn upload(&mut self, batch: &Batch) -> (Tensor, Tensor) {
+        let gpu = self.gpu;
+        let (n, p) = (batch.n, batch.size);
+        let fits = |(k, x, _): &&(usize, Tensor, Tensor)| *k == n && x.shape()[2] == p;
+        if !self.inputs.iter().any(|e| fits(&e)) {
+            self.inputs.push((n, gpu.empty(&[n, 3, p, p]), gpu.empty(&[n, p, p])));
+        }
+        let (_, x, y) = self.inputs.iter().find(|e| fits(e)).unwrap();
+        gpu.write(x, bytemuck::cast_slice(&batch.images));
+        gpu.write(y, bytemuck::cast_slice(&batch.labels));
+        (x.clone(), y.clone())
     }
 
     /// Wait for the step before the last one submitted: keeps at most two
@@ -592,7 +624,6 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
     println!("class pixel frequencies (training patches):\n{}", train_patches.class_frequencies());
 
     let (train_acc, val_acc) = (Accumulators::new(gpu, classes), Accumulators::new(gpu, classes));
-    let shape = |n: usize| ([n, 3, options.patch, options.patch], [n, options.patch, options.patch]);
     for epoch in start_epoch..options.epochs {
         let started = Instant::now();
         let lr = options.schedule.lr(options.lr, epoch);
@@ -610,8 +641,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         let bar = progress_bar(options.progress, steps);
         let (mut seen, mut seen_sum) = (0, 0.0);
         for (i, batch) in batches.take(steps).enumerate() {
-            let (xs, ys) = shape(batch.n);
-            let (x, y) = (gpu.upload(&batch.images, &xs), gpu.upload_u32(&batch.labels, &ys));
+            let (x, y) = trainer.upload(&batch);
             if let Some(loss) = trainer.train_step(&x, &y, lr, &train_acc, i == 0) {
                 (seen, seen_sum) = (seen + 1, seen_sum + loss as f64);
                 bar.set_message(format!("loss: {:.4}", seen_sum / seen as f64));
@@ -635,8 +665,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
             let batches = val_patches.batches(&val_options)?;
             let val_steps = batches.len();
             for (i, batch) in batches.enumerate() {
-                let (xs, ys) = shape(batch.n);
-                let (x, y) = (gpu.upload(&batch.images, &xs), gpu.upload_u32(&batch.labels, &ys));
+                let (x, y) = trainer.upload(&batch);
                 trainer.eval_step(&x, &y, &val_acc, i == 0);
             }
             let (values, confusion) = val_acc.read(gpu, val_steps);
@@ -730,6 +759,23 @@ mod tests {
         let err = train(gpu, &TrainOptions { resume: true, ..tiny(&root.join("c"), 1) }).unwrap_err();
         assert!(format!("{err:#}").contains("nothing to resume"), "{err:#}");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn training_steps_after_the_first_allocate_no_gpu_buffers() {
+        let gpu = gpu();
+        let options = tiny(Path::new("unused"), 1);
+        let (_, patches, _) = load_patches(&options).unwrap();
+        let mut trainer = Trainer::new(gpu, options.model.clone(), options.optimizer, options.loss.config(None), 0);
+        let acc = Accumulators::new(gpu, 6);
+        let mut allocations = Vec::new();
+        let batches = patches.batches(&BatchOptions { batch_size: 2, drop_last: true, ..BatchOptions::default() });
+        for (i, batch) in batches.unwrap().take(8).enumerate() {
+            let (x, y) = trainer.upload(&batch);
+            trainer.train_step(&x, &y, 1e-3, &acc, i == 0);
+            allocations.push(gpu.pool_stats().allocations);
+        }
+        assert!(allocations.iter().all(|&a| a == allocations[0]), "buffers allocated after each step: {allocations:?}");
     }
 
     #[test]
