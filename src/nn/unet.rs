@@ -417,6 +417,7 @@ mod tests {
         // encoder 448 + 2320, 4640 + 9248, 18496 + 36928, 73856 + 147584;
         // bottleneck 295168 + 590080; decoder (up, conv1, conv2) 131200 + 295040 + 147584,
         // 32832 + 73792 + 36928, 8224 + 18464 + 9248, 2064 + 4624 + 2320; head 102.
+        // The PyTorch twin (benches/reference/unet_torch.py) counts the same.
         let model = UNet::new(gpu(), UNetConfig::default());
         assert_eq!(model.parameter_count(), 1_941_190);
         let names: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
