@@ -1,0 +1,45 @@
+//! The split-K weight gradients at the U-Net's largest level, against their
+//! f64 references. Unit tests use small shapes; these catch what only long
+//! loops show, e.g. lavapipe ends any shader loop after 65535 iterations, so a
+//! thread that walks too many pixels would silently return a partial sum.
+
+use unet_wgpu::ops::conv2d::{conv2d_backward_weight, reference as conv_ref, Conv2d};
+use unet_wgpu::ops::conv_transpose2d::{conv_transpose2d_backward_weight, reference as convt_ref};
+use unet_wgpu::testing::{assert_close_f32, gpu, random_vec, to_f64};
+
+#[test]
+fn conv2d_weight_gradient_of_the_top_level() {
+    let gpu = gpu();
+    for (xd, wd) in [([4, 3, 256, 256], [16, 3, 3, 3]), ([4, 16, 256, 256], [16, 16, 3, 3])] {
+        let p = Conv2d::new(1, 1);
+        let yd = [xd[0], wd[0], xd[2], xd[3]];
+        let (x, dy) = (random_vec(1, xd.iter().product()), random_vec(2, yd.iter().product()));
+        let (xt, dyt, dw, db) = (gpu.upload(&x, &xd), gpu.upload(&dy, &yd), gpu.empty(&wd), gpu.empty(&[wd[0]]));
+        let mut enc = gpu.encoder();
+        enc.clear(&dw);
+        enc.clear(&db);
+        conv2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), p);
+        gpu.submit(enc);
+        let (want_dw, want_db) = conv_ref::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
+        assert_close_f32(&format!("dw {xd:?}"), &gpu.read(&dw), &want_dw, 1e-3);
+        assert_close_f32(&format!("db {xd:?}"), &gpu.read(&db), &want_db, 1e-3);
+    }
+}
+
+#[test]
+fn conv_transpose2d_weight_gradient_into_the_top_level() {
+    let gpu = gpu();
+    let (xd, co) = ([4, 32, 128, 128], 16);
+    let yd = [xd[0], co, 2 * xd[2], 2 * xd[3]];
+    let (x, dy) = (random_vec(3, xd.iter().product()), random_vec(4, yd.iter().product()));
+    let (xt, dyt, dw, db) =
+        (gpu.upload(&x, &xd), gpu.upload(&dy, &yd), gpu.empty(&[xd[1], co, 2, 2]), gpu.empty(&[co]));
+    let mut enc = gpu.encoder();
+    enc.clear(&dw);
+    enc.clear(&db);
+    conv_transpose2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, Some(&db));
+    gpu.submit(enc);
+    let (want_dw, want_db) = convt_ref::conv_transpose2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, co);
+    assert_close_f32("convT dw", &gpu.read(&dw), &want_dw, 1e-3);
+    assert_close_f32("convT db", &gpu.read(&db), &want_db, 1e-3);
+}
