@@ -2,7 +2,10 @@
 //! weight at the U-Net's 3x3 levels and its final 1x1: compute-bound (GFLOP/s, counting
 //! `2*N*O*OH*OW*I*KH*KW` for each of the three).
 //!
-//! `CONV_TILING=wg,tm,wm,ti` overrides the register tiling (for sweeps).
+//! `CONV_TILING=wg,tm,wm,ti,bw_threads` overrides the register tiling (for sweeps); `CONV_LEVELS=0,5` times
+//! only those cases (0..=4: the 3x3 levels from 16ch@256² down, 5: the 1x1 head). The
+//! workgroup-memory forward is timed only when the filter names it (`conv2d_forward_shared`):
+//! it takes tens of seconds on a CPU driver.
 
 use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::conv2d::{
@@ -15,9 +18,9 @@ use crate::{shape_str, UNET_LEVELS};
 
 fn tiling() -> Tiling {
     let Ok(s) = std::env::var("CONV_TILING") else { return Tiling::default() };
-    let v: Vec<u32> = s.split(',').map(|t| t.trim().parse().expect("CONV_TILING=wg,tm,wm,ti")).collect();
-    assert_eq!(v.len(), 4, "CONV_TILING=wg,tm,wm,ti");
-    Tiling { wg: v[0], tm: v[1], wm: v[2], ti: v[3] }
+    let v: Vec<u32> = s.split(',').map(|t| t.trim().parse().expect("CONV_TILING=wg,tm,wm,ti,bw_threads")).collect();
+    assert_eq!(v.len(), 5, "CONV_TILING=wg,tm,wm,ti,bw_threads");
+    Tiling { wg: v[0], tm: v[1], wm: v[2], ti: v[3], bw_threads: v[4] }
 }
 
 pub fn run(b: &mut Bench) {
@@ -56,11 +59,32 @@ pub fn run(b: &mut Bench) {
     let (want_dw, _) = reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
     assert_close_f32("conv2d backward weight", &gpu.read(&dw), &want_dw, 1e-3);
 
+    // The weight gradient once more on larger shapes, where a thread walks many dy rows.
+    for (xd, wd) in [([2, 16, 96, 96], [16, 16, 3, 3]), ([1, 64, 24, 24], [64, 64, 3, 3])] {
+        let p = Conv2d::new(1, 1);
+        let yd = [xd[0], wd[0], xd[2], xd[3]];
+        let (x, dy) = (random_vec(8, xd.iter().product()), random_vec(9, yd.iter().product()));
+        let (xt, dyt, dw) = (gpu.upload(&x, &xd), gpu.upload(&dy, &yd), gpu.empty(&wd));
+        let mut enc = gpu.encoder();
+        enc.clear(&dw);
+        conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &t);
+        gpu.submit(enc);
+        let (want_dw, _) = reference::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
+        assert_close_f32(&format!("conv2d backward weight {xd:?}"), &gpu.read(&dw), &want_dw, 1e-3);
+    }
+
     // The 3x3 "same" convs of each level (channels in = out), then the final 1x1 16 -> 6.
     let mut cases: Vec<([usize; 4], [usize; 4], Conv2d)> =
         UNET_LEVELS.iter().map(|&[n, c, h, w]| ([n, c, h, w], [c, c, 3, 3], Conv2d::new(1, 1))).collect();
     cases.push(([4, 16, 256, 256], [6, 16, 1, 1], Conv2d::new(1, 0)));
-    for (xd, wd, p) in cases {
+    let levels: Option<Vec<usize>> = std::env::var("CONV_LEVELS")
+        .ok()
+        .map(|s| s.split(',').map(|v| v.trim().parse().expect("CONV_LEVELS=0,1,..")).collect());
+    let shared = b.filter.contains("shared");
+    for (k, (xd, wd, p)) in cases.into_iter().enumerate() {
+        if levels.as_ref().is_some_and(|l| !l.contains(&k)) {
+            continue;
+        }
         let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
         let yd = [xd[0], wd[0], oh, ow];
         let flops = 2.0 * (yd.iter().product::<usize>() * wd[1] * wd[2] * wd[3]) as f64;
@@ -73,9 +97,11 @@ pub fn run(b: &mut Bench) {
         b.case("conv2d_forward", &shape, Some(flops), None, |gpu, enc| {
             conv2d_forward_tiled(gpu, enc, &x, &w, Some(&bias), &y, p, &t)
         });
-        b.case("conv2d_forward_shared", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_forward_shared(gpu, enc, &x, &w, Some(&bias), &y, p, &st)
-        });
+        if shared {
+            b.case("conv2d_forward_shared", &shape, Some(flops), None, |gpu, enc| {
+                conv2d_forward_shared(gpu, enc, &x, &w, Some(&bias), &y, p, &st)
+            });
+        }
         b.case("conv2d_backward_data", &shape, Some(flops), None, |gpu, enc| {
             conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, &t)
         });

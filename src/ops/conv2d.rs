@@ -66,11 +66,14 @@ pub struct Tiling {
     pub wm: u32,
     /// Backward weight: input channels a thread.
     pub ti: u32,
+    /// Backward weight: threads the first pass aims for (each chunk of dy rows gets
+    /// `O/wm * I/ti` threads). Fewer threads mean fewer partial sums to write and add up.
+    pub bw_threads: u32,
 }
 
 impl Default for Tiling {
     fn default() -> Tiling {
-        Tiling { wg: 64, tm: 4, wm: 8, ti: 2 }
+        Tiling { wg: 64, tm: 4, wm: 8, ti: 2, bw_threads: 512 }
     }
 }
 
@@ -169,6 +172,10 @@ fn register_constants(t: &Tiling) -> [(&'static str, f64); 2] {
     assert!((1..=16).contains(&t.tm) && t.wg > 0, "conv2d: tiling {t:?} out of range");
     [("WG", t.wg as f64), ("TM", t.tm as f64)]
 }
+
+/// Most dy pixels one thread of the weight gradient's first pass walks (see the loop guard in
+/// [`conv2d_backward_weight_tiled`]); leaves room for 16 loop iterations a pixel.
+const MAX_CHUNK_PIXELS: u32 = 4096;
 
 /// Rows and columns of the register tile of forward and backward data (fixed by the shader's code).
 const TILE_ROWS: u32 = 2;
@@ -321,10 +328,6 @@ pub fn conv2d_backward_weight(
     conv2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, p, &Tiling::default());
 }
 
-/// Threads the weight gradient's first pass aims for: enough to fill a GPU, few enough that the
-/// partial sums stay small (chunks * O*I*KH*KW floats).
-const BACKWARD_WEIGHT_THREADS: u32 = 4096;
-
 /// [`conv2d_backward_weight`] with a chosen register tiling.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_weight_tiled(
@@ -339,13 +342,18 @@ pub fn conv2d_backward_weight_tiled(
 ) {
     let d = dims("conv2d backward weight", x, dw, dy, &p);
     let taps = (d.w[2] * d.w[3]) as u32;
-    let (wm, ti) = (t.wm.clamp(1, 16), t.ti.max(1).min(MAX_XWIN / taps).max(1));
+    // No wider than the layer: a 3-channel input or a 6-class head would waste most of the tile.
+    let (wm, ti) = (t.wm.clamp(1, 16).min(d.w[0] as u32), t.ti.min(d.w[1] as u32).min(MAX_XWIN / taps).max(1));
     assert!(ti * taps <= MAX_XWIN, "conv2d: a {}x{} kernel is too large for the weight gradient", d.w[2], d.w[3]);
     let wm = wm.min(MAX_WACC / (ti * taps)).max(1);
     let mut params = d.params(&p);
     params.tiles = params.co.div_ceil(wm) * params.ci.div_ceil(ti);
     let rows = params.n * params.oh;
-    let chunks = BACKWARD_WEIGHT_THREADS.div_ceil(params.tiles).clamp(1, rows);
+    // lavapipe (gallivm) stops every loop of an invocation for good once the invocation has run
+    // 65535 loop iterations in all (its guard against endless loops): a chunk longer than that
+    // silently drops the rest of its rows. Cap a chunk's pixels well below it.
+    let rows_cap = (MAX_CHUNK_PIXELS / params.ow.max(1)).max(1);
+    let chunks = t.bw_threads.div_ceil(params.tiles).max(rows.div_ceil(rows_cap)).clamp(1, rows);
     params.rows_per_chunk = rows.div_ceil(chunks);
     params.chunks = rows.div_ceil(params.rows_per_chunk);
     params.len = params.co * params.ci * taps;
@@ -587,10 +595,24 @@ mod tests {
     #[test]
     fn gpu_matches_reference_with_other_tilings() {
         // Odd block sizes, so edge blocks of channels are partly empty.
-        let tilings = [Tiling { wg: 16, tm: 3, wm: 5, ti: 3 }];
+        let tilings = [Tiling { wg: 16, tm: 3, wm: 5, ti: 3, bw_threads: 4096 }];
         for (k, t) in tilings.iter().enumerate() {
             check_gpu(300 + k as u64, [2, 5, 11, 6], [7, 5, 3, 3], Conv2d::new(1, 1), true, t);
             check_gpu(310 + k as u64, [1, 6, 9, 13], [3, 6, 1, 1], Conv2d::new(1, 0), false, t);
+        }
+    }
+
+    #[test]
+    fn backward_weight_with_long_chunks() {
+        // One chunk (bw_threads 1) walks every dy row, so the window priming and the row loop of
+        // the first pass run many times per thread; the other tests have one row per chunk.
+        for (wm, ti) in [(8, 2), (3, 2)] {
+            let t = Tiling { wm, ti, bw_threads: 1, ..Tiling::default() };
+            check_gpu(320, [2, 17, 6, 5], [19, 17, 3, 3], Conv2d::new(1, 1), true, &t);
+            check_gpu(330, [1, 16, 9, 11], [16, 16, 3, 3], Conv2d::new(1, 1), false, &t);
+            // 2*100*100 = 20000 pixels: more loop iterations than lavapipe lets one invocation
+            // run, unless the chunks are capped.
+            check_gpu(340, [2, 4, 100, 100], [4, 4, 3, 3], Conv2d::new(1, 1), false, &t);
         }
     }
 
