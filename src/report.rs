@@ -110,13 +110,18 @@ struct Line {
     dashed: bool,
 }
 
-const COLOURS: [RGBColor; 6] = [
+/// Ten distinguishable line colours: `compare-losses` draws eight runs at once.
+const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// A range holding every value, padded by 5% (and widened around a single value).
