@@ -36,22 +36,20 @@
 
 // Register tiling.
 override WG: u32 = 64u; // threads a workgroup (1-D over output tiles)
-override TM: u32 = 4u; // channels a block (2 blocks a thread); backward weight: output channels (<= 16)
+override TM: u32 = 4u; // channels a block (2 blocks a thread)
 // The kernel and stride are pipeline constants: every tap loop has a fixed trip count.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
 override SH: u32 = 1u;
 override SW: u32 = 1u;
-// Backward weight: input channels a thread (TM output channels x TI input channels x KH x KW taps).
-override TI: u32 = 1u;
 // Forward: add into y instead of storing (backward data through the forward kernel). A pipeline
 // constant, not a uniform: a runtime branch in the store loop stops its unrolling, and then the
 // accumulators go to memory for the whole kernel (3x slower).
 override ACCUMULATE: bool = false;
 
-// Bounds of the private arrays (WGSL wants constant sizes; the Rust side asserts the tiling fits).
-const MAX_WACC: u32 = 288u; // TM * TI * KH * KW scalar accumulators (backward weight)
-const MAX_XWIN: u32 = 128u; // TI * KH * KW window values (backward weight)
+// Bound of the backward weight's per-tap arrays (WGSL wants constant sizes; the Rust side asserts
+// the kernel fits). Only the first KH*KW entries are used.
+const MAX_TAPS: u32 = 25u;
 
 struct Params {
     n: u32,
@@ -375,10 +373,15 @@ fn conv2d_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(w
     }
 }
 
-// Backward weight, pass 1. Thread = (tile of TM output channels x TI input channels, chunk of dy
-// rows). It walks its rows pixel by pixel: TM loads of dy and (stride 1) TI*KH new loads of x per
-// pixel, TM*TI*KH*KW FMAs. part[chunk, o, i, kh, kw] = its sum; part[chunks*O*I*KH*KW + chunk*O + o]
-// = the chunk's sum of dy (the bias gradient), written by the threads of input block 0.
+// Backward weight, pass 1. Thread = (8 output channels x 1 input channel, chunk of dy rows). It
+// walks its rows pixel by pixel: per pixel 8 loads of dy (two vec4s of channels) and, at stride 1,
+// KH new loads of x (the window slides one column), then 2*KH*KW vec4 FMAs:
+// acc[tap] += dy(4 channels) * x under the tap. The accumulators are arrays of vec4 indexed only by
+// the tap loop, whose trip count is a pipeline constant: unrolled, they stay in registers.
+// Measured on lavapipe: 19 GFLOP/s at 16ch@256², where a tile of 8 channels x 2 inputs, or of 16
+// channels x 1 input, is not unrolled and runs at 4.
+// part[chunk, o, i, kh, kw] = its sum; part[chunks*O*I*KH*KW + chunk*O + o] = the chunk's sum of dy
+// (the bias gradient), written by the threads of input 0.
 @compute @workgroup_size(WG)
 fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let g = id.x + id.y * groups.x * WG;
@@ -386,15 +389,20 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
     let gc = min(g, p.tiles * p.chunks - 1u);
     let tile = gc % p.tiles;
     let chunk = gc / p.tiles;
-    let o_blocks = (p.co + TM - 1u) / TM;
-    let o0 = (tile % o_blocks) * TM;
-    let i0 = (tile / o_blocks) * TI;
-    let taps = KH * KW;
-    let tk = TI * taps;
+    let o_blocks = (p.co + 7u) / 8u;
+    let o0 = (tile % o_blocks) * 8u;
+    let i = tile / o_blocks;
     let rows = p.n * p.oh;
-    var wacc: array<f32, MAX_WACC>;
-    var dbacc: array<f32, 16>;
-    var xwin: array<f32, MAX_XWIN>; // [ii][kh][kw]: x under tap (kh, kw) at the current pixel
+    let plane_out = p.oh * p.ow;
+    // Channels past O read channel O-1 (never stored), so every lane runs the same loads.
+    let last_o = p.co - 1u;
+    let oa = vec4<u32>(min(o0, last_o), min(o0 + 1u, last_o), min(o0 + 2u, last_o), min(o0 + 3u, last_o)) * plane_out;
+    let ob = vec4<u32>(min(o0 + 4u, last_o), min(o0 + 5u, last_o), min(o0 + 6u, last_o), min(o0 + 7u, last_o)) * plane_out;
+    var acc_a: array<vec4<f32>, MAX_TAPS>; // channels o0..o0+3, per tap
+    var acc_b: array<vec4<f32>, MAX_TAPS>; // channels o0+4..o0+7
+    var sum_a = vec4<f32>(0.0);
+    var sum_b = vec4<f32>(0.0);
+    var win: array<f32, MAX_TAPS>; // [kh][kw]: x under tap (kh, kw) at the current pixel
     for (var rr = 0u; rr < p.rows_per_chunk; rr++) {
         let row_raw = chunk * p.rows_per_chunk + rr;
         // The last chunk may overhang: it runs on a clamped row with dy scaled by 0, so every lane
@@ -404,67 +412,72 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
         let n = row / p.oh;
         let oh = row % p.oh;
         let ih0 = i32(oh * SH) - i32(p.ph);
+        let plane = (n * p.ci + i) * p.h * p.w;
+        let dy_row = n * p.co * plane_out + oh * p.ow;
         // Stride 1: prime the window for ow = 0 with columns -pw .. -pw+KW-2 in slots 1 .. KW-1;
         // the first step shifts them down and loads slot KW-1.
         if SW == 1u {
-            for (var ii = 0u; ii < TI; ii++) {
-                let plane = (n * p.ci + min(i0 + ii, p.ci - 1u)) * p.h * p.w;
-                for (var kh = 0u; kh < KH; kh++) {
-                    for (var kw = 1u; kw < KW; kw++) {
-                        xwin[(ii * KH + kh) * KW + kw] = read_padded(plane, ih0 + i32(kh), i32(kw) - 1 - i32(p.pw), p.h, p.w);
-                    }
+            for (var kh = 0u; kh < KH; kh++) {
+                for (var kw = 1u; kw < KW; kw++) {
+                    win[kh * KW + kw] = read_padded(plane, ih0 + i32(kh), i32(kw) - 1 - i32(p.pw), p.h, p.w);
                 }
             }
         }
         for (var ow = 0u; ow < p.ow; ow++) {
-            var dv: array<f32, 16>;
-            for (var m = 0u; m < TM; m++) {
-                dv[m] = live * dy[((n * p.co + min(o0 + m, p.co - 1u)) * p.oh + oh) * p.ow + ow];
-                dbacc[m] += dv[m];
-            }
+            let d = dy_row + ow;
+            let da = live * vec4<f32>(dy[d + oa.x], dy[d + oa.y], dy[d + oa.z], dy[d + oa.w]);
+            let db = live * vec4<f32>(dy[d + ob.x], dy[d + ob.y], dy[d + ob.z], dy[d + ob.w]);
+            sum_a += da;
+            sum_b += db;
             let iw0 = i32(ow * SW) - i32(p.pw);
-            for (var ii = 0u; ii < TI; ii++) {
-                let plane = (n * p.ci + min(i0 + ii, p.ci - 1u)) * p.h * p.w;
-                for (var kh = 0u; kh < KH; kh++) {
-                    let s = (ii * KH + kh) * KW;
-                    if SW == 1u {
-                        // The window slides by one column: keep KW-1 values, load one.
-                        for (var kw = 1u; kw < KW; kw++) {
-                            xwin[s + kw - 1u] = xwin[s + kw];
-                        }
-                        xwin[s + KW - 1u] = read_padded(plane, ih0 + i32(kh), iw0 + i32(KW - 1u), p.h, p.w);
-                    } else {
-                        for (var kw = 0u; kw < KW; kw++) {
-                            xwin[s + kw] = read_padded(plane, ih0 + i32(kh), iw0 + i32(kw), p.h, p.w);
-                        }
+            for (var kh = 0u; kh < KH; kh++) {
+                let r = ih0 + i32(kh);
+                let s = kh * KW;
+                if SW == 1u {
+                    // The window slides by one column: keep KW-1 values, load one.
+                    for (var kw = 1u; kw < KW; kw++) {
+                        win[s + kw - 1u] = win[s + kw];
+                    }
+                    win[s + KW - 1u] = read_padded(plane, r, iw0 + i32(KW - 1u), p.h, p.w);
+                } else {
+                    for (var kw = 0u; kw < KW; kw++) {
+                        win[s + kw] = read_padded(plane, r, iw0 + i32(kw), p.h, p.w);
                     }
                 }
             }
             // forward: y[o,oh,ow] += w[o,i,kh,kw] * x[i, ..]  =>  dw[o,i,kh,kw] += dy[o,oh,ow] * x[i, ..]
-            for (var m = 0u; m < TM; m++) {
-                for (var k = 0u; k < tk; k++) {
-                    wacc[m * tk + k] = fma(dv[m], xwin[k], wacc[m * tk + k]);
-                }
+            for (var t = 0u; t < KH * KW; t++) {
+                acc_a[t] = fma(da, vec4<f32>(win[t]), acc_a[t]);
+                acc_b[t] = fma(db, vec4<f32>(win[t]), acc_b[t]);
             }
         }
     }
-    let len = p.co * p.ci * taps;
-    // Two flat loops of fixed trip count (a deeper nest with conditions would not unroll, and
-    // then wacc would live in memory for the whole kernel).
-    for (var m = 0u; m < TM; m++) {
-        for (var k = 0u; k < tk; k++) {
-            let o = o0 + m;
-            let i = i0 + k / taps;
-            if valid && o < p.co && i < p.ci {
-                part[chunk * len + (o * p.ci + i) * taps + k % taps] = wacc[m * tk + k];
-            }
-        }
+    let base = chunk * p.len;
+    for (var t = 0u; t < KH * KW; t++) {
+        store_dw_part(base, o0, i, t, acc_a[t], valid);
+        store_dw_part(base, o0 + 4u, i, t, acc_b[t], valid);
     }
-    for (var m = 0u; m < TM; m++) {
-        if valid && o0 + m < p.co && i0 == 0u {
-            part[p.chunks * len + chunk * p.co + o0 + m] = dbacc[m];
-        }
+    if valid && i == 0u {
+        store_db_part(p.chunks * p.len + chunk * p.co, o0, sum_a);
+        store_db_part(p.chunks * p.len + chunk * p.co, o0 + 4u, sum_b);
     }
+}
+
+// part[base + (o*I + i)*taps + tap] = v[c] for the 4 channels o = o0 + c that exist.
+fn store_dw_part(base: u32, o0: u32, i: u32, tap: u32, v: vec4<f32>, ok: bool) {
+    let taps = KH * KW;
+    if ok && o0 < p.co { part[base + (o0 * p.ci + i) * taps + tap] = v.x; }
+    if ok && o0 + 1u < p.co { part[base + ((o0 + 1u) * p.ci + i) * taps + tap] = v.y; }
+    if ok && o0 + 2u < p.co { part[base + ((o0 + 2u) * p.ci + i) * taps + tap] = v.z; }
+    if ok && o0 + 3u < p.co { part[base + ((o0 + 3u) * p.ci + i) * taps + tap] = v.w; }
+}
+
+// part[base + o] = v[c] for the 4 channels o = o0 + c that exist.
+fn store_db_part(base: u32, o0: u32, v: vec4<f32>) {
+    if o0 < p.co { part[base + o0] = v.x; }
+    if o0 + 1u < p.co { part[base + o0 + 1u] = v.y; }
+    if o0 + 2u < p.co { part[base + o0 + 2u] = v.z; }
+    if o0 + 3u < p.co { part[base + o0 + 3u] = v.w; }
 }
 
 // Backward weight, pass 2: dw[e] += sum over chunks, in chunk order, of part[chunk, e].

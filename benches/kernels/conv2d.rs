@@ -2,7 +2,7 @@
 //! weight at the U-Net's 3x3 levels and its final 1x1: compute-bound (GFLOP/s, counting
 //! `2*N*O*OH*OW*I*KH*KW` for each of the three).
 //!
-//! `CONV_TILING=wg,tm,wm,ti,bw_threads` overrides the register tiling (for sweeps); `CONV_LEVELS=0,5` times
+//! `CONV_TILING=wg,tm,bw_threads` overrides the register tiling (for sweeps); `CONV_LEVELS=0,5` times
 //! only those cases (0..=4: the 3x3 levels from 16ch@256² down, 5: the 1x1 head). The
 //! workgroup-memory forward is timed only when the filter names it (`conv2d_forward_shared`):
 //! it takes tens of seconds on a CPU driver.
@@ -18,9 +18,9 @@ use crate::{shape_str, UNET_LEVELS};
 
 fn tiling() -> Tiling {
     let Ok(s) = std::env::var("CONV_TILING") else { return Tiling::default() };
-    let v: Vec<u32> = s.split(',').map(|t| t.trim().parse().expect("CONV_TILING=wg,tm,wm,ti,bw_threads")).collect();
-    assert_eq!(v.len(), 5, "CONV_TILING=wg,tm,wm,ti,bw_threads");
-    Tiling { wg: v[0], tm: v[1], wm: v[2], ti: v[3], bw_threads: v[4] }
+    let v: Vec<u32> = s.split(',').map(|t| t.trim().parse().expect("CONV_TILING=wg,tm,bw_threads")).collect();
+    assert_eq!(v.len(), 3, "CONV_TILING=wg,tm,bw_threads");
+    Tiling { wg: v[0], tm: v[1], bw_threads: v[2] }
 }
 
 pub fn run(b: &mut Bench) {

@@ -62,18 +62,15 @@ pub struct Tiling {
     /// thread owns 2 blocks, each over 2 rows x 8 columns of pixels. At most 16; above 4 lavapipe
     /// stops unrolling the channel loop and slows down 3x.
     pub tm: u32,
-    /// Backward weight: output channels a thread (at most 16).
-    pub wm: u32,
-    /// Backward weight: input channels a thread.
-    pub ti: u32,
-    /// Backward weight: threads the first pass aims for (each chunk of dy rows gets
-    /// `O/wm * I/ti` threads). Fewer threads mean fewer partial sums to write and add up.
+    /// Backward weight: threads the first pass aims for (each chunk of dy rows gets `O/8 * I`
+    /// threads: a thread owns 8 output channels of one input channel, fixed by the shader's code).
+    /// Fewer threads mean fewer partial sums to write and add up.
     pub bw_threads: u32,
 }
 
 impl Default for Tiling {
     fn default() -> Tiling {
-        Tiling { wg: 64, tm: 4, wm: 8, ti: 2, bw_threads: 512 }
+        Tiling { wg: 64, tm: 4, bw_threads: 512 }
     }
 }
 
@@ -99,8 +96,9 @@ impl Default for SharedTiling {
 }
 
 // Bounds of the shader's private arrays (keep in step with `shaders/conv2d.wgsl`).
-const MAX_WACC: u32 = 288;
-const MAX_XWIN: u32 = 128;
+const MAX_TAPS: u32 = 25;
+/// Output channels a thread of the weight gradient's first pass owns (two vec4s in the shader).
+const BW_CHANNELS: u32 = 8;
 const MAX_TILE: u32 = 2048;
 
 /// Mirrors `Params` in `shaders/conv2d.wgsl`.
@@ -342,12 +340,14 @@ pub fn conv2d_backward_weight_tiled(
 ) {
     let d = dims("conv2d backward weight", x, dw, dy, &p);
     let taps = (d.w[2] * d.w[3]) as u32;
-    // No wider than the layer: a 3-channel input or a 6-class head would waste most of the tile.
-    let (wm, ti) = (t.wm.clamp(1, 16).min(d.w[0] as u32), t.ti.min(d.w[1] as u32).min(MAX_XWIN / taps).max(1));
-    assert!(ti * taps <= MAX_XWIN, "conv2d: a {}x{} kernel is too large for the weight gradient", d.w[2], d.w[3]);
-    let wm = wm.min(MAX_WACC / (ti * taps)).max(1);
+    assert!(
+        taps <= MAX_TAPS,
+        "conv2d: a {}x{} kernel has more than {MAX_TAPS} taps, the most the weight gradient's registers hold",
+        d.w[2],
+        d.w[3]
+    );
     let mut params = d.params(&p);
-    params.tiles = params.co.div_ceil(wm) * params.ci.div_ceil(ti);
+    params.tiles = params.co.div_ceil(BW_CHANNELS) * params.ci;
     let rows = params.n * params.oh;
     // lavapipe (gallivm) stops every loop of an invocation for good once the invocation has run
     // 65535 loop iterations in all (its guard against endless loops): a chunk longer than that
@@ -358,7 +358,7 @@ pub fn conv2d_backward_weight_tiled(
     params.chunks = rows.div_ceil(params.rows_per_chunk);
     params.len = params.co * params.ci * taps;
     let constants: Vec<_> =
-        [("WG", t.wg as f64), ("TM", wm as f64), ("TI", ti as f64)].into_iter().chain(d.kernel_constants(&p)).collect();
+        [("WG", t.wg as f64)].into_iter().chain(d.kernel_constants(&p)).collect();
     let part = gpu.empty(&[(params.chunks * (params.len + params.co)) as usize]);
     let kernel = gpu.kernel(&SHADER, "conv2d_backward_weight", &constants);
     let threads = (params.tiles * params.chunks) as usize;
@@ -595,7 +595,7 @@ mod tests {
     #[test]
     fn gpu_matches_reference_with_other_tilings() {
         // Odd block sizes, so edge blocks of channels are partly empty.
-        let tilings = [Tiling { wg: 16, tm: 3, wm: 5, ti: 3, bw_threads: 4096 }];
+        let tilings = [Tiling { wg: 16, tm: 3, bw_threads: 4096 }];
         for (k, t) in tilings.iter().enumerate() {
             check_gpu(300 + k as u64, [2, 5, 11, 6], [7, 5, 3, 3], Conv2d::new(1, 1), true, t);
             check_gpu(310 + k as u64, [1, 6, 9, 13], [3, 6, 1, 1], Conv2d::new(1, 0), false, t);
@@ -606,14 +606,12 @@ mod tests {
     fn backward_weight_with_long_chunks() {
         // One chunk (bw_threads 1) walks every dy row, so the window priming and the row loop of
         // the first pass run many times per thread; the other tests have one row per chunk.
-        for (wm, ti) in [(8, 2), (3, 2)] {
-            let t = Tiling { wm, ti, bw_threads: 1, ..Tiling::default() };
-            check_gpu(320, [2, 17, 6, 5], [19, 17, 3, 3], Conv2d::new(1, 1), true, &t);
-            check_gpu(330, [1, 16, 9, 11], [16, 16, 3, 3], Conv2d::new(1, 1), false, &t);
-            // 2*100*100 = 20000 pixels: more loop iterations than lavapipe lets one invocation
-            // run, unless the chunks are capped.
-            check_gpu(340, [2, 4, 100, 100], [4, 4, 3, 3], Conv2d::new(1, 1), false, &t);
-        }
+        let t = Tiling { bw_threads: 1, ..Tiling::default() };
+        check_gpu(320, [2, 17, 6, 5], [19, 17, 3, 3], Conv2d::new(1, 1), true, &t);
+        check_gpu(330, [1, 16, 9, 11], [16, 16, 3, 3], Conv2d::new(1, 1), false, &t);
+        // 2*100*100 = 20000 pixels: more loop iterations than lavapipe lets one invocation
+        // run, unless the chunks are capped.
+        check_gpu(340, [2, 4, 100, 100], [4, 4, 3, 3], Conv2d::new(1, 1), false, &t);
     }
 
     #[test]
