@@ -8,14 +8,20 @@
 //                    db[o]         += sum_{n,oh,ow} dy[n,o,oh,ow]
 //                    split-K: pass 1 writes one partial sum per chunk of dy rows into `part`,
 //                    pass 2 adds the partials in chunk order (deterministic, no atomics).
+//   epilogue       : the forward may apply ReLU, or ReLU then inverted dropout, to b + sum before
+//                    storing (RELU, DROPOUT: pipeline constants), so the activation never makes a
+//                    round trip through memory:  y = keep(idx) * max(z, 0) / (1 - p), z = b + sum.
+//                    Its backward (conv2d_epilogue_backward) needs only y:
+//                    dz = dy * (y > 0) / (1 - p)   (y > 0 exactly where z > 0 and the pixel is kept).
+//                    keep(idx) is dropout.wgsl's hash of (seed, flat index of y), bit for bit.
 // As a GEMM: forward M = O, N = N*OH*OW, K = I*KH*KW; backward data M = I, N = N*H*W, K = O*KH*KW;
 // backward weight M = O, N = I*KH*KW, K = N*OH*OW. None of them builds the im2col matrix: operands
 // are read from x / dy through the index maps above.
 //
 // group 0 (every entry point uses a subset):
-//   0 uniform Params   1 read x | dy (the "image" operand)   2 read w   3 read b
-//   4 read_write y | dx   5 read dy (backward weight)   6 read_write part (split-K scratch)
-//   7 read_write dw   8 read_write db
+//   0 uniform Params   1 read x | dy (the "image" operand) | y (epilogue backward)   2 read w
+//   3 read b   4 read_write y | dx | dz   5 read dy (backward weight, epilogue backward)
+//   6 read_write part (split-K scratch)   7 read_write dw   8 read_write db
 //
 // Two tilings:
 // * register tiles (default, `*_forward`, `*_backward_data`, `*_backward_weight`): no workgroup
@@ -42,10 +48,12 @@ override KH: u32 = 3u;
 override KW: u32 = 3u;
 override SH: u32 = 1u;
 override SW: u32 = 1u;
-// Forward: add into y instead of storing (backward data through the forward kernel). A pipeline
-// constant, not a uniform: a runtime branch in the store loop stops its unrolling, and then the
-// accumulators go to memory for the whole kernel (3x slower).
-override ACCUMULATE: bool = false;
+// Forward epilogue (see the header). Pipeline constants, not uniforms: a runtime branch in the
+// store loop stops its unrolling, and then the accumulators go to memory for the whole kernel
+// (3x slower). For the same reason `add` (backward data through the forward kernel) is a literal
+// argument of `conv_tile`, constant once the call is inlined.
+override RELU: bool = false;
+override DROPOUT: bool = false;
 
 // Bound of the backward weight's per-tap arrays (WGSL wants constant sizes; the Rust side asserts
 // the kernel fits). Only the first KH*KW entries are used.
@@ -63,19 +71,22 @@ struct Params {
     pw: u32, // padding, columns
     tiles_w: u32, // column tiles of the thread's output (8 columns each)
     tiles_h: u32, // row tiles (2 rows each)
-    tiles: u32, // n * tiles_h * tiles_w (backward weight: o-blocks * i-blocks)
+    tiles: u32, // n * tiles_h * tiles_w (backward weight: o-blocks * I)
     chunks: u32, // backward weight: number of K chunks
     rows_per_chunk: u32, // backward weight: dy rows (n, oh) a chunk
-    len: u32, // reduce passes: elements of dw (or db)
+    len: u32, // reduce passes: elements of dw; epilogue backward: elements of y
     has_bias: u32, // forward: 1 when binding 3 holds a bias
     // Forward: where w[o, i, tap] lives (w_so * o + w_si * i + tap, tap flipped to taps-1-tap when
-    // flip = 1). Backward data at stride 1 runs the forward with
-    // (o, i) swapped, the taps flipped and accumulate = 1: dx is the convolution of dy with the
-    // flipped, transposed kernel and padding K-1-p,
-    // with ACCUMULATE set.
+    // flip = 1). conv2d_backward_data_stride1 sets them for (o, i) swapped and the taps flipped.
     w_so: u32,
     w_si: u32,
     flip: u32,
+    // Epilogue dropout: keep when bits(idx) >= drop_threshold; kept values are scaled by
+    // drop_scale = 1 / (1 - p).
+    drop_threshold: u32,
+    drop_seed_lo: u32,
+    drop_seed_hi: u32,
+    drop_scale: f32,
     _pad: u32,
 }
 
@@ -118,7 +129,7 @@ fn src4(plane: u32, r: i32, c: i32, step: u32, rows: u32, cols: u32) -> vec4<f32
     );
 }
 
-// dst[base + t] (= or +=) v[t] for the t with col + t < cols; nothing when !ok.
+// dst[base + t] (= v[t], or += v[t] when add) for the t with col + t < cols; nothing when !ok.
 fn store4(v: vec4<f32>, base: u32, col: u32, cols: u32, ok: bool, add: bool) {
     for (var t = 0u; t < 4u; t++) {
         if ok && col + t < cols {
@@ -131,13 +142,51 @@ fn store4(v: vec4<f32>, base: u32, col: u32, cols: u32, ok: bool, add: bool) {
     }
 }
 
+// ReLU, then inverted dropout, as the pipeline constants ask, of the values z bound for
+// y[idx .. idx+4]. Vector operations only: a loop or branch here, inside the store loops, would
+// stop their unrolling (measured: 4x slower).
+fn epilogue4(z: vec4<f32>, idx: u32, keys: vec2<u32>) -> vec4<f32> {
+    var v = z;
+    if RELU {
+        v = max(v, vec4<f32>(0.0));
+    }
+    if DROPOUT {
+        let bits = mix4(mix4((vec4<u32>(idx) + vec4<u32>(0u, 1u, 2u, 3u)) ^ vec4<u32>(keys.x)) + vec4<u32>(keys.y));
+        v = select(vec4<f32>(0.0), v * p.drop_scale, bits >= vec4<u32>(p.drop_threshold));
+    }
+    return v;
+}
+
+// dropout.wgsl's mask, bit for bit, on four indices at once (the tests compare the fused op
+// with relu then dropout).
+fn mix4(x: vec4<u32>) -> vec4<u32> {
+    var z = x;
+    z ^= z >> vec4<u32>(16u);
+    z *= vec4<u32>(0x21f0aaadu);
+    z ^= z >> vec4<u32>(15u);
+    z *= vec4<u32>(0x735a2d97u);
+    z ^= z >> vec4<u32>(15u);
+    return z;
+}
+
+fn mix(x: u32) -> u32 {
+    return mix4(vec4<u32>(x)).x;
+}
+
+// The mask's two keys, from the seed (the same for every element: computed once a thread).
+fn dropout_keys() -> vec2<u32> {
+    let key0 = mix(p.drop_seed_lo ^ mix(p.drop_seed_hi ^ 0x85ebca6bu));
+    let key1 = mix(p.drop_seed_hi ^ mix(p.drop_seed_lo ^ 0xc2b2ae35u));
+    return vec2<u32>(key0, key1);
+}
+
 // The register tile of forward and backward data: TM channels x 2 rows x 8 columns, held as four
 // function-local arrays of TM vec4s (row 0 columns 0-3, row 0 columns 4-7, row 1 ...). They are
 // indexed only by the channel loop, whose trip count is a pipeline constant, so the driver
 // unrolls it and keeps them in registers (a `var<private>` array, or an index that depends on an
-// outer loop, sends them to memory on lavapipe, which costs 3x).
-@compute @workgroup_size(WG)
-fn conv2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+// outer loop, sends them to memory on lavapipe, which costs 3x). `add`: add into dst instead of
+// storing the epilogue's value.
+fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
     let org = tile_origin(id.x);
     let o0 = wid.y * 2u * TM;
     var a0: array<vec4<f32>, 16>;
@@ -203,50 +252,75 @@ fn conv2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgro
         }
     }
     let ok = id.x < p.tiles;
-    let add = ACCUMULATE;
     let has_bias = p.has_bias != 0u;
+    let keys = dropout_keys();
     let row1 = org.y + 1u < p.oh;
     // One loop per accumulator array, so each stays small enough to unroll (see the header).
+    // Backward data (add) binds no bias and sets no epilogue: it adds the plain sums.
     for (var m = 0u; m < TM; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
-        store4(a0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + m < p.co, add);
+        store4(epilogue4(a0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co, add);
     }
     for (var m = 0u; m < TM; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
-        store4(b0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + m < p.co, add);
+        store4(epilogue4(b0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co, add);
     }
     for (var m = 0u; m < TM; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
-        store4(a1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + m < p.co && row1, add);
+        store4(epilogue4(a1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co && row1, add);
     }
     for (var m = 0u; m < TM; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
-        store4(b1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + m < p.co && row1, add);
+        store4(epilogue4(b1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co && row1, add);
     }
     for (var m = 0u; m < TM; m++) {
         let c = min(o0 + TM + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
-        store4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co, add);
+        store4(epilogue4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co, add);
     }
     for (var m = 0u; m < TM; m++) {
         let c = min(o0 + TM + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
-        store4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co, add);
+        store4(epilogue4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co, add);
     }
     for (var m = 0u; m < TM; m++) {
         let c = min(o0 + TM + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
-        store4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co && row1, add);
+        store4(epilogue4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co && row1, add);
     }
     for (var m = 0u; m < TM; m++) {
         let c = min(o0 + TM + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
-        store4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co && row1, add);
+        store4(epilogue4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co && row1, add);
     }
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    conv_tile(id, wid, false);
+}
+
+// Backward data at stride 1 (padding < kernel): dx += conv(dy, w', padding K-1-p) with
+// w'[i,o,kh,kw] = w[o,i,KH-1-kh,KW-1-kw], the forward's tile with the roles of the channels
+// swapped (w_so, w_si) and the taps flipped (flip = 1), adding into dx.
+@compute @workgroup_size(WG)
+fn conv2d_backward_data_stride1(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    conv_tile(id, wid, true);
+}
+
+// The epilogue's backward (src = y, dy at binding 5, dst = dz, stored; p.len elements):
+// forward: y = keep * max(z, 0) * scale  =>  dz = dy * scale where y > 0, else 0.
+// Without DROPOUT the scale is 1.
+@compute @workgroup_size(WG)
+fn conv2d_epilogue_backward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = id.x + id.y * groups.x * WG;
+    if i >= p.len { return; }
+    let scale = select(1.0, p.drop_scale, DROPOUT);
+    dst[i] = select(0.0, dy[i] * scale, src[i] > 0.0);
 }
 
 // dy at "numerators" (nh, nw): the dy pixel (nh/SH, nw/SW) where both divide exactly and land

@@ -10,7 +10,7 @@
 use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::conv2d::{
     conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_shared, conv2d_forward_tiled, reference,
-    Conv2d, SharedTiling, Tiling,
+    Conv2d, Epilogue, SharedTiling, Tiling,
 };
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 
@@ -41,7 +41,7 @@ pub fn run(b: &mut Bench) {
     let mut enc = gpu.encoder();
     enc.clear(&dx);
     enc.clear(&dw);
-    conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y, p, &t);
+    conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y, p, Epilogue::Identity, &t);
     conv2d_forward_shared(gpu, &mut enc, &xt, &wt, None, &ys, p, &st);
     conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dx, p, &t);
     conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &t);
@@ -95,7 +95,11 @@ pub fn run(b: &mut Bench) {
         let (y, dx, dw, db) = (gpu.empty(&yd), gpu.empty(&xd), gpu.empty(&wd), gpu.empty(&[wd[0]]));
         let shape = format!("{} k{}x{} o{}", shape_str(&xd), wd[2], wd[3], wd[0]);
         b.case("conv2d_forward", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_forward_tiled(gpu, enc, &x, &w, Some(&bias), &y, p, &t)
+            conv2d_forward_tiled(gpu, enc, &x, &w, Some(&bias), &y, p, Epilogue::Identity, &t)
+        });
+        let relu_dropout = Epilogue::ReluDropout { p: 0.1, seed: 1 };
+        b.case("conv2d_forward_relu_dropout", &shape, Some(flops), None, |gpu, enc| {
+            conv2d_forward_tiled(gpu, enc, &x, &w, Some(&bias), &y, p, relu_dropout, &t)
         });
         if shared {
             b.case("conv2d_forward_shared", &shape, Some(flops), None, |gpu, enc| {

@@ -22,7 +22,7 @@ use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::gpu::Gpu;
 use crate::ops::batchnorm2d::batchnorm2d;
 use crate::ops::concat::concat;
-use crate::ops::conv2d::{conv2d, Conv2d};
+use crate::ops::conv2d::{conv2d, conv2d_fused, Conv2d, Epilogue};
 use crate::ops::conv_transpose2d::conv_transpose2d;
 use crate::ops::dropout::dropout;
 use crate::ops::maxpool2d::maxpool2d;
@@ -338,21 +338,37 @@ impl UNet {
         conv2d(step, x, self.param(conv.weight), Some(self.param(conv.bias)), p)
     }
 
-    fn norm_relu(&self, step: &mut Step, x: Tensor, norm: &Option<Norm>) -> Tensor {
-        let x = match norm {
-            Some(n) => batchnorm2d(step, &x, self.param(n.gamma), self.param(n.beta), &n.running_mean, &n.running_var),
-            None => x,
-        };
-        relu(step, &x)
+    /// conv (3x3, "same") -> [batch norm] -> ReLU -> [dropout]. Without batch norm the ReLU and
+    /// the dropout run in the convolution's store (one pass, no intermediate tensors); with it
+    /// they are separate ops after the normalisation.
+    fn conv_norm_relu(
+        &self,
+        step: &mut Step,
+        x: &Tensor,
+        conv: Conv,
+        norm: &Option<Norm>,
+        drop: f32,
+        seed: u64,
+    ) -> Tensor {
+        let same = Conv2d::new(1, 1);
+        let (w, b) = (self.param(conv.weight), Some(self.param(conv.bias)));
+        match norm {
+            None => {
+                let epilogue = if drop > 0.0 { Epilogue::ReluDropout { p: drop, seed } } else { Epilogue::Relu };
+                conv2d_fused(step, x, w, b, same, epilogue)
+            }
+            Some(n) => {
+                let h = conv2d(step, x, w, b, same);
+                let h = batchnorm2d(step, &h, self.param(n.gamma), self.param(n.beta), &n.running_mean, &n.running_var);
+                let h = relu(step, &h);
+                dropout(step, &h, drop, seed)
+            }
+        }
     }
 
     fn block(&self, step: &mut Step, x: &Tensor, block: &Block, seed: u64) -> Tensor {
-        let same = Conv2d::new(1, 1);
-        let h = self.conv(step, x, block.conv1, same);
-        let h = self.norm_relu(step, h, &block.norm1);
-        let h = dropout(step, &h, block.dropout, seed);
-        let h = self.conv(step, &h, block.conv2, same);
-        self.norm_relu(step, h, &block.norm2)
+        let h = self.conv_norm_relu(step, x, block.conv1, &block.norm1, block.dropout, seed);
+        self.conv_norm_relu(step, &h, block.conv2, &block.norm2, 0.0, 0)
     }
 
     /// Logits [N, classes, H, W] for images `x` [N, in_channels, H, W]; H and

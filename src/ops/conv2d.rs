@@ -10,6 +10,9 @@
 //!                  db[o]         += sum_{n,oh,ow} dy[n,o,oh,ow]
 //! ```
 //!
+//! The forward can end in an [`Epilogue`], ReLU or ReLU then inverted dropout, applied as each
+//! output is stored; its backward needs only y: `dz = dy * (y > 0) / (1 - p)`.
+//!
 //! All three are implicit GEMMs (the im2col matrix is never stored): see `shaders/conv2d.wgsl`
 //! for the tilings. The default kernels tile in registers only (no workgroup memory, no
 //! barriers), which is what a CPU Vulkan driver runs fastest; [`conv2d_forward_shared`] is the
@@ -18,8 +21,9 @@
 //! and are then added in a fixed order: results are deterministic.
 
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::ops::dropout::keep_threshold;
 use crate::shader;
-use crate::tape::Step;
+use crate::tape::{Mode, Step};
 use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("conv2d");
@@ -50,6 +54,41 @@ impl Conv2d {
             w + 2 * self.pad[1]
         );
         [(h + 2 * self.pad[0] - kh) / self.stride[0] + 1, (w + 2 * self.pad[1] - kw) / self.stride[1] + 1]
+    }
+}
+
+/// What the forward does to `z = conv(x, w) + b` as it stores it: fused into the store, so the
+/// activation makes no round trip through memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Epilogue {
+    /// `y = z`.
+    #[default]
+    Identity,
+    /// `y = max(z, 0)`.
+    Relu,
+    /// `y = mask(seed) * max(z, 0) / (1 - p)`: ReLU, then [`crate::ops::dropout`]'s inverted
+    /// dropout with the same mask, bit for bit (a hash of the seed and y's flat index).
+    ReluDropout {
+        /// Probability of dropping an element, in [0, 1).
+        p: f32,
+        /// This step's mask seed.
+        seed: u64,
+    },
+}
+
+impl Epilogue {
+    /// The override constants (RELU, DROPOUT) and the uniform's dropout fields.
+    fn apply(&self, params: &mut Params) -> [(&'static str, f64); 2] {
+        match *self {
+            Epilogue::Identity => [("RELU", 0.0), ("DROPOUT", 0.0)],
+            Epilogue::Relu => [("RELU", 1.0), ("DROPOUT", 0.0)],
+            Epilogue::ReluDropout { p, seed } => {
+                params.drop_threshold = keep_threshold(p);
+                (params.drop_seed_lo, params.drop_seed_hi) = (seed as u32, (seed >> 32) as u32);
+                params.drop_scale = 1.0 / (1.0 - p);
+                [("RELU", 1.0), ("DROPOUT", 1.0)]
+            }
+        }
     }
 }
 
@@ -100,6 +139,8 @@ const MAX_TAPS: u32 = 25;
 /// Output channels a thread of the weight gradient's first pass owns (two vec4s in the shader).
 const BW_CHANNELS: u32 = 8;
 const MAX_TILE: u32 = 2048;
+/// Threads a workgroup of the elementwise epilogue backward.
+const EPILOGUE_WG: u32 = 256;
 
 /// Mirrors `Params` in `shaders/conv2d.wgsl`.
 #[repr(C)]
@@ -124,6 +165,10 @@ struct Params {
     w_so: u32,
     w_si: u32,
     flip: u32,
+    drop_threshold: u32,
+    drop_seed_lo: u32,
+    drop_seed_hi: u32,
+    drop_scale: f32,
     _pad: u32,
 }
 
@@ -181,10 +226,25 @@ const TILE_COLS: u32 = 8;
 
 /// `y = conv(x, w) + b`. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
 pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor, p: Conv2d) {
-    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, &Tiling::default());
+    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, Epilogue::Identity, &Tiling::default());
 }
 
-/// [`conv2d_forward`] with a chosen register tiling (benchmarks sweep it).
+/// `y = epilogue(conv(x, w) + b)`. Shapes as [`conv2d_forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_fused(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    p: Conv2d,
+    epilogue: Epilogue,
+) {
+    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, epilogue, &Tiling::default());
+}
+
+/// [`conv2d_forward_fused`] with a chosen register tiling (benchmarks sweep it).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_tiled(
     gpu: &Gpu,
@@ -194,39 +254,39 @@ pub fn conv2d_forward_tiled(
     b: Option<&Tensor>,
     y: &Tensor,
     p: Conv2d,
+    epilogue: Epilogue,
     t: &Tiling,
 ) {
     let d = dims("conv2d forward", x, w, y, &p);
-    let params = d.params(&p);
-    dispatch_forward(gpu, enc, &d, params, &p, x, w, b, y, t, false);
+    let mut params = d.params(&p);
+    let epilogue = epilogue.apply(&mut params);
+    dispatch_tile(gpu, enc, "conv2d_forward", &d, params, &epilogue, &p, x, w, b, y, t);
 }
 
-/// Dispatch the register-tiled forward kernel on `d` (params from `d`, weight layout set by the
-/// caller); `accumulate` adds into y instead of storing.
+/// Dispatch the register-tiled forward tile on `d` (params from `d`, weight layout set by the
+/// caller): `entry` is `conv2d_forward`, or `conv2d_backward_data_stride1`, which adds into y.
 #[allow(clippy::too_many_arguments)]
-fn dispatch_forward(
+fn dispatch_tile(
     gpu: &Gpu,
     enc: &mut Encoder,
+    entry: &'static str,
     d: &Dims,
     mut params: Params,
+    epilogue: &[(&'static str, f64)],
     p: &Conv2d,
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     y: &Tensor,
     t: &Tiling,
-    accumulate: bool,
 ) {
     params.tiles_w = params.ow.div_ceil(TILE_COLS);
     params.tiles_h = params.oh.div_ceil(TILE_ROWS);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
     let b = bias_or_x(&mut params, b, x, d);
-    let constants: Vec<_> = register_constants(t)
-        .into_iter()
-        .chain(d.kernel_constants(p))
-        .chain([("ACCUMULATE", if accumulate { 1.0 } else { 0.0 })])
-        .collect();
-    let kernel = gpu.kernel(&SHADER, "conv2d_forward", &constants);
+    let constants: Vec<_> =
+        register_constants(t).into_iter().chain(d.kernel_constants(p)).chain(epilogue.iter().copied()).collect();
+    let kernel = gpu.kernel(&SHADER, entry, &constants);
     let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(2 * t.tm), 1];
     gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
 }
@@ -299,7 +359,7 @@ pub fn conv2d_backward_data_tiled(
         let fd = Dims { x: d.y, w: [i, o, kh, kw], y: d.x };
         let mut params = fd.params(&flipped);
         (params.w_so, params.w_si, params.flip) = ((kh * kw) as u32, (i * kh * kw) as u32, 1);
-        dispatch_forward(gpu, enc, &fd, params, &flipped, dy, w, None, dx, t, true);
+        dispatch_tile(gpu, enc, "conv2d_backward_data_stride1", &fd, params, &[], &flipped, dy, w, None, dx, t);
         return;
     }
     let mut params = d.params(&p);
@@ -357,8 +417,7 @@ pub fn conv2d_backward_weight_tiled(
     params.rows_per_chunk = rows.div_ceil(chunks);
     params.chunks = rows.div_ceil(params.rows_per_chunk);
     params.len = params.co * params.ci * taps;
-    let constants: Vec<_> =
-        [("WG", t.wg as f64)].into_iter().chain(d.kernel_constants(&p)).collect();
+    let constants: Vec<_> = [("WG", t.wg as f64)].into_iter().chain(d.kernel_constants(&p)).collect();
     let part = gpu.empty(&[(params.chunks * (params.len + params.co)) as usize]);
     let kernel = gpu.kernel(&SHADER, "conv2d_backward_weight", &constants);
     let threads = (params.tiles * params.chunks) as usize;
@@ -374,15 +433,69 @@ pub fn conv2d_backward_weight_tiled(
     }
 }
 
+/// `dz = dy * (y > 0) * scale` (stored, not accumulated), the backward of a ReLU epilogue
+/// (scale 1) or a ReLU + dropout one (scale `1 / (1 - p)`; y is 0 where the mask dropped).
+/// y (the fused forward's output), dy, dz: the same shape.
+pub fn conv2d_epilogue_backward(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    y: &Tensor,
+    dy: &Tensor,
+    dz: &Tensor,
+    epilogue: Epilogue,
+) {
+    assert!(
+        y.shape() == dy.shape() && dy.shape() == dz.shape(),
+        "conv2d epilogue backward: y {:?} dy {:?} dz {:?}",
+        y.shape(),
+        dy.shape(),
+        dz.shape()
+    );
+    assert!(epilogue != Epilogue::Identity, "conv2d epilogue backward: the identity has none (dz = dy)");
+    let mut params = Params { len: y.len() as u32, ..Params::default() };
+    let constants: Vec<_> = [("WG", EPILOGUE_WG as f64)].into_iter().chain(epilogue.apply(&mut params)).collect();
+    let kernel = gpu.kernel(&SHADER, "conv2d_epilogue_backward", &constants);
+    gpu.dispatch(enc, &kernel, &params, &[(1, y), (4, dz), (5, dy)], groups_1d(y.len(), EPILOGUE_WG));
+}
+
 /// Convolution on the tape. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none; returns y `[N,O,OH,OW]`.
 pub fn conv2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2d) -> Tensor {
+    conv2d_fused(step, x, w, b, p, Epilogue::Identity)
+}
+
+/// Convolution with an epilogue on the tape: `epilogue(conv(x, w) + b)`. In [`Mode::Eval`] the
+/// dropout of [`Epilogue::ReluDropout`] is off (plain ReLU), as is one with `p == 0`. Shapes as
+/// [`conv2d`].
+pub fn conv2d_fused(
+    step: &mut Step,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: Conv2d,
+    epilogue: Epilogue,
+) -> Tensor {
+    let epilogue = match epilogue {
+        Epilogue::ReluDropout { p, .. } if step.mode == Mode::Eval || p == 0.0 => Epilogue::Relu,
+        e => e,
+    };
     let (xd, wd) = (x.dims4("conv2d x"), w.dims4("conv2d w"));
     let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
     let inputs: Vec<&Tensor> = [Some(x), Some(w), b].into_iter().flatten().collect();
     let y = step.output(&[xd[0], wd[0], oh, ow], &inputs);
-    conv2d_forward(step.gpu, &mut step.enc, x, w, b, &y, p);
+    conv2d_forward_fused(step.gpu, &mut step.enc, x, w, b, &y, p, epilogue);
     let (x, w, b) = (x.clone(), w.clone(), b.cloned());
+    let saved_y = (epilogue != Epilogue::Identity).then(|| y.clone());
     step.record("conv2d", &y, move |ctx, dy| {
+        // Through the epilogue first: dz = dy * (y > 0) * scale, into a pooled scratch tensor.
+        let dz;
+        let dy = match &saved_y {
+            None => dy,
+            Some(y) => {
+                dz = ctx.gpu.empty(y.shape());
+                conv2d_epilogue_backward(ctx.gpu, ctx.enc, y, dy, &dz, epilogue);
+                &dz
+            }
+        };
         if let Some(dx) = ctx.grad(&x) {
             conv2d_backward_data(ctx.gpu, ctx.enc, dy, &w, &dx, p);
         }
@@ -404,7 +517,31 @@ pub fn conv2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Co
 /// Plain-Rust convolution on `f64`, the contract the shaders are tested against. Shapes are
 /// passed as `[N,I,H,W]` for x and `[O,I,KH,KW]` for w.
 pub mod reference {
-    use super::Conv2d;
+    use super::{Conv2d, Epilogue};
+    use crate::ops::{dropout, relu};
+
+    /// `epilogue(z)`, elementwise over a flat tensor: ReLU, then dropout with the mask of
+    /// [`dropout::reference`] (which indexes the flat tensor, as the shader does).
+    pub fn epilogue_forward(z: &[f64], e: Epilogue) -> Vec<f64> {
+        match e {
+            Epilogue::Identity => z.to_vec(),
+            Epilogue::Relu => relu::reference::relu_forward(z),
+            Epilogue::ReluDropout { p, seed } => {
+                dropout::reference::dropout_forward(&relu::reference::relu_forward(z), p, seed)
+            }
+        }
+    }
+
+    /// `dz` given the pre-activation z and dy (not accumulated): the chain rule through dropout, then ReLU.
+    pub fn epilogue_backward(z: &[f64], dy: &[f64], e: Epilogue) -> Vec<f64> {
+        match e {
+            Epilogue::Identity => dy.to_vec(),
+            Epilogue::Relu => relu::reference::relu_backward(z, dy),
+            Epilogue::ReluDropout { p, seed } => {
+                relu::reference::relu_backward(z, &dropout::reference::dropout_backward(dy, p, seed))
+            }
+        }
+    }
 
     /// Input pixel `(ih, iw)` under output pixel `(oh, ow)` and tap `(kh, kw)`, if not padding.
     fn input_pixel(p: &Conv2d, [h, w]: [usize; 2], [oh, ow, kh, kw]: [usize; 4]) -> Option<(usize, usize)> {
@@ -563,7 +700,7 @@ mod tests {
         let y_shared = gpu.empty(&ydims);
         let mut enc = gpu.encoder();
         let bopt = bias.then_some(&bt);
-        conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, bopt, &y, p, t);
+        conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, bopt, &y, p, Epilogue::Identity, t);
         conv2d_forward_shared(gpu, &mut enc, &xt, &wt, bopt, &y_shared, p, &SharedTiling::default());
         conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dxt, p, t);
         conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dwt, bias.then_some(&dbt), p, t);
@@ -631,6 +768,83 @@ mod tests {
             gpu.submit(enc);
             assert_close_f32(&format!("y (shared) {t:?}"), &gpu.read(&y), &want, 1e-4);
         }
+    }
+
+    const EPILOGUES: [Epilogue; 3] =
+        [Epilogue::Identity, Epilogue::Relu, Epilogue::ReluDropout { p: 0.3, seed: 0x1234_5678_9abc }];
+
+    #[test]
+    fn reference_epilogue_backward_matches_finite_differences() {
+        let z = to_f64(&random_vec(600, 5 * 7 * 3));
+        let r = to_f64(&random_vec(601, z.len()));
+        for e in EPILOGUES {
+            let want = numeric_grad(|z| dot(&r, &reference::epilogue_forward(z, e)), &z, 1e-6);
+            assert_close(&format!("dz {e:?}"), &reference::epilogue_backward(&z, &r, e), &want, 1e-6);
+        }
+    }
+
+    #[test]
+    fn fused_epilogue_matches_reference() {
+        let gpu = gpu();
+        let shapes =
+            [([2, 3, 7, 9], [5, 3, 3, 3], Conv2d::new(1, 1)), ([1, 6, 9, 13], [3, 6, 1, 1], Conv2d::new(1, 0))];
+        for (k, (xd, wd, p)) in shapes.into_iter().enumerate() {
+            let seed = 610 + 10 * k as u64;
+            let ydims = yd(xd, wd, &p);
+            let (x, w, b) = (
+                random_vec(seed, xd.iter().product()),
+                random_vec(seed + 1, wd.iter().product()),
+                random_vec(seed + 2, wd[0]),
+            );
+            let dy = random_vec(seed + 3, ydims.iter().product());
+            let (xt, wt, bt, dyt) =
+                (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.upload(&b, &[wd[0]]), gpu.upload(&dy, &ydims));
+            let z = reference::conv2d_forward(&to_f64(&x), xd, &to_f64(&w), wd, Some(&to_f64(&b)), &p);
+            for e in &EPILOGUES[1..] {
+                let (y, dz) = (gpu.empty(&ydims), gpu.empty(&ydims));
+                let mut enc = gpu.encoder();
+                conv2d_forward_fused(gpu, &mut enc, &xt, &wt, Some(&bt), &y, p, *e);
+                conv2d_epilogue_backward(gpu, &mut enc, &y, &dyt, &dz, *e);
+                gpu.submit(enc);
+                let what = format!("{xd:?} {wd:?} {e:?}");
+                assert_close_f32(&format!("y {what}"), &gpu.read(&y), &reference::epilogue_forward(&z, *e), 1e-4);
+                let want_dz = reference::epilogue_backward(&z, &to_f64(&dy), *e);
+                assert_close_f32(&format!("dz {what}"), &gpu.read(&dz), &want_dz, 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_tape_gives_the_chain_rules_gradients() {
+        let gpu = gpu();
+        let (xd, wd, p) = ([2, 3, 6, 5], [4, 3, 3, 3], Conv2d::new(1, 1));
+        let e = Epilogue::ReluDropout { p: 0.25, seed: 77 };
+        let ydims = yd(xd, wd, &p);
+        let (x, w, b) =
+            (random_vec(700, xd.iter().product()), random_vec(701, wd.iter().product()), random_vec(702, 4));
+        let dy = random_vec(703, ydims.iter().product());
+        let (xt, wt, bt) =
+            (gpu.upload(&x, &xd).with_grad(), gpu.upload(&w, &wd).with_grad(), gpu.upload(&b, &[4]).with_grad());
+        let mut step = Step::train(gpu);
+        let y = conv2d_fused(&mut step, &xt, &wt, Some(&bt), p, e);
+        let grads = step.backward(vec![(y.clone(), gpu.upload(&dy, &ydims))]);
+        step.submit();
+
+        let (xf, wf) = (to_f64(&x), to_f64(&w));
+        let z = reference::conv2d_forward(&xf, xd, &wf, wd, Some(&to_f64(&b)), &p);
+        assert_close_f32("fused tape y", &gpu.read(&y), &reference::epilogue_forward(&z, e), 1e-4);
+        let dz = reference::epilogue_backward(&z, &to_f64(&dy), e);
+        let (dw, db) = reference::conv2d_backward_weight(&xf, &dz, xd, wd, &p);
+        let dx = reference::conv2d_backward_data(&dz, &wf, xd, wd, &p);
+        assert_close_f32("fused tape dx", &gpu.read(grads.get(&xt).unwrap()), &dx, 1e-3);
+        assert_close_f32("fused tape dw", &gpu.read(grads.get(&wt).unwrap()), &dw, 1e-3);
+        assert_close_f32("fused tape db", &gpu.read(grads.get(&bt).unwrap()), &db, 1e-3);
+
+        // In eval mode the dropout is off: plain ReLU.
+        let mut step = Step::eval(gpu);
+        let y = conv2d_fused(&mut step, &xt, &wt, Some(&bt), p, e);
+        step.submit();
+        assert_close_f32("fused eval y", &gpu.read(&y), &reference::epilogue_forward(&z, Epilogue::Relu), 1e-4);
     }
 
     #[test]
