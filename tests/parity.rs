@@ -1,6 +1,8 @@
-//! Parity with PyTorch: `tests/fixtures/unet_parity.safetensors`, written by
-//! `tests/fixtures/make_parity.py` from the same tiny U-Net in PyTorch (f64),
-//! holds its weights, a batch, the logits, the value of every loss and every
+//! Parity with PyTorch: `tests/fixtures/unet_parity.safetensors` (with batch
+//! norm) and `unet_parity_plain.safetensors` (without: the Keras shape, whose
+//! ReLUs run fused in the convolutions' stores), written by
+//! `tests/fixtures/make_parity.py` from the same tiny U-Nets in PyTorch (f64),
+//! hold their weights, a batch, the logits, the value of every loss and every
 //! parameter's gradient of Dice + CE. Our forward, losses and backward must
 //! agree: 1e-4 for the forward and the losses, 1e-3 for the gradients.
 
@@ -13,13 +15,22 @@ use unet_wgpu::testing::{assert_close_f32, gpu, to_f64};
 use unet_wgpu::Step;
 
 #[test]
-fn a_tiny_unet_matches_pytorch_forward_losses_and_gradients() {
-    let fixture =
-        checkpoint::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet_parity.safetensors"))
-            .expect("the fixture is committed; regenerate it with tests/fixtures/make_parity.py");
+fn a_tiny_unet_with_batch_norm_matches_pytorch() {
+    check("unet_parity.safetensors", true);
+}
+
+#[test]
+fn a_tiny_unet_without_batch_norm_matches_pytorch() {
+    check("unet_parity_plain.safetensors", false);
+}
+
+/// Forward, losses and gradients of the fixture's model against PyTorch's.
+fn check(fixture: &str, batch_norm: bool) {
+    let fixture = checkpoint::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture))
+        .expect("the fixture is committed; regenerate it with tests/fixtures/make_parity.py");
     let tensor = |name: &str| &fixture.tensors.get(name).unwrap_or_else(|| panic!("fixture lacks {name}")).1;
     let gpu = gpu();
-    let config = UNetConfig { base: 4, depth: 2, batch_norm: true, dropout: vec![0.0; 3], ..UNetConfig::default() };
+    let config = UNetConfig { base: 4, depth: 2, batch_norm, dropout: vec![0.0; 3], ..UNetConfig::default() };
     let model = UNet::new(gpu, config);
     for (name, t) in model.state() {
         gpu.write(&t, bytemuck::cast_slice(tensor(&format!("param.{name}"))));
@@ -60,7 +71,7 @@ fn a_tiny_unet_matches_pytorch_forward_losses_and_gradients() {
     }
     for p in &model.arena.params {
         let (got, want) = (gpu.read(&p.grad), to_f64(tensor(&format!("grad.{}", p.name))));
-        if let Some(conv) = p.name.strip_suffix(".bias").filter(|c| c.contains(".conv")) {
+        if let Some(conv) = p.name.strip_suffix(".bias").filter(|c| batch_norm && c.contains(".conv")) {
             // Batch norm follows every block convolution and subtracts the
             // channel mean, so these biases have an exact gradient of zero:
             // both sides hold rounding noise, small next to the weights' gradient.
