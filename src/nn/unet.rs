@@ -23,7 +23,7 @@ use crate::gpu::Gpu;
 use crate::ops::batchnorm2d::batchnorm2d;
 use crate::ops::concat::concat;
 use crate::ops::conv2d::{conv2d, conv2d_fused, Conv2d, Epilogue};
-use crate::ops::conv_transpose2d::conv_transpose2d;
+use crate::ops::conv_transpose2d::conv_transpose2d_concat;
 use crate::ops::dropout::dropout;
 use crate::ops::maxpool2d::maxpool2d;
 use crate::ops::relu::relu;
@@ -398,18 +398,20 @@ impl UNet {
         }
         h = self.block(step, &h, &self.bottleneck, block_seed.next_u64());
         for level in (0..self.config.depth).rev() {
-            let up = match self.config.upsampling {
+            // Keras' concatenate([up, skip]): upsampled channels first.
+            let merged = match self.config.upsampling {
                 Upsampling::Transposed => {
+                    // Fused: the up-convolution writes straight into the concatenation buffer.
                     let conv = self.up[level];
-                    conv_transpose2d(step, &h, self.param(conv.weight), Some(self.param(conv.bias)))
+                    let (w, b) = (self.param(conv.weight), self.param(conv.bias));
+                    conv_transpose2d_concat(step, &h, w, Some(b), &skips[level])
                 }
                 Upsampling::Bilinear => {
                     let big = upsample(step, &h, Upsample::Bilinear);
-                    self.conv(step, &big, self.up[level], Conv2d::new(1, 0))
+                    let up = self.conv(step, &big, self.up[level], Conv2d::new(1, 0));
+                    concat(step, &up, &skips[level])
                 }
             };
-            // Keras' concatenate([up, skip]): upsampled channels first.
-            let merged = concat(step, &up, &skips[level]);
             h = self.block(step, &merged, &self.decoder[level], block_seed.next_u64());
         }
         self.conv(step, &h, self.head, Conv2d::new(1, 0))

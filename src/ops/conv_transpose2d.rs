@@ -10,25 +10,50 @@
 //! db[o]        += sum_{n,Y,X} dy[n,o,Y,X]
 //! ```
 //! With stride = kernel size the 2x2 windows do not overlap, so all three are GEMMs over
-//! the pixels; `shaders/conv_transpose2d.wgsl` explains the register tiling. The weight
-//! gradient reduces over all N*H*W pixels: it is split into slices whose partial sums go
-//! to a pooled scratch buffer, then summed in slice order by a second pass (deterministic).
+//! the pixels; `shaders/conv_transpose2d.wgsl` explains the register tiling. When W is a
+//! multiple of 4 (every U-Net level) the kernels work on quads of 4 pixels loaded as one
+//! vec4; other shapes take general kernels. The weight gradient reduces over all N*H*W
+//! pixels: it is split into slices whose partial sums go to a pooled scratch buffer, then
+//! summed in slice order by a second pass (deterministic).
+//!
+//! The U-Net concatenates the up-convolution's output with a skip tensor (upsampled
+//! channels first). [`conv_transpose2d_concat`] fuses the two: the kernels write y straight
+//! into channels `0..O` of the concatenation buffer (and read dy from there) through a
+//! channel stride, so only the skip tensor is copied, and no slice of dy is.
 
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::ops::concat::{concat_backward_b, concat_forward_part};
 use crate::shader;
 use crate::tape::Step;
 use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("conv_transpose2d");
+/// Workgroup size of the general kernels.
 const WG: u32 = 64;
-/// Register tile of the shader (its `PX`, `TO`, `TC` constants; keep in step).
+/// Register tile of the general kernels (the shader's `PX`, `TO`, `TC`; keep in step).
 const PX: u32 = 4;
 const TO: u32 = 4;
 const TC: u32 = 4;
-/// The weight gradient uses about this many threads (blocks x slices), fewer when a slice
-/// would cover less than [`MIN_SLICE`] pixels.
+/// The general weight gradient uses about this many threads (blocks x slices), fewer when a
+/// slice would cover less than [`MIN_SLICE`] pixels.
 const TARGET_THREADS: u32 = 16384;
 const MIN_SLICE: u32 = 64;
+
+/// Workgroup size of the quad kernels.
+const WG_QUADS: u32 = 32;
+/// Tiles of the quad kernels (fixed in the shader; keep in step): a forward thread owns
+/// [`QUADS_PER_THREAD`] quads x [`FORWARD_O`] output channels, a data thread as many quads x
+/// [`DATA_C`] input channels, a weight thread [`WEIGHT_C`] x [`WEIGHT_O`] channels.
+const QUADS_PER_THREAD: u32 = 4;
+const FORWARD_O: u32 = 8;
+const DATA_C: u32 = 16;
+const WEIGHT_C: u32 = 16;
+const WEIGHT_O: u32 = 4;
+/// The quad weight gradient aims at this many threads (blocks x slices).
+const WEIGHT_THREADS: u32 = 1024;
+/// Most loop iterations a weight-gradient thread may run: lavapipe silently stops a loop after
+/// 65535 (counted over the invocation), so slices are cut well below that.
+const MAX_STEPS: u32 = 16384;
 
 /// Mirrors `Params` in `shaders/conv_transpose2d.wgsl`.
 #[repr(C)]
@@ -39,24 +64,34 @@ struct Params {
     co: u32,
     h: u32,
     w: u32,
+    yc: u32,
     has_bias: u32,
     slices: u32,
+    rows_per_slice: u32,
     step_n: u32,
     step_i: u32,
     step_j: u32,
     len: u32,
+    base: u32,
 }
 
 impl Params {
-    fn new([n, ci, h, w]: [usize; 4], co: usize) -> Params {
-        Params { n: n as u32, ci: ci as u32, co: co as u32, h: h as u32, w: w as u32, ..Default::default() }
+    /// x (or dx) `[n, ci, h, w]`, `co` output channels, y (or dy) with `yc` >= `co` channels.
+    fn new([n, ci, h, w]: [usize; 4], co: usize, yc: usize) -> Params {
+        let u = |v: usize| v as u32;
+        Params { n: u(n), ci: u(ci), co: u(co), h: u(h), w: u(w), yc: u(yc), ..Default::default() }
     }
 
-    /// Split the N*H*W pixels of the weight gradient into `slices` interleaved slices,
-    /// for `blocks` thread blocks of output.
-    fn with_slices(mut self, blocks: u32) -> Params {
+    /// True when the quad kernels apply: whole quads of 4 pixels in every row.
+    fn quads(&self) -> bool {
+        self.w.is_multiple_of(4)
+    }
+
+    /// General kernels: split the N*H*W pixels of the weight (or bias) gradient into
+    /// interleaved slices, for `blocks` thread blocks of output.
+    fn with_pixel_slices(mut self, blocks: u32) -> Params {
         let pixels = self.n * self.h * self.w;
-        let slices = TARGET_THREADS.div_ceil(blocks).min(pixels / MIN_SLICE).max(1);
+        let slices = TARGET_THREADS.div_ceil(blocks).min(pixels / MIN_SLICE).max(pixels.div_ceil(MAX_STEPS)).max(1);
         let hw = self.h * self.w;
         self.slices = slices;
         self.step_n = slices / hw;
@@ -64,10 +99,28 @@ impl Params {
         self.step_j = slices % self.w;
         self
     }
+
+    /// Quad kernels: split the N*H rows of the weight gradient into slices of whole rows,
+    /// for `blocks` thread blocks, each slice at most [`MAX_STEPS`] loop iterations.
+    fn with_row_slices(mut self, blocks: u32) -> Params {
+        let rows = self.n * self.h;
+        let steps_per_row = self.w / 4 + 1; // the quads, and the row loop itself
+        assert!(
+            steps_per_row <= MAX_STEPS,
+            "conv_transpose2d: rows of {} pixels are too long for one weight-gradient thread",
+            self.w
+        );
+        let max_rows = MAX_STEPS / steps_per_row;
+        let slices = WEIGHT_THREADS.div_ceil(blocks).min(rows).max(rows.div_ceil(max_rows)).max(1);
+        self.rows_per_slice = rows.div_ceil(slices);
+        self.slices = rows.div_ceil(self.rows_per_slice);
+        self
+    }
 }
 
-/// Check x [N,I,H,W], w [I,O,2,2] and the [N,O,2H,2W] tensor `big` agree; returns x's dims and O.
-fn check(what: &str, x: &Tensor, w: &Tensor, big: &Tensor) -> ([usize; 4], usize) {
+/// Check x (or dx) [N,I,H,W], w [I,O,2,2] and the tensor `big` (y or dy), which must be
+/// [N,O,2H,2W], or [N,C,2H,2W] with C >= O when `concat` (channels 0..O are the op's).
+fn params(what: &str, x: &Tensor, w: &Tensor, big: &Tensor, concat: bool) -> Params {
     let [n, ci, h, wd] = x.dims4(what);
     let [wi, co, kh, kw] = w.dims4(what);
     assert!(
@@ -76,38 +129,68 @@ fn check(what: &str, x: &Tensor, w: &Tensor, big: &Tensor) -> ([usize; 4], usize
         w.shape(),
         x.shape()
     );
-    assert_eq!(
-        big.shape(),
-        [n, co, 2 * h, 2 * wd],
-        "{what}: x {:?} and w {:?} need y/dy of shape [N,O,2H,2W], got {:?}",
+    let [bn, yc, bh, bw] = big.dims4(what);
+    assert!(
+        [bn, bh, bw] == [n, 2 * h, 2 * wd] && (yc == co || concat && yc > co),
+        "{what}: x {:?} and w {:?} need y/dy of shape [N,{},2H,2W], got {:?}",
         x.shape(),
         w.shape(),
+        if concat { "C>O" } else { "O" },
         big.shape()
     );
-    ([n, ci, h, wd], co)
+    Params::new([n, ci, h, wd], co, yc)
 }
 
 /// `y = conv_transpose2d(x, w) + b`. x: [N,I,H,W], w: [I,O,2,2], b: [O], y: [N,O,2H,2W].
 pub fn conv_transpose2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
-    let (dims, co) = check("conv_transpose2d", x, w, y);
-    let [n, _, h, wd] = dims;
+    forward(gpu, enc, params("conv_transpose2d", x, w, y, false), x, w, b, y);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward(gpu: &Gpu, enc: &mut Encoder, mut params: Params, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
     if let Some(b) = b {
-        assert_eq!(b.shape(), [co], "conv_transpose2d: b {:?} vs w {:?}", b.shape(), w.shape());
+        assert_eq!(b.len(), params.co as usize, "conv_transpose2d: b {:?} vs w {:?}", b.shape(), w.shape());
     }
-    let params = Params { has_bias: b.is_some() as u32, ..Params::new(dims, co) };
-    let kernel = gpu.kernel(&SHADER, "conv_transpose2d_forward", &[("WG", WG as f64)]);
+    if params.n * params.h * params.w == 0 || params.co == 0 {
+        return; // y has no element of ours
+    }
+    params.has_bias = b.is_some() as u32;
     // Without a bias the shader never reads binding 3; w stands in for it.
-    let groups = [((h * wd) as u32).div_ceil(WG * PX), (co as u32).div_ceil(TO), n as u32];
-    gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b.unwrap_or(w)), (4, y)], groups);
+    let b = b.unwrap_or(w);
+    if params.quads() {
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_forward_quads", &[("WG", WG_QUADS as f64)]);
+        let groups = [params.co.div_ceil(FORWARD_O), quad_threads(&params).div_ceil(WG_QUADS), 1];
+        gpu.dispatch(enc, &kernel, &params, &[(9, x), (2, w), (3, b), (10, y)], groups);
+    } else {
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_forward", &[("WG", WG as f64)]);
+        let groups = [(params.h * params.w).div_ceil(WG * PX), params.co.div_ceil(TO), params.n];
+        gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
+    }
+}
+
+/// Threads of the forward and data quad kernels: one per tile of 4 quads of a row.
+fn quad_threads(p: &Params) -> u32 {
+    p.n * p.h * (p.w / 4).div_ceil(QUADS_PER_THREAD)
 }
 
 /// `dx += conv_transpose2d^T(dy)`. w: [I,O,2,2], dy: [N,O,2H,2W], dx: [N,I,H,W].
 pub fn conv_transpose2d_backward_data(gpu: &Gpu, enc: &mut Encoder, w: &Tensor, dy: &Tensor, dx: &Tensor) {
-    let (dims, co) = check("conv_transpose2d backward_data", dx, w, dy);
-    let [n, ci, h, wd] = dims;
-    let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data", &[("WG", WG as f64)]);
-    let groups = [((h * wd) as u32).div_ceil(WG * PX), (ci as u32).div_ceil(TC), n as u32];
-    gpu.dispatch(enc, &kernel, &Params::new(dims, co), &[(2, w), (5, dy), (6, dx)], groups);
+    backward_data(gpu, enc, params("conv_transpose2d backward_data", dx, w, dy, false), w, dy, dx);
+}
+
+fn backward_data(gpu: &Gpu, enc: &mut Encoder, params: Params, w: &Tensor, dy: &Tensor, dx: &Tensor) {
+    if dx.is_empty() || params.co == 0 {
+        return; // nothing to add to, or an empty sum
+    }
+    if params.quads() {
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data_quads", &[("WG", WG_QUADS as f64)]);
+        let groups = [params.ci.div_ceil(DATA_C), quad_threads(&params).div_ceil(WG_QUADS), 1];
+        gpu.dispatch(enc, &kernel, &params, &[(2, w), (11, dy), (12, dx)], groups);
+    } else {
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data", &[("WG", WG as f64)]);
+        let groups = [(params.h * params.w).div_ceil(WG * PX), params.ci.div_ceil(TC), params.n];
+        gpu.dispatch(enc, &kernel, &params, &[(2, w), (5, dy), (6, dx)], groups);
+    }
 }
 
 /// `dw += x (*) dy` and, when given, `db += sum dy`. x: [N,I,H,W], dy: [N,O,2H,2W],
@@ -120,17 +203,57 @@ pub fn conv_transpose2d_backward_weight(
     dw: &Tensor,
     db: Option<&Tensor>,
 ) {
-    let (dims, co) = check("conv_transpose2d backward_weight", x, dw, dy);
-    let ci = dims[1];
-    let blocks = (ci as u32).div_ceil(TC) * (co as u32).div_ceil(TO);
-    let params = Params::new(dims, co).with_slices(blocks);
-    let partial = gpu.empty(&[params.slices as usize, ci * co * 4]);
-    let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_weight_partial", &[("WG", WG as f64)]);
-    let threads = (params.slices * blocks) as usize;
-    gpu.dispatch(enc, &kernel, &params, &[(1, x), (5, dy), (7, &partial)], groups_1d(threads, WG));
-    sum_partials(gpu, enc, params, &partial, dw);
+    backward_weight(gpu, enc, params("conv_transpose2d backward_weight", x, dw, dy, false), x, dy, dw, db);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_weight(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    params: Params,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+) {
+    let (ci, co) = (params.ci, params.co);
     if let Some(db) = db {
-        bias(gpu, enc, params, dy, db);
+        assert_eq!(db.len(), co as usize, "conv_transpose2d: db {:?} vs dw {:?}", db.shape(), dw.shape());
+    }
+    if params.n * params.h * params.w == 0 || co == 0 {
+        return; // empty sums, or no gradient to add to
+    }
+    if ci == 0 {
+        if let Some(db) = db {
+            bias(gpu, enc, params, dy, db);
+        }
+        return;
+    }
+    let len = ci * co * 4;
+    if params.quads() {
+        // Pass 1: partial sums of dw, then of db, per slice of rows.
+        let blocks = ci.div_ceil(WEIGHT_C) * co.div_ceil(WEIGHT_O);
+        let params = Params { len, ..params.with_row_slices(blocks) };
+        let partial = gpu.empty(&[params.slices as usize * (len + co) as usize]);
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_weight_quads", &[("WG", WG_QUADS as f64)]);
+        let threads = (params.slices * blocks) as usize;
+        gpu.dispatch(enc, &kernel, &params, &[(9, x), (11, dy), (7, &partial)], groups_1d(threads, WG_QUADS));
+        // Pass 2, in slice order.
+        sum_partials(gpu, enc, params, &partial, 0, dw);
+        if let Some(db) = db {
+            sum_partials(gpu, enc, params, &partial, params.slices * len, db);
+        }
+    } else {
+        let blocks = ci.div_ceil(TC) * co.div_ceil(TO);
+        let params = params.with_pixel_slices(blocks);
+        let partial = gpu.empty(&[params.slices as usize * len as usize]);
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_weight_partial", &[("WG", WG as f64)]);
+        let threads = (params.slices * blocks) as usize;
+        gpu.dispatch(enc, &kernel, &params, &[(1, x), (5, dy), (7, &partial)], groups_1d(threads, WG));
+        sum_partials(gpu, enc, params, &partial, 0, dw);
+        if let Some(db) = db {
+            bias(gpu, enc, params, dy, db);
+        }
     }
 }
 
@@ -138,23 +261,27 @@ pub fn conv_transpose2d_backward_weight(
 pub fn conv_transpose2d_backward_bias(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, db: &Tensor) {
     let [n, co, h2, w2] = dy.dims4("conv_transpose2d backward_bias dy");
     assert!(h2 % 2 == 0 && w2 % 2 == 0, "conv_transpose2d backward_bias: dy {:?} must have even H, W", dy.shape());
-    let params = Params::new([n, 0, h2 / 2, w2 / 2], co).with_slices((co as u32).div_ceil(TO));
-    bias(gpu, enc, params, dy, db);
+    assert_eq!(db.shape(), [co], "conv_transpose2d backward_bias: db {:?} vs dy {:?}", db.shape(), dy.shape());
+    bias(gpu, enc, Params::new([n, 0, h2 / 2, w2 / 2], co, co), dy, db);
 }
 
+/// `db += sum dy[:, 0..O]` with the general kernel (any W); `params` gives dy's shape.
 fn bias(gpu: &Gpu, enc: &mut Encoder, params: Params, dy: &Tensor, db: &Tensor) {
-    let co = params.co as usize;
-    assert_eq!(db.shape(), [co], "conv_transpose2d: db {:?} vs dy {:?}", db.shape(), dy.shape());
-    let partial = gpu.empty(&[params.slices as usize, co]);
+    let co = params.co;
+    if co == 0 || params.n * params.h * params.w == 0 {
+        return;
+    }
+    let params = params.with_pixel_slices(co.div_ceil(TO));
+    let partial = gpu.empty(&[params.slices as usize, co as usize]);
     let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_bias_partial", &[("WG", WG as f64)]);
-    let threads = params.slices as usize * co;
+    let threads = (params.slices * co) as usize;
     gpu.dispatch(enc, &kernel, &params, &[(5, dy), (7, &partial)], groups_1d(threads, WG));
-    sum_partials(gpu, enc, params, &partial, db);
+    sum_partials(gpu, enc, params, &partial, 0, db);
 }
 
-/// `dst += sum over slices of partial` ([slices, len] -> [len]), in slice order.
-fn sum_partials(gpu: &Gpu, enc: &mut Encoder, params: Params, partial: &Tensor, dst: &Tensor) {
-    let params = Params { len: dst.len() as u32, ..params };
+/// `dst += sum over slices of partial[base..]` ([slices, len] -> [len]), in slice order.
+fn sum_partials(gpu: &Gpu, enc: &mut Encoder, params: Params, partial: &Tensor, base: u32, dst: &Tensor) {
+    let params = Params { len: dst.len() as u32, base, ..params };
     let kernel = gpu.kernel(&SHADER, "conv_transpose2d_sum_partials", &[("WG", WG as f64)]);
     gpu.dispatch(enc, &kernel, &params, &[(7, partial), (8, dst)], groups_1d(dst.len(), WG));
 }
@@ -169,24 +296,126 @@ pub fn conv_transpose2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tens
     conv_transpose2d_forward(step.gpu, &mut step.enc, x, w, b, &y);
     let (x, w, b) = (x.clone(), w.clone(), b.cloned());
     step.record("conv_transpose2d", &y, move |ctx, dy| {
-        if let Some(dx) = ctx.grad(&x) {
-            conv_transpose2d_backward_data(ctx.gpu, ctx.enc, &w, dy, &dx);
-        }
-        let db = b.as_ref().and_then(|b| ctx.grad(b));
-        match ctx.grad(&w) {
-            Some(dw) => conv_transpose2d_backward_weight(ctx.gpu, ctx.enc, &x, dy, &dw, db.as_ref()),
-            None => {
-                if let Some(db) = db {
-                    conv_transpose2d_backward_bias(ctx.gpu, ctx.enc, dy, &db);
-                }
-            }
-        }
+        let grads =
+            OwnedGrads { dx: ctx.grad(&x), dw: ctx.grad(&w), db: b.as_ref().and_then(|b| ctx.grad(b)), dskip: None };
+        let params = params("conv_transpose2d backward", &x, &w, dy, false);
+        backward(ctx.gpu, ctx.enc, params, &x, &w, dy, &grads);
     });
     y
 }
 
-/// Plain-Rust transposed convolution, the contract the shader is tested against.
-/// Dimensions: `[n, ci, h, w]` of x, and `co` output channels.
+/// Gradient buffers of the fused op, each added into when given (`None`: not wanted).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConcatGrads<'a> {
+    /// [N,I,H,W], of x.
+    pub dx: Option<&'a Tensor>,
+    /// [I,O,2,2], of w.
+    pub dw: Option<&'a Tensor>,
+    /// [O], of b.
+    pub db: Option<&'a Tensor>,
+    /// [N,S,2H,2W], of the skip tensor.
+    pub dskip: Option<&'a Tensor>,
+}
+
+/// Owned gradient buffers, as the tape hands them out.
+struct OwnedGrads {
+    dx: Option<Tensor>,
+    dw: Option<Tensor>,
+    db: Option<Tensor>,
+    dskip: Option<Tensor>,
+}
+
+/// The backward kernels of both tape ops; dy has the channels `params.yc` (O, or O + S).
+fn backward(gpu: &Gpu, enc: &mut Encoder, params: Params, x: &Tensor, w: &Tensor, dy: &Tensor, g: &OwnedGrads) {
+    if let Some(dx) = &g.dx {
+        backward_data(gpu, enc, params, w, dy, dx);
+    }
+    match (&g.dw, &g.db) {
+        (Some(dw), db) => backward_weight(gpu, enc, params, x, dy, dw, db.as_ref()),
+        (None, Some(db)) => bias(gpu, enc, params, dy, db),
+        (None, None) => {}
+    }
+    if let Some(dskip) = &g.dskip {
+        // forward: y[:, O..] = skip  =>  dskip += dy[:, O..]
+        concat_backward_b(gpu, enc, dy, dskip);
+    }
+}
+
+/// The fused up-convolution and concatenation, forward:
+/// `y = [conv_transpose2d(x, w) + b, skip]` along channels, the convolution written straight into
+/// channels 0..O of y and the skip tensor copied after it. x: [N,I,H,W], w: [I,O,2,2], b: [O],
+/// skip: [N,S,2H,2W], y: [N,O+S,2H,2W].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_concat_forward(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    skip: &Tensor,
+    y: &Tensor,
+) {
+    let params = concat_params("conv_transpose2d_concat", x, w, skip, y);
+    forward(gpu, enc, params, x, w, b, y);
+    concat_forward_part(gpu, enc, skip, y, params.co as usize);
+}
+
+/// The fused op's backward: from dy [N,O+S,2H,2W] (x, w, skip as in the forward), adds into
+/// each buffer `grads` names; channels 0..O of dy are read in place by the convolution's kernels.
+pub fn conv_transpose2d_concat_backward(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    skip: &Tensor,
+    dy: &Tensor,
+    grads: ConcatGrads,
+) {
+    let params = concat_params("conv_transpose2d_concat backward", x, w, skip, dy);
+    let owned =
+        OwnedGrads { dx: grads.dx.cloned(), dw: grads.dw.cloned(), db: grads.db.cloned(), dskip: grads.dskip.cloned() };
+    backward(gpu, enc, params, x, w, dy, &owned);
+}
+
+/// Params of the fused op: checks skip [N,S,2H,2W] and y / dy [N,O+S,2H,2W] against x and w.
+fn concat_params(what: &str, x: &Tensor, w: &Tensor, skip: &Tensor, big: &Tensor) -> Params {
+    let params = params(what, x, w, big, true);
+    let [n, s, sh, sw] = skip.dims4(what);
+    assert!(
+        [n, params.co as usize + s, sh, sw] == big.dims4(what),
+        "{what}: skip {:?} does not fill channels {}.. of {:?}",
+        skip.shape(),
+        params.co,
+        big.shape()
+    );
+    params
+}
+
+/// The U-Net's up-convolution and skip connection in one op on the tape (Keras'
+/// `concatenate([Conv2DTranspose(x), skip])`): equal to `concat(conv_transpose2d(x, w, b), skip)`
+/// without the copy of the convolution's output. x: [N,I,H,W], w: [I,O,2,2], b: [O] or `None`,
+/// skip: [N,S,2H,2W]; returns [N,O+S,2H,2W].
+pub fn conv_transpose2d_concat(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tensor>, skip: &Tensor) -> Tensor {
+    let [n, _, h, wd] = x.dims4("conv_transpose2d_concat x");
+    let co = w.dims4("conv_transpose2d_concat w")[1];
+    let s = skip.dims4("conv_transpose2d_concat skip")[1];
+    let inputs: Vec<&Tensor> = [Some(x), Some(w), b, Some(skip)].into_iter().flatten().collect();
+    let y = step.output(&[n, co + s, 2 * h, 2 * wd], &inputs);
+    conv_transpose2d_concat_forward(step.gpu, &mut step.enc, x, w, b, skip, &y);
+    let (x, w, b, skip) = (x.clone(), w.clone(), b.cloned(), skip.clone());
+    step.record("conv_transpose2d_concat", &y, move |ctx, dy| {
+        let grads = OwnedGrads {
+            dx: ctx.grad(&x),
+            dw: ctx.grad(&w),
+            db: b.as_ref().and_then(|b| ctx.grad(b)),
+            dskip: ctx.grad(&skip),
+        };
+        let params = concat_params("conv_transpose2d_concat backward", &x, &w, &skip, dy);
+        backward(ctx.gpu, ctx.enc, params, &x, &w, dy, &grads);
+    });
+    y
+}
+
 pub mod reference {
     /// `y[n,o,2i+a,2j+b] = b[o] + sum_c x[n,c,i,j] w[c,o,a,b]`.
     pub fn conv_transpose2d_forward(
@@ -272,6 +501,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::concat::{concat, reference as concat_reference};
     use crate::testing::{assert_close, assert_close_f32, dot, gpu, numeric_grad, random_vec, to_f64};
 
     #[test]
@@ -290,6 +520,11 @@ mod tests {
         assert_close("db", &db, &numeric_grad(|b| dot(&r, &fwd(&x, &w, b)), &b, 1e-6), 1e-6);
     }
 
+    /// `start + g`, elementwise: what a backward kernel that adds `g` should leave.
+    fn plus(g: &[f64], start: &[f32]) -> Vec<f64> {
+        g.iter().zip(start).map(|(g, &s)| g + s as f64).collect()
+    }
+
     /// Runs forward (with and without bias) and all backward kernels on one shape and
     /// compares with the reference; gradients start at random values.
     fn check_shape(seed: u64, dims: [usize; 4], co: usize) {
@@ -304,31 +539,33 @@ mod tests {
         let (xt, wt, bt) = (gpu.upload(&x, &dims), gpu.upload(&w, &[ci, co, 2, 2]), gpu.upload(&b, &[co]));
         let dyt = gpu.upload(&dy, &big);
         let (dxt, dwt, dbt) = (gpu.upload(&dx0, &dims), gpu.upload(&dw0, &[ci, co, 2, 2]), gpu.upload(&db0, &[co]));
+        let db_alone = gpu.upload(&db0, &[co]);
         let (y, y_nobias) = (gpu.empty(&big), gpu.empty(&big));
         let mut enc = gpu.encoder();
         conv_transpose2d_forward(gpu, &mut enc, &xt, &wt, Some(&bt), &y);
         conv_transpose2d_forward(gpu, &mut enc, &xt, &wt, None, &y_nobias);
         conv_transpose2d_backward_data(gpu, &mut enc, &wt, &dyt, &dxt);
         conv_transpose2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dwt, Some(&dbt));
+        conv_transpose2d_backward_bias(gpu, &mut enc, &dyt, &db_alone);
         gpu.submit(enc);
 
         let (xf, wf, bf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
-        let plus =
-            |g: Vec<f64>, start: &[f32]| -> Vec<f64> { g.iter().zip(start).map(|(g, &s)| g + s as f64).collect() };
         let (dw, db) = reference::conv_transpose2d_backward_weight(&xf, &dyf, dims, co);
         let what = format!("{dims:?} -> {co}");
         let want_y = reference::conv_transpose2d_forward(&xf, &wf, Some(&bf), dims, co);
         assert_close_f32(&format!("y {what}"), &gpu.read(&y), &want_y, 1e-4);
         let want_y = reference::conv_transpose2d_forward(&xf, &wf, None, dims, co);
         assert_close_f32(&format!("y (no bias) {what}"), &gpu.read(&y_nobias), &want_y, 1e-4);
-        let want_dx = plus(reference::conv_transpose2d_backward_data(&dyf, &wf, dims, co), &dx0);
+        let want_dx = plus(&reference::conv_transpose2d_backward_data(&dyf, &wf, dims, co), &dx0);
         assert_close_f32(&format!("dx {what}"), &gpu.read(&dxt), &want_dx, 1e-3);
-        assert_close_f32(&format!("dw {what}"), &gpu.read(&dwt), &plus(dw, &dw0), 1e-3);
-        assert_close_f32(&format!("db {what}"), &gpu.read(&dbt), &plus(db, &db0), 1e-3);
+        assert_close_f32(&format!("dw {what}"), &gpu.read(&dwt), &plus(&dw, &dw0), 1e-3);
+        assert_close_f32(&format!("db {what}"), &gpu.read(&dbt), &plus(&db, &db0), 1e-3);
+        assert_close_f32(&format!("db alone {what}"), &gpu.read(&db_alone), &plus(&db, &db0), 1e-3);
     }
 
     #[test]
     fn gpu_matches_reference_on_odd_shapes() {
+        // W not a multiple of 4: the general kernels.
         check_shape(10, [1, 1, 1, 1], 1);
         check_shape(20, [2, 3, 5, 7], 5);
         check_shape(30, [1, 7, 1, 9], 3);
@@ -337,44 +574,74 @@ mod tests {
     }
 
     #[test]
+    fn quad_kernels_match_reference_on_odd_shapes() {
+        // W a multiple of 4: the quad kernels. Channel counts that are not multiples of their
+        // blocks (8 and 16 in the forward and data, 16 x 4 in the weight gradient), rows of 1, 3
+        // and 5 quads (tiles of 4 quads that overhang), batch 1 and > 1.
+        check_shape(110, [1, 1, 1, 4], 1);
+        check_shape(120, [2, 3, 5, 8], 5);
+        check_shape(130, [3, 17, 3, 12], 9);
+        check_shape(140, [1, 5, 2, 20], 13);
+        check_shape(150, [2, 33, 7, 4], 3);
+    }
+
+    #[test]
     fn gpu_matches_reference_with_many_slices() {
-        // Enough pixels that the weight gradient splits its reduction into many slices,
-        // with a slice step that carries across rows and images.
+        // Enough pixels that the weight gradient splits its reduction into many slices: with a
+        // slice step that carries across rows and images (general), or slices of rows (quads).
         check_shape(60, [3, 5, 23, 29], 6);
         check_shape(70, [2, 16, 16, 16], 8);
+        check_shape(80, [3, 5, 23, 28], 6);
+    }
+
+    #[test]
+    fn weight_gradient_slices_keep_loops_short() {
+        // Large images and many channels: every thread's loop stays under MAX_STEPS iterations.
+        for (dims, co) in [([16, 256, 256, 256], 256), ([1, 1, 2048, 4096], 1), ([64, 3, 512, 508], 2)] {
+            let p = Params::new(dims, co, co);
+            let blocks = p.ci.div_ceil(WEIGHT_C) * p.co.div_ceil(WEIGHT_O);
+            if p.quads() {
+                let s = p.with_row_slices(blocks);
+                assert!(s.rows_per_slice * (p.w / 4 + 1) <= MAX_STEPS, "{dims:?}: {} rows a slice", s.rows_per_slice);
+                assert!(s.slices * s.rows_per_slice >= p.n * p.h, "{dims:?}: slices miss rows");
+            }
+            let s = p.with_pixel_slices(p.ci.div_ceil(TC) * p.co.div_ceil(TO));
+            assert!((p.n * p.h * p.w).div_ceil(s.slices) <= MAX_STEPS, "{dims:?}: {} slices", s.slices);
+        }
     }
 
     #[test]
     fn tape_gives_the_reference_gradients() {
         let gpu = gpu();
-        let (dims, co) = ([2, 3, 5, 7], 4);
-        let [n, ci, h, wd] = dims;
-        let x = random_vec(80, n * ci * h * wd);
-        let w = random_vec(81, ci * co * 4);
-        let b = random_vec(82, co);
-        let dy = random_vec(83, n * co * 4 * h * wd);
-        for with_bias in [true, false] {
-            let xt = gpu.upload(&x, &dims).with_grad();
-            let wt = gpu.upload(&w, &[ci, co, 2, 2]).with_grad();
-            let bt = gpu.upload(&b, &[co]).with_grad();
-            let mut step = Step::train(gpu);
-            let y = conv_transpose2d(&mut step, &xt, &wt, with_bias.then_some(&bt));
-            assert_eq!(y.shape(), [n, co, 2 * h, 2 * wd]);
-            let dyt = gpu.upload(&dy, y.shape());
-            let grads = step.backward(vec![(y.clone(), dyt)]);
-            step.submit();
+        for (dims, co) in [([2, 3, 5, 7], 4), ([2, 3, 5, 8], 4)] {
+            let [n, ci, h, wd] = dims;
+            let x = random_vec(80, n * ci * h * wd);
+            let w = random_vec(81, ci * co * 4);
+            let b = random_vec(82, co);
+            let dy = random_vec(83, n * co * 4 * h * wd);
+            for with_bias in [true, false] {
+                let xt = gpu.upload(&x, &dims).with_grad();
+                let wt = gpu.upload(&w, &[ci, co, 2, 2]).with_grad();
+                let bt = gpu.upload(&b, &[co]).with_grad();
+                let mut step = Step::train(gpu);
+                let y = conv_transpose2d(&mut step, &xt, &wt, with_bias.then_some(&bt));
+                assert_eq!(y.shape(), [n, co, 2 * h, 2 * wd]);
+                let dyt = gpu.upload(&dy, y.shape());
+                let grads = step.backward(vec![(y.clone(), dyt)]);
+                step.submit();
 
-            let (xf, wf, bf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
-            let bias = with_bias.then_some(bf.as_slice());
-            let want_y = reference::conv_transpose2d_forward(&xf, &wf, bias, dims, co);
-            assert_close_f32("tape y", &gpu.read(&y), &want_y, 1e-4);
-            let want_dx = reference::conv_transpose2d_backward_data(&dyf, &wf, dims, co);
-            assert_close_f32("tape dx", &gpu.read(grads.get(&xt).unwrap()), &want_dx, 1e-3);
-            let (dw, db) = reference::conv_transpose2d_backward_weight(&xf, &dyf, dims, co);
-            assert_close_f32("tape dw", &gpu.read(grads.get(&wt).unwrap()), &dw, 1e-3);
-            match with_bias {
-                true => assert_close_f32("tape db", &gpu.read(grads.get(&bt).unwrap()), &db, 1e-3),
-                false => assert!(grads.get(&bt).is_none(), "an unused bias got a gradient"),
+                let (xf, wf, bf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
+                let bias = with_bias.then_some(bf.as_slice());
+                let want_y = reference::conv_transpose2d_forward(&xf, &wf, bias, dims, co);
+                assert_close_f32("tape y", &gpu.read(&y), &want_y, 1e-4);
+                let want_dx = reference::conv_transpose2d_backward_data(&dyf, &wf, dims, co);
+                assert_close_f32("tape dx", &gpu.read(grads.get(&xt).unwrap()), &want_dx, 1e-3);
+                let (dw, db) = reference::conv_transpose2d_backward_weight(&xf, &dyf, dims, co);
+                assert_close_f32("tape dw", &gpu.read(grads.get(&wt).unwrap()), &dw, 1e-3);
+                match with_bias {
+                    true => assert_close_f32("tape db", &gpu.read(grads.get(&bt).unwrap()), &db, 1e-3),
+                    false => assert!(grads.get(&bt).is_none(), "an unused bias got a gradient"),
+                }
             }
         }
     }
@@ -396,5 +663,107 @@ mod tests {
         let (_, db) =
             reference::conv_transpose2d_backward_weight(&to_f64(&random_vec(91, 120)), &to_f64(&dy), dims, co);
         assert_close_f32("db", &gpu.read(grads.get(&bt).unwrap()), &db, 1e-3);
+    }
+
+    /// The fused op's wrappers against concat(conv_transpose2d(x, w, b), skip) in f64: forward,
+    /// and every gradient from random starting values. `s` skip channels.
+    fn check_concat(seed: u64, dims: [usize; 4], co: usize, s: usize) {
+        let gpu = gpu();
+        let [n, ci, h, wd] = dims;
+        let (plane, ct) = (4 * h * wd, co + s);
+        let (skip_dims, big) = ([n, s, 2 * h, 2 * wd], [n, ct, 2 * h, 2 * wd]);
+        let x = random_vec(seed, n * ci * h * wd);
+        let w = random_vec(seed + 1, ci * co * 4);
+        let b = random_vec(seed + 2, co);
+        let skip = random_vec(seed + 3, n * s * plane);
+        let dy = random_vec(seed + 4, n * ct * plane);
+        let start = |k: u64, len: usize| random_vec(seed + 10 + k, len);
+        let (dx0, dw0, db0, dskip0) = (start(0, x.len()), start(1, w.len()), start(2, co), start(3, skip.len()));
+        let (xt, wt, bt) = (gpu.upload(&x, &dims), gpu.upload(&w, &[ci, co, 2, 2]), gpu.upload(&b, &[co]));
+        let (skipt, dyt) = (gpu.upload(&skip, &skip_dims), gpu.upload(&dy, &big));
+        let (dxt, dwt) = (gpu.upload(&dx0, &dims), gpu.upload(&dw0, &[ci, co, 2, 2]));
+        let (dbt, dskipt) = (gpu.upload(&db0, &[co]), gpu.upload(&dskip0, &skip_dims));
+        let db_alone = gpu.upload(&db0, &[co]);
+        let y = gpu.empty(&big);
+        let mut enc = gpu.encoder();
+        conv_transpose2d_concat_forward(gpu, &mut enc, &xt, &wt, Some(&bt), &skipt, &y);
+        let all = ConcatGrads { dx: Some(&dxt), dw: Some(&dwt), db: Some(&dbt), dskip: Some(&dskipt) };
+        conv_transpose2d_concat_backward(gpu, &mut enc, &xt, &wt, &skipt, &dyt, all);
+        let bias_only = ConcatGrads { db: Some(&db_alone), ..Default::default() };
+        conv_transpose2d_concat_backward(gpu, &mut enc, &xt, &wt, &skipt, &dyt, bias_only);
+        gpu.submit(enc);
+
+        let (xf, wf, bf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
+        let up = reference::conv_transpose2d_forward(&xf, &wf, Some(&bf), dims, co);
+        let want_y = concat_reference::concat_forward(&up, &to_f64(&skip), n, co, s, plane);
+        let what = format!("{dims:?} -> {co} + {s}");
+        assert_close_f32(&format!("fused y {what}"), &gpu.read(&y), &want_y, 1e-4);
+        let (dup, dskip) = concat_reference::concat_backward(&dyf, n, co, s, plane);
+        let want_dx = reference::conv_transpose2d_backward_data(&dup, &wf, dims, co);
+        let (dw, db) = reference::conv_transpose2d_backward_weight(&xf, &dup, dims, co);
+        assert_close_f32(&format!("fused dx {what}"), &gpu.read(&dxt), &plus(&want_dx, &dx0), 1e-3);
+        assert_close_f32(&format!("fused dw {what}"), &gpu.read(&dwt), &plus(&dw, &dw0), 1e-3);
+        assert_close_f32(&format!("fused db {what}"), &gpu.read(&dbt), &plus(&db, &db0), 1e-3);
+        assert_close_f32(&format!("fused db alone {what}"), &gpu.read(&db_alone), &plus(&db, &db0), 1e-3);
+        assert_close_f32(&format!("fused dskip {what}"), &gpu.read(&dskipt), &plus(&dskip, &dskip0), 1e-3);
+    }
+
+    #[test]
+    fn fused_concat_matches_concat_of_conv_transpose2d() {
+        // General kernels (W % 4 != 0) and quad kernels, with skips narrower, as wide and wider.
+        check_concat(200, [1, 1, 1, 1], 1, 1);
+        check_concat(210, [2, 3, 5, 7], 5, 4);
+        check_concat(220, [2, 6, 3, 4], 3, 3);
+        check_concat(230, [3, 17, 2, 12], 9, 11);
+        check_concat(240, [1, 5, 9, 20], 2, 1);
+    }
+
+    #[test]
+    fn fused_concat_on_the_tape_equals_concat_of_conv_transpose2d() {
+        // The fused op and the two-op chain on the same inputs: same output, same gradients
+        // (also when some inputs need none).
+        let gpu = gpu();
+        for (dims, co, s) in [([2, 3, 5, 7], 4, 3), ([2, 5, 3, 8], 6, 6)] {
+            let [n, ci, h, wd] = dims;
+            let skip_dims = [n, s, 2 * h, 2 * wd];
+            let x = random_vec(300, n * ci * h * wd);
+            let w = random_vec(301, ci * co * 4);
+            let b = random_vec(302, co);
+            let skip = random_vec(303, skip_dims.iter().product());
+            let dy = random_vec(304, n * (co + s) * 4 * h * wd);
+            for (x_grad, w_grad, skip_grad) in [(true, true, true), (false, false, true), (true, false, false)] {
+                let run = |fused: bool| {
+                    let grad = |t: Tensor, on: bool| if on { t.with_grad() } else { t };
+                    let xt = grad(gpu.upload(&x, &dims), x_grad);
+                    let wt = grad(gpu.upload(&w, &[ci, co, 2, 2]), w_grad);
+                    let bt = gpu.upload(&b, &[co]).with_grad();
+                    let skipt = grad(gpu.upload(&skip, &skip_dims), skip_grad);
+                    let mut step = Step::train(gpu);
+                    let y = if fused {
+                        conv_transpose2d_concat(&mut step, &xt, &wt, Some(&bt), &skipt)
+                    } else {
+                        let up = conv_transpose2d(&mut step, &xt, &wt, Some(&bt));
+                        concat(&mut step, &up, &skipt)
+                    };
+                    assert_eq!(y.shape(), [n, co + s, 2 * h, 2 * wd]);
+                    let grads = step.backward(vec![(y.clone(), gpu.upload(&dy, y.shape()))]);
+                    step.submit();
+                    let read = |t: &Tensor| grads.get(t).map(|g| gpu.read(g));
+                    (gpu.read(&y), [read(&xt), read(&wt), read(&bt), read(&skipt)])
+                };
+                let ((y, got), (want_y, want)) = (run(true), run(false));
+                let what = format!("{dims:?} -> {co} + {s}, grads of x {x_grad} w {w_grad} skip {skip_grad}");
+                assert_close_f32(&format!("tape y {what}"), &y, &to_f64(&want_y), 1e-5);
+                for (name, (g, want)) in ["dx", "dw", "db", "dskip"].iter().zip(got.iter().zip(&want)) {
+                    match (g, want) {
+                        (Some(g), Some(want)) => {
+                            assert_close_f32(&format!("tape {name} {what}"), g, &to_f64(want), 1e-5)
+                        }
+                        (None, None) => {}
+                        _ => panic!("{name} {what}: gradient present in one op and not the other"),
+                    }
+                }
+            }
+        }
     }
 }
