@@ -3,15 +3,20 @@
 //! fused Dice + CE loss + backward + Adam, one submit per step.
 //!
 //! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10]` prints the
-//! adapter, the first (cold) step, the warm steps' median / min / max,
-//! images per second, and the pool's allocations and bytes (a warm step
-//! allocates nothing).
+//! adapter, GPU time by kernel (one extra timed step), the first (cold) step,
+//! the warm steps' median / min / max, images per second, submits and
+//! blocking readbacks per warm step (1 and 0), the pool's allocations and
+//! bytes (its peak: a warm step allocates nothing), and then the ceilings
+//! (see `unet_wgpu::ceiling`) and GPU time by category (conv forward,
+//! backward data, backward weight, transposed conv, pool, loss, optimizer,
+//! other) with the convolutions' GFLOP/s as a share of the GEMM ceiling.
 
 use std::time::Instant;
 
+use unet_wgpu::bench::{Bench, CEILING_GEMM};
 use unet_wgpu::gpu::MAX_TIMED_DISPATCHES;
 use unet_wgpu::loss::{loss_forward_backward, LossConfig, LossOutput, Term, VALUES_LEN};
-use unet_wgpu::nn::{UNet, UNetConfig};
+use unet_wgpu::nn::{UNet, UNetConfig, Upsampling};
 use unet_wgpu::optim::{Method, OptimConfig, Optimizer};
 use unet_wgpu::rng::Rng;
 use unet_wgpu::{Gpu, GpuOptions, Mode, Step};
@@ -48,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     let out = LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(&[batch, classes, size, size]) };
     let mut times = Vec::new();
     let mut allocations = Vec::new();
+    let mut counters_after_first = gpu.counters();
     for s in 0..=steps {
         let start = Instant::now();
         let mut step = Step::train(&gpu);
@@ -60,25 +66,51 @@ fn main() -> anyhow::Result<()> {
         gpu.wait();
         times.push(start.elapsed().as_secs_f64());
         allocations.push(gpu.pool_stats().allocations);
+        if s == 0 {
+            counters_after_first = gpu.counters();
+        }
     }
-    // One more step with GPU timestamps around every dispatch: where the time goes.
+    let warm_counters = gpu.counters();
+    let warm_steps = steps.max(1) as u64;
+    // Counters over the warm steps only (the first step compiles and allocates).
+    let (submits, readbacks) = (
+        (warm_counters.submits - counters_after_first.submits) as f64 / warm_steps as f64,
+        (warm_counters.readbacks - counters_after_first.readbacks) as f64 / warm_steps as f64,
+    );
+
+    // One more step with GPU timestamps around every dispatch: where the time goes. Forward
+    // (with the loss) and backward (with the optimizer) go in two timed submits so that each
+    // dispatch is known to belong to one or the other: the stride-1 backward-data
+    // convolution runs through the forward kernel.
     let mut step = Step::with_encoder(&gpu, gpu.timed_encoder(MAX_TIMED_DISPATCHES), Mode::Train);
     model.arena.zero_grads(&mut step.enc);
     let logits = model.forward(&mut step, &x, 0);
     loss_forward_backward(&gpu, &mut step.enc, &cfg, &logits, &y, &weights, &out);
+    let forward_enc = std::mem::replace(&mut step.enc, gpu.timed_encoder(MAX_TIMED_DISPATCHES));
+    let forward = gpu.submit_timed(forward_enc);
     step.backward_into(vec![(logits, out.dlogits.clone())], model.arena.grads());
     opt.step(&gpu, &mut step.enc, &model.arena, 1e-3);
-    if let Some(timings) = gpu.submit_timed(step.enc) {
+    let backward = gpu.submit_timed(step.enc);
+    let dispatches: Vec<(String, f64, bool)> = match (forward, backward) {
+        (Some(f), Some(b)) => f
+            .dispatches
+            .into_iter()
+            .map(|(n, t)| (n, t, false))
+            .chain(b.dispatches.into_iter().map(|(n, t)| (n, t, true)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let total: f64 = dispatches.iter().map(|d| d.1).sum();
+    if !dispatches.is_empty() {
         let mut by_kernel: Vec<(String, f64, usize)> = Vec::new();
-        for (name, t) in &timings.dispatches {
+        for (name, t, _) in &dispatches {
             match by_kernel.iter_mut().find(|(n, _, _)| n == name) {
                 Some(entry) => (entry.1, entry.2) = (entry.1 + t, entry.2 + 1),
                 None => by_kernel.push((name.clone(), *t, 1)),
             }
         }
         by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let total: f64 = by_kernel.iter().map(|k| k.1).sum();
-        println!("GPU time by kernel ({} dispatches, {:.3} s):", timings.dispatches.len(), total);
+        println!("GPU time by kernel ({} dispatches, {:.3} s):", dispatches.len(), total);
         for (name, t, count) in by_kernel {
             println!("  {name:<48} {count:>4} x  {:>9.1} ms  {:>5.1}%", t * 1e3, 100.0 * t / total);
         }
@@ -100,10 +132,95 @@ fn main() -> anyhow::Result<()> {
     );
     let stats = gpu.pool_stats();
     println!(
-        "submits per step: 1; GPU buffers allocated: {} after step 1, {} after the last; pool {:.1} MiB",
+        "submits per step: {submits}; blocking readbacks per step: {readbacks}; GPU buffers allocated: {} after step 1, {} after the last",
         allocations[0],
         allocations[allocations.len() - 1],
-        stats.bytes as f64 / (1 << 20) as f64
     );
+    println!(
+        "peak GPU memory (buffer pool, never freed): {:.1} MiB in {} buffers",
+        stats.bytes as f64 / (1 << 20) as f64,
+        stats.allocations
+    );
+
+    // The ceilings last, so that their buffers do not count in the pool above.
+    let mut bench = Bench::new(&gpu, "", 3);
+    let ceilings = bench.measure_ceilings();
+    println!(
+        "ceilings: GEMM {:.2} GFLOP/s (register tiles, {n}^3), copy {:.2} GB/s",
+        ceilings.gemm_gflops,
+        ceilings.copy_gbs,
+        n = CEILING_GEMM
+    );
+    if !dispatches.is_empty() {
+        let category_flops = category_flops(&model.config, batch, size, size);
+        let counted: f64 = category_flops.iter().map(|c| c.1).sum();
+        assert!((counted - flops).abs() <= 1e-9 * flops, "FLOPs by category {counted} differ from the model's {flops}");
+        println!("GPU time by category (share of the timed step; GFLOP/s of the (transposed) convolutions):");
+        for cat in CATEGORIES {
+            let t: f64 = dispatches.iter().filter(|d| category(&d.0, d.2) == cat).map(|d| d.1).sum();
+            let n = dispatches.iter().filter(|d| category(&d.0, d.2) == cat).count();
+            let f = category_flops.iter().find(|c| c.0 == cat).map(|c| c.1);
+            let rate = match f {
+                Some(f) if t > 0.0 => {
+                    format!("{:>7.2} GFLOP/s {:>5.1}% of GEMM", f / t / 1e9, 100.0 * f / t / 1e9 / ceilings.gemm_gflops)
+                }
+                _ => String::new(),
+            };
+            println!("  {cat:<16} {n:>4} x {:>9.1} ms {:>5.1}%  {rate}", t * 1e3, 100.0 * t / total);
+        }
+    }
     Ok(())
+}
+
+/// Categories of the per-category breakdown, in print order.
+const CATEGORIES: [&str; 8] =
+    ["conv fwd", "conv bwd-data", "conv bwd-weight", "transposed conv", "pool", "loss", "optimizer", "other"];
+
+/// The category of a dispatch of kernel `name` (`"<shader>::<entry point>"`); `backward`: it
+/// was recorded by the backward pass or the optimizer.
+fn category(name: &str, backward: bool) -> &'static str {
+    let (shader, entry) = name.split_once("::").unwrap_or((name, ""));
+    match shader {
+        // Backward data of a stride-1 convolution is the forward kernel run on dy.
+        "conv2d" if entry.contains("backward_data") || (backward && entry.starts_with("conv2d_forward")) => {
+            "conv bwd-data"
+        }
+        "conv2d" if entry.starts_with("conv2d_forward") => "conv fwd",
+        "conv2d" if entry.contains("backward_weight") || entry.starts_with("conv2d_reduce") => "conv bwd-weight",
+        "conv_transpose2d" => "transposed conv",
+        "maxpool2d" => "pool",
+        "loss" => "loss",
+        "optim" => "optimizer",
+        _ => "other",
+    }
+}
+
+/// FLOPs of one training step by category, counted as [`UNet::training_flops`] counts them
+/// (2 per multiply-add; the first convolution has no backward data): their sum is checked
+/// against it.
+fn category_flops(c: &UNetConfig, n: usize, h: usize, w: usize) -> Vec<(&'static str, f64)> {
+    let f = |level: usize| (c.base << level) as f64;
+    let pixels = |level: usize| (n * (h >> level) * (w >> level)) as f64;
+    let conv = |level: usize, i: f64, o: f64, k: f64| pixels(level) * i * o * k * k;
+    let (mut convs, mut transposed) = (0.0, 0.0);
+    let mut input = c.in_channels as f64;
+    for level in 0..=c.depth {
+        convs += conv(level, input, f(level), 3.0) + conv(level, f(level), f(level), 3.0);
+        input = f(level);
+    }
+    for level in 0..c.depth {
+        match c.upsampling {
+            Upsampling::Transposed => transposed += pixels(level + 1) * f(level + 1) * f(level) * 4.0,
+            Upsampling::Bilinear => convs += conv(level, f(level + 1), f(level), 1.0),
+        }
+        convs += conv(level, 2.0 * f(level), f(level), 3.0) + conv(level, f(level), f(level), 3.0);
+    }
+    convs += conv(0, f(0), c.classes as f64, 1.0);
+    let first = conv(0, c.in_channels as f64, f(0), 3.0);
+    vec![
+        ("conv fwd", 2.0 * convs),
+        ("conv bwd-data", 2.0 * (convs - first)),
+        ("conv bwd-weight", 2.0 * convs),
+        ("transposed conv", 2.0 * 3.0 * transposed),
+    ]
 }

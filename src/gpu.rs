@@ -261,6 +261,18 @@ pub struct Gpu {
     kernels: RefCell<HashMap<KernelKey, Rc<Kernel>>>,
     pub(crate) pool: Rc<RefCell<BufferPool>>,
     arena: RefCell<UniformArena>,
+    /// `queue.submit` calls and blocking readbacks so far (see [`Gpu::counters`]).
+    counters: std::cell::Cell<Counters>,
+}
+
+/// How often the CPU handed work to the GPU and waited for data from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// [`Gpu::submit`] calls (including those inside reads and timed submits).
+    pub submits: u64,
+    /// Blocking readbacks: [`Gpu::read`], [`Gpu::read_u32`], and the timestamp read of
+    /// [`Gpu::submit_timed`] (each submits, then waits for the GPU to finish).
+    pub readbacks: u64,
 }
 
 impl fmt::Debug for Gpu {
@@ -340,6 +352,7 @@ impl Gpu {
             kernels: RefCell::default(),
             pool: Rc::default(),
             arena: RefCell::new(UniformArena { chunks: Vec::new(), current: 0, align }),
+            counters: Default::default(),
         };
         if options.verbose {
             eprintln!("adapter: {}", gpu.describe());
@@ -515,6 +528,7 @@ impl Gpu {
     /// Submit a step: upload the uniform arena, submit the encoder, and return
     /// the buffers released during the step to the pool. Does not wait.
     pub fn submit(&self, enc: Encoder) -> wgpu::SubmissionIndex {
+        self.count(|c| c.submits += 1);
         self.arena.borrow_mut().flush(&self.queue);
         let index = self.queue.submit([enc.raw.finish()]);
         let mut pool = self.pool.borrow_mut();
@@ -638,6 +652,7 @@ impl Gpu {
     /// Copy `bytes` of `src` from `offset` to a mappable buffer at the end of
     /// `enc`, submit, wait, and return them.
     fn read_buffer(&self, mut enc: Encoder, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<u8> {
+        self.count(|c| c.readbacks += 1);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: bytes.max(4),
@@ -677,6 +692,18 @@ impl Gpu {
             })
             .collect();
         Readback { slots, next: 0, bytes }
+    }
+
+    /// Submits and blocking readbacks since the start (a training step should make one
+    /// submit and no blocking readback).
+    pub fn counters(&self) -> Counters {
+        self.counters.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
     }
 
     /// Counters of the buffer pool.

@@ -10,6 +10,7 @@
 //! each with its plain-Rust reference).
 
 pub mod bench;
+pub mod ceiling;
 pub mod checkpoint;
 pub mod data;
 pub mod gpu;

@@ -11,6 +11,7 @@ pub mod conv2d;
 pub mod conv_transpose2d;
 pub mod dropout;
 pub mod elementwise;
+pub mod matmul;
 pub mod maxpool2d;
 pub mod reduce;
 pub mod relu;
