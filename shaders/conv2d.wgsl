@@ -493,7 +493,8 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
         if SW == 1u {
             for (var kh = 0u; kh < KH; kh++) {
                 for (var kw = 1u; kw < KW; kw++) {
-                    win[kh * KW + kw] = read_padded(plane, ih0 + i32(kh), i32(kw) - 1 - i32(p.pw), p.h, p.w);
+                    let c = i32(kw) - 1 - i32(p.pw);
+                    win[kh * KW + kw] = read_padded(plane, ih0 + i32(kh), c, p.h, p.w);
                 }
             }
         }
@@ -512,7 +513,8 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
                     for (var kw = 1u; kw < KW; kw++) {
                         win[s + kw - 1u] = win[s + kw];
                     }
-                    win[s + KW - 1u] = read_padded(plane, r, iw0 + i32(KW - 1u), p.h, p.w);
+                    let c = iw0 + i32(KW - 1u);
+                    win[s + KW - 1u] = read_padded(plane, r, c, p.h, p.w);
                 } else {
                     for (var kw = 0u; kw < KW; kw++) {
                         win[s + kw] = read_padded(plane, r, iw0 + i32(kw), p.h, p.w);
@@ -526,14 +528,17 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
             }
         }
     }
-    let base = chunk * p.len;
+    // len from the shape, not the uniform's p.len: reading p.len here made the whole kernel 2x
+    // slower on lavapipe (measured; the loop above is compiled differently).
+    let len = p.co * p.ci * KH * KW;
+    let base = chunk * len;
     for (var t = 0u; t < KH * KW; t++) {
         store_dw_part(base, o0, i, t, acc_a[t], valid);
         store_dw_part(base, o0 + 4u, i, t, acc_b[t], valid);
     }
     if valid && i == 0u {
-        store_db_part(p.chunks * p.len + chunk * p.co, o0, sum_a);
-        store_db_part(p.chunks * p.len + chunk * p.co, o0 + 4u, sum_b);
+        store_db_part(p.chunks * len + chunk * p.co, o0, sum_a);
+        store_db_part(p.chunks * len + chunk * p.co, o0 + 4u, sum_b);
     }
 }
 
