@@ -25,15 +25,18 @@
 //
 // Two tilings:
 // * register tiles (default, `*_forward`, `*_backward_data`, `*_backward_weight`): no workgroup
-//   memory and no barriers. In forward and backward data a thread owns 2 blocks of TM channels
-//   x 2 rows x 8 columns (a vec4 per channel, row and half row). Per input channel and kernel row
-//   it loads the 8 input columns under the tile once per row; with stride 1 each further tap kw
-//   shifts that window by one column and needs one new load per row. Each weight load feeds
-//   4 vec4 FMAs. On lavapipe (CPU SIMD across invocations) every load of a storage buffer is a
-//   per-lane loop and a barrier is a coroutine switch, so the FMA-per-load ratio of register
-//   tiles is what sets the speed. Measured there: a channel loop of more than about 4 iterations
-//   of this body is not unrolled, and then the accumulator arrays go to memory (3x slower); hence
-//   two blocks of TM = 4 rather than one block of 8.
+//   memory and no barriers. In the forward (and backward data at stride 1, which runs the same
+//   tile) a thread owns 2 blocks of 4 output channels x 2 rows x 8 columns (a vec4 per channel,
+//   row and half row). Per input channel and kernel row it loads the 8 input columns under the
+//   tile once per row; with stride 1 each further tap kw shifts that window by one column and
+//   needs one new load per row. The weights are first packed (conv2d_pack_weights) so that the
+//   8 channels' weights at a tap are two vec4 loads, each feeding 16 vec4 FMAs. On lavapipe (CPU
+//   SIMD across invocations) every load of a storage buffer is a per-lane loop (a vec4 costs about
+//   twice a scalar) and a barrier is a coroutine switch, so the FMA-per-loaded-value ratio of
+//   register tiles is what sets the speed. Measured there: a channel loop of more than about 4
+//   iterations of this body is not unrolled, and then the accumulator arrays go to memory (3x
+//   slower); hence two blocks of 4 rather than one block of 8. The gather backward data (stride
+//   > 1) keeps scalar weights and blocks of TM input channels.
 // * workgroup tiles (`conv2d_forward_shared`): the classic GPU GEMM. A workgroup of TX*TY threads
 //   computes a BM x BN block (BM = TY*SM output channels, BN = TX*SN output pixels), stepping
 //   through K in slices of BK: the whole group copies a BM x BK slice of w and a BK x BN slice of
@@ -42,7 +45,7 @@
 
 // Register tiling.
 override WG: u32 = 64u; // threads a workgroup (1-D over output tiles)
-override TM: u32 = 4u; // channels a block (2 blocks a thread)
+override TM: u32 = 4u; // gather backward data: input channels a block (2 blocks a thread)
 // The kernel and stride are pipeline constants: every tap loop has a fixed trip count.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
@@ -87,7 +90,7 @@ struct Params {
     drop_seed_lo: u32,
     drop_seed_hi: u32,
     drop_scale: f32,
-    _pad: u32,
+    co_pad: u32, // forward: O rounded up to 8, the row length of the packed weights
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -99,6 +102,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;
+@group(0) @binding(9) var<storage, read> wq: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> wq_out: array<f32>;
 
 // src[plane + r * cols + c] for (r, c) inside [0,rows) x [0,cols), else 0 (padding). The index is
 // clamped before the read so no lane ever reads outside the buffer.
@@ -188,7 +193,7 @@ fn dropout_keys() -> vec2<u32> {
 // storing the epilogue's value.
 fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
     let org = tile_origin(id.x);
-    let o0 = wid.y * 2u * TM;
+    let o0 = wid.y * 8u;
     var a0: array<vec4<f32>, 16>;
     var b0: array<vec4<f32>, 16>;
     var a1: array<vec4<f32>, 16>;
@@ -199,11 +204,6 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
     var d1: array<vec4<f32>, 16>;
     let ih0 = i32(org.y * SH) - i32(p.ph);
     let iw0 = i32(org.z * SW) - i32(p.pw);
-    let taps = KH * KW;
-    let w_so = p.w_so; // read the uniform once, outside the loops
-    let w_si = p.w_si;
-    let flip = p.flip != 0u;
-    let last_o = p.co - 1u;
     for (var i = 0u; i < p.ci; i++) {
         let plane = (org.x * p.ci + i) * p.h * p.w;
         for (var kh = 0u; kh < KH; kh++) {
@@ -231,18 +231,19 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
                         xb1 = src4(plane, r1, c + 4 * i32(SW), SW, p.h, p.w);
                     }
                 }
-                let tap = kh * KW + kw;
-                let wb = i * w_si + select(tap, taps - 1u - tap, flip);
-                for (var m = 0u; m < TM; m++) {
-                    // Channels past O read channel O-1; their results are never stored.
-                    let wv = vec4<f32>(wt[min(o0 + m, last_o) * w_so + wb]);
+                // The 8 channels' weights at this tap: two vec4 loads from the packed copy.
+                let wrow = (i * KH * KW + kh * KW + kw) * (p.co_pad / 4u) + o0 / 4u;
+                let w_lo = wq[wrow];
+                let w_hi = wq[wrow + 1u];
+                for (var m = 0u; m < 4u; m++) {
+                    let wv = vec4<f32>(w_lo[m]);
                     a0[m] = fma(wv, xa0, a0[m]);
                     b0[m] = fma(wv, xb0, b0[m]);
                     a1[m] = fma(wv, xa1, a1[m]);
                     b1[m] = fma(wv, xb1, b1[m]);
                 }
-                for (var m = 0u; m < TM; m++) {
-                    let wv = vec4<f32>(wt[min(o0 + TM + m, last_o) * w_so + wb]);
+                for (var m = 0u; m < 4u; m++) {
+                    let wv = vec4<f32>(w_hi[m]);
                     c0[m] = fma(wv, xa0, c0[m]);
                     d0[m] = fma(wv, xb0, d0[m]);
                     c1[m] = fma(wv, xa1, c1[m]);
@@ -257,46 +258,62 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
     let row1 = org.y + 1u < p.oh;
     // One loop per accumulator array, so each stays small enough to unroll (see the header).
     // Backward data (add) binds no bias and sets no epilogue: it adds the plain sums.
-    for (var m = 0u; m < TM; m++) {
+    for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
         store4(epilogue4(a0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co, add);
     }
-    for (var m = 0u; m < TM; m++) {
+    for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
         store4(epilogue4(b0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co, add);
     }
-    for (var m = 0u; m < TM; m++) {
+    for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
         store4(epilogue4(a1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co && row1, add);
     }
-    for (var m = 0u; m < TM; m++) {
+    for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
         store4(epilogue4(b1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co && row1, add);
     }
-    for (var m = 0u; m < TM; m++) {
-        let c = min(o0 + TM + m, p.co - 1u);
+    for (var m = 0u; m < 4u; m++) {
+        let c = min(o0 + 4u + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
-        store4(epilogue4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co, add);
+        store4(epilogue4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + 4u + m < p.co, add);
     }
-    for (var m = 0u; m < TM; m++) {
-        let c = min(o0 + TM + m, p.co - 1u);
+    for (var m = 0u; m < 4u; m++) {
+        let c = min(o0 + 4u + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
-        store4(epilogue4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co, add);
+        store4(epilogue4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + 4u + m < p.co, add);
     }
-    for (var m = 0u; m < TM; m++) {
-        let c = min(o0 + TM + m, p.co - 1u);
+    for (var m = 0u; m < 4u; m++) {
+        let c = min(o0 + 4u + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
-        store4(epilogue4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + TM + m < p.co && row1, add);
+        store4(epilogue4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + 4u + m < p.co && row1, add);
     }
-    for (var m = 0u; m < TM; m++) {
-        let c = min(o0 + TM + m, p.co - 1u);
+    for (var m = 0u; m < 4u; m++) {
+        let c = min(o0 + 4u + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
-        store4(epilogue4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + TM + m < p.co && row1, add);
+        store4(epilogue4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + 4u + m < p.co && row1, add);
     }
+}
+
+// The forward tile's packed weights (src = w as bound at 2, dst = wq_out, p.len elements):
+// wq[(i*KH*KW + tap) * co_pad + o] = w[o*w_so + i*w_si + (flip ? KH*KW-1-tap : tap)] for o < O,
+// 0 for O <= o < co_pad (co_pad: O rounded up to 8). Output channels are contiguous, so the tile
+// loads the weights of its 8 channels at a tap as two vec4s (8 scalar loads before).
+@compute @workgroup_size(WG)
+fn conv2d_pack_weights(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let e = id.x + id.y * groups.x * WG;
+    if e >= p.len { return; }
+    let taps = KH * KW;
+    let o = e % p.co_pad;
+    let tap = (e / p.co_pad) % taps;
+    let i = e / (p.co_pad * taps);
+    let t = select(tap, taps - 1u - tap, p.flip != 0u);
+    wq_out[e] = select(0.0, wt[min(o, p.co - 1u) * p.w_so + i * p.w_si + t], o < p.co);
 }
 
 @compute @workgroup_size(WG)

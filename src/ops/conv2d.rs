@@ -97,9 +97,10 @@ impl Epilogue {
 pub struct Tiling {
     /// Threads a workgroup.
     pub wg: u32,
-    /// Channels a block (output channels in the forward, input channels in backward data); a
-    /// thread owns 2 blocks, each over 2 rows x 8 columns of pixels. At most 16; above 4 lavapipe
-    /// stops unrolling the channel loop and slows down 3x.
+    /// Backward data at stride > 1 (the gather kernel): input channels a block; a thread owns 2
+    /// blocks, each over 2 rows x 8 columns of pixels. At most 16; above 4 lavapipe stops
+    /// unrolling the channel loop and slows down 3x. (The forward tile, which backward data at
+    /// stride 1 runs too, has blocks of 4 channels: one vec4 of packed weights.)
     pub tm: u32,
     /// Backward weight: threads the first pass aims for (each chunk of dy rows gets `O/8 * I`
     /// threads: a thread owns 8 output channels of one input channel, fixed by the shader's code).
@@ -169,7 +170,7 @@ struct Params {
     drop_seed_lo: u32,
     drop_seed_hi: u32,
     drop_scale: f32,
-    _pad: u32,
+    co_pad: u32,
 }
 
 /// The dimensions of one convolution, checked against each other.
@@ -283,12 +284,22 @@ fn dispatch_tile(
     params.tiles_w = params.ow.div_ceil(TILE_COLS);
     params.tiles_h = params.oh.div_ceil(TILE_ROWS);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
+    params.co_pad = params.co.div_ceil(8) * 8;
+    params.len = params.ci * params.co_pad * (d.w[2] * d.w[3]) as u32;
+    // The weights, packed so that the tile's 8 output channels at one tap are two vec4s.
+    let wq = gpu.empty(&[params.len as usize]);
+    let kernel = gpu.kernel(
+        &SHADER,
+        "conv2d_pack_weights",
+        &[("WG", t.wg as f64), ("KH", d.w[2] as f64), ("KW", d.w[3] as f64)],
+    );
+    gpu.dispatch(enc, &kernel, &params, &[(2, w), (10, &wq)], groups_1d(params.len as usize, t.wg));
     let b = bias_or_x(&mut params, b, x, d);
     let constants: Vec<_> =
         register_constants(t).into_iter().chain(d.kernel_constants(p)).chain(epilogue.iter().copied()).collect();
     let kernel = gpu.kernel(&SHADER, entry, &constants);
-    let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(2 * t.tm), 1];
-    gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
+    let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(8), 1];
+    gpu.dispatch(enc, &kernel, &params, &[(1, x), (3, b), (4, y), (9, &wq)], groups);
 }
 
 /// The tensor to bind as the bias: `b`, or (flagged off in `params`) x, which is bound anyway.
