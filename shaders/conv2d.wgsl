@@ -55,6 +55,9 @@ override SW: u32 = 1u;
 // store loop stops its unrolling, and then the accumulators go to memory for the whole kernel
 // (3x slower). For the same reason `add` (backward data through the forward kernel) is a literal
 // argument of `conv_tile`, constant once the call is inlined.
+// The forward tile reads x rows as aligned vec4s: set for a 3-wide kernel at stride 1 with
+// column padding 1 (the U-Net's 3x3 "same" convolutions) when W % 4 == 0.
+override VEC_X: bool = false;
 override RELU: bool = false;
 override DROPOUT: bool = false;
 
@@ -103,6 +106,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;
 @group(0) @binding(9) var<storage, read> wq: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> src_v4: array<vec4<f32>>; // binding 1's buffer, as vec4s
 @group(0) @binding(10) var<storage, read_write> wq_out: array<f32>;
 
 // src[plane + r * cols + c] for (r, c) inside [0,rows) x [0,cols), else 0 (padding). The index is
@@ -185,6 +189,13 @@ fn dropout_keys() -> vec2<u32> {
     return vec2<u32>(key0, key1);
 }
 
+// x[plane + r*W + c .. +4] as one vec4 (c a multiple of 4, W too), or 0 outside the image.
+fn row4(plane: u32, r: i32, c: u32) -> vec4<f32> {
+    let inside = r >= 0 && u32(r) < p.h && c < p.w;
+    let idx = select(0u, (plane + u32(r) * p.w + c) / 4u, inside);
+    return select(vec4<f32>(0.0), src_v4[idx], inside);
+}
+
 // The register tile of forward and backward data: TM channels x 2 rows x 8 columns, held as four
 // function-local arrays of TM vec4s (row 0 columns 0-3, row 0 columns 4-7, row 1 ...). They are
 // indexed only by the channel loop, whose trip count is a pipeline constant, so the driver
@@ -209,13 +220,50 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
         for (var kh = 0u; kh < KH; kh++) {
             let r0 = ih0 + i32(kh);
             let r1 = r0 + i32(SH);
-            var xa0 = src4(plane, r0, iw0, SW, p.h, p.w);
-            var xb0 = src4(plane, r0, iw0 + 4 * i32(SW), SW, p.h, p.w);
-            var xa1 = src4(plane, r1, iw0, SW, p.h, p.w);
-            var xb1 = src4(plane, r1, iw0 + 4 * i32(SW), SW, p.h, p.w);
+            var xa0: vec4<f32>;
+            var xb0: vec4<f32>;
+            var xa1: vec4<f32>;
+            var xb1: vec4<f32>;
+            // VEC_X: columns org.z .. org.z+7 of both rows as aligned vec4s, and the columns on
+            // either side (org.z-1, org.z+8) as scalars; every tap's window is a shuffle of them.
+            var va0: vec4<f32>;
+            var vb0: vec4<f32>;
+            var va1: vec4<f32>;
+            var vb1: vec4<f32>;
+            var right0 = 0.0;
+            var right1 = 0.0;
+            if VEC_X {
+                va0 = row4(plane, r0, org.z);
+                vb0 = row4(plane, r0, org.z + 4u);
+                va1 = row4(plane, r1, org.z);
+                vb1 = row4(plane, r1, org.z + 4u);
+                right0 = read_padded(plane, r0, iw0 + 9, p.h, p.w);
+                right1 = read_padded(plane, r1, iw0 + 9, p.h, p.w);
+                xa0 = vec4<f32>(read_padded(plane, r0, iw0, p.h, p.w), va0.xyz);
+                xb0 = vec4<f32>(va0.w, vb0.xyz);
+                xa1 = vec4<f32>(read_padded(plane, r1, iw0, p.h, p.w), va1.xyz);
+                xb1 = vec4<f32>(va1.w, vb1.xyz);
+            } else {
+                xa0 = src4(plane, r0, iw0, SW, p.h, p.w);
+                xb0 = src4(plane, r0, iw0 + 4 * i32(SW), SW, p.h, p.w);
+                xa1 = src4(plane, r1, iw0, SW, p.h, p.w);
+                xb1 = src4(plane, r1, iw0 + 4 * i32(SW), SW, p.h, p.w);
+            }
             for (var kw = 0u; kw < KW; kw++) {
                 if kw > 0u {
-                    if SW == 1u {
+                    if VEC_X {
+                        if kw == 1u {
+                            xa0 = va0;
+                            xb0 = vb0;
+                            xa1 = va1;
+                            xb1 = vb1;
+                        } else {
+                            xa0 = vec4<f32>(va0.yzw, vb0.x);
+                            xb0 = vec4<f32>(vb0.yzw, right0);
+                            xa1 = vec4<f32>(va1.yzw, vb1.x);
+                            xb1 = vec4<f32>(vb1.yzw, right1);
+                        }
+                    } else if SW == 1u {
                         // Stride 1: the 8 input columns under tap kw are those of kw-1 shifted by
                         // one, so each row needs one new load, not eight.
                         let c = iw0 + 7 + i32(kw);

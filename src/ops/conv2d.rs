@@ -295,11 +295,20 @@ fn dispatch_tile(
     );
     gpu.dispatch(enc, &kernel, &params, &[(2, w), (10, &wq)], groups_1d(params.len as usize, t.wg));
     let b = bias_or_x(&mut params, b, x, d);
-    let constants: Vec<_> =
-        register_constants(t).into_iter().chain(d.kernel_constants(p)).chain(epilogue.iter().copied()).collect();
+    // Rows of x as aligned vec4s: the 3-wide, stride-1, padding-1 case, W a multiple of 4.
+    let vec_x =
+        d.w[3] == 3 && p.stride[1] == 1 && p.pad[1] == 1 && d.x[3].is_multiple_of(4) && x.offset().is_multiple_of(16);
+    let constants: Vec<_> = register_constants(t)
+        .into_iter()
+        .chain(d.kernel_constants(p))
+        .chain(epilogue.iter().copied())
+        .chain([("VEC_X", if vec_x { 1.0 } else { 0.0 })])
+        .collect();
     let kernel = gpu.kernel(&SHADER, entry, &constants);
     let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(8), 1];
-    gpu.dispatch(enc, &kernel, &params, &[(1, x), (3, b), (4, y), (9, &wq)], groups);
+    // Binding 11 is x as vec4s; unread without VEC_X, where x may be shorter than one vec4.
+    let x_v4 = if vec_x { x } else { &wq };
+    gpu.dispatch(enc, &kernel, &params, &[(1, x), (3, b), (4, y), (9, &wq), (11, x_v4)], groups);
 }
 
 /// The tensor to bind as the bias: `b`, or (flagged off in `params`) x, which is bound anyway.
@@ -665,6 +674,10 @@ mod tests {
             ([1, 1, 1, 1], [1, 1, 1, 1], Conv2d::new(1, 0)),
             ([2, 17, 6, 5], [19, 17, 3, 3], Conv2d::new(1, 1)),
             ([1, 3, 8, 8], [4, 3, 3, 3], Conv2d::new(3, 2)),
+            // W a multiple of 4: the forward tile reads rows of x as vec4s (one partial tile of
+            // 4 columns; then 12 columns, one and a half tiles).
+            ([1, 3, 5, 4], [5, 3, 3, 3], Conv2d::new(1, 1)),
+            ([2, 6, 7, 12], [9, 6, 3, 3], Conv2d::new(1, 1)),
         ]
     }
 
