@@ -437,11 +437,38 @@ pub fn conv2d_backward_weight_tiled(
     params.rows_per_chunk = rows.div_ceil(chunks);
     params.chunks = rows.div_ceil(params.rows_per_chunk);
     params.len = params.co * params.ci * taps;
-    let constants: Vec<_> = [("WG", t.wg as f64)].into_iter().chain(d.kernel_constants(&p)).collect();
+    // Four pixels at a time with vec4 loads: 3x3 taps, stride 1, column padding 1, OW and W
+    // multiples of 4 (then OW = W), both tensors 16-byte aligned.
+    let vec_dy = d.w[2] == 3
+        && d.w[3] == 3
+        && p.stride[1] == 1
+        && p.pad[1] == 1
+        && d.y[3].is_multiple_of(4)
+        && x.offset().is_multiple_of(16)
+        && dy.offset().is_multiple_of(16);
+    let constants: Vec<_> = [("WG", t.wg as f64), ("VEC_DY", if vec_dy { 1.0 } else { 0.0 })]
+        .into_iter()
+        .chain(d.kernel_constants(&p))
+        .collect();
     let part = gpu.empty(&[(params.chunks * (params.len + params.co)) as usize]);
     let kernel = gpu.kernel(&SHADER, "conv2d_backward_weight", &constants);
     let threads = (params.tiles * params.chunks) as usize;
-    gpu.dispatch(enc, &kernel, &params, &[(1, x), (5, dy), (6, &part)], groups_1d(threads, t.wg));
+    // Bindings 11 and 12 are x and dy as vec4s; unread without VEC_DY, where either may be
+    // shorter than one vec4: then a pooled vec4 stands in.
+    let stand_in;
+    let (x_v4, dy_v4) = if vec_dy {
+        (x, dy)
+    } else {
+        stand_in = gpu.empty(&[4]);
+        (&stand_in, &stand_in)
+    };
+    gpu.dispatch(
+        enc,
+        &kernel,
+        &params,
+        &[(1, x), (5, dy), (6, &part), (11, x_v4), (12, dy_v4)],
+        groups_1d(threads, t.wg),
+    );
 
     let reduce_constants = [("WG", t.wg as f64)];
     let kernel = gpu.kernel(&SHADER, "conv2d_reduce_dw", &reduce_constants);
