@@ -160,7 +160,9 @@ fn panel(
     chart
         .configure_mesh()
         .x_desc("epoch")
-        .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") })
+        // Epochs are whole numbers: about one label an epoch on short runs, none between.
+        .x_labels(((x1 - x0).ceil() as usize + 1).clamp(2, 12))
+        .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() })
         .y_desc(y_label)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
