@@ -182,14 +182,14 @@ fn mix4(x: vec4<u32>) -> vec4<u32> {
     return z;
 }
 
-fn mix(x: u32) -> u32 {
+fn hash_mix(x: u32) -> u32 {
     return mix4(vec4<u32>(x)).x;
 }
 
 // The mask's two keys, from the seed (the same for every element: computed once a thread).
 fn dropout_keys() -> vec2<u32> {
-    let key0 = mix(p.drop_seed_lo ^ mix(p.drop_seed_hi ^ 0x85ebca6bu));
-    let key1 = mix(p.drop_seed_hi ^ mix(p.drop_seed_lo ^ 0xc2b2ae35u));
+    let key0 = hash_mix(p.drop_seed_lo ^ hash_mix(p.drop_seed_hi ^ 0x85ebca6bu));
+    let key1 = hash_mix(p.drop_seed_hi ^ hash_mix(p.drop_seed_lo ^ 0xc2b2ae35u));
     return vec2<u32>(key0, key1);
 }
 
@@ -564,9 +564,9 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
             // of each channel and x of each row arrive as aligned vec4s, 2.5x fewer loaded
             // values per FMA. Pixel ow + j, tap (kh, kw) reads x column ow + j - 1 + kw: one of
             // [last column of the previous quad, this quad, first column of the next].
-            var left: array<f32, MAX_TAPS>; // per kh
-            var cur: array<vec4<f32>, MAX_TAPS>;
-            for (var kh = 0u; kh < KH; kh++) {
+            var left: array<f32, 3>; // per kernel row
+            var cur: array<vec4<f32>, 3>;
+            for (var kh = 0u; kh < 3u; kh++) {
                 left[kh] = 0.0;
                 cur[kh] = row4(plane, ih0 + i32(kh), 0u);
             }
