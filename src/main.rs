@@ -155,6 +155,15 @@ struct TrainArgs {
     /// Turn off flips and rotations of training patches.
     #[arg(long)]
     no_augment: bool,
+    /// Feed pixels as v/255 instead of standardising them per channel with the
+    /// training patches' mean and standard deviation.
+    #[arg(long)]
+    no_standardize: bool,
+    /// Dropout probability per level, from the top level down to the bottleneck,
+    /// comma-separated (one value: the same at every level; 0 turns dropout off).
+    /// Default: 0.1,0.1,0.2,0.2,0.3 (levels past the list repeat its last value).
+    #[arg(long, value_delimiter = ',')]
+    dropout: Vec<f32>,
     /// Share of the data held out for validation.
     #[arg(long, default_value_t = 0.2)]
     validation: f64,
@@ -190,7 +199,11 @@ impl TrainArgs {
             },
             None => DataSource::Synthetic { tiles: self.synthetic_tiles, size: self.synthetic_size },
         };
-        let mut dropout = UNetConfig::default().dropout;
+        let mut dropout = if self.dropout.is_empty() { UNetConfig::default().dropout } else { self.dropout.clone() };
+        if let Some(p) = dropout.iter().find(|p| !(0.0..1.0).contains(*p)) {
+            anyhow::bail!("--dropout {p} is not a probability in [0, 1)");
+        }
+        dropout.truncate(self.depth + 1);
         dropout.resize(self.depth + 1, *dropout.last().unwrap());
         let model = UNetConfig {
             depth: self.depth,
@@ -218,6 +231,7 @@ impl TrainArgs {
             resume: self.resume,
             model,
             augment: !self.no_augment,
+            standardize: !self.no_standardize,
             validation: self.validation,
             max_steps: self.max_steps,
             progress: true,

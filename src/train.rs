@@ -160,6 +160,9 @@ pub struct TrainOptions {
     pub model: UNetConfig,
     /// Random flips and rotations of training patches.
     pub augment: bool,
+    /// Standardise inputs per channel with the training patches' mean and
+    /// standard deviation ([`Scaling::Standardize`]) instead of `v / 255`.
+    pub standardize: bool,
     /// Share of the data for validation.
     pub validation: f64,
     /// Stop each epoch after this many steps (quick runs and tests).
@@ -186,6 +189,7 @@ impl Default for TrainOptions {
             resume: false,
             model: UNetConfig::default(),
             augment: true,
+            standardize: true,
             validation: 0.2,
             max_steps: None,
             progress: true,
@@ -457,10 +461,11 @@ fn run_metadata(
     steps: u64,
     best: f64,
     palette: &Palette,
+    scaling: Scaling,
 ) -> BTreeMap<String, String> {
     let mut meta = options.model.to_metadata();
     let colours: Vec<String> = palette.colours().iter().map(|c| crate::data::palette::hex(*c)).collect();
-    meta.extend(Scaling::Unit.to_metadata());
+    meta.extend(scaling.to_metadata());
     meta.extend([
         ("train.epoch".to_string(), epoch.to_string()),
         ("train.steps".to_string(), steps.to_string()),
@@ -544,13 +549,19 @@ fn picture(what: &str, result: Result<(), ReportError>) {
 }
 
 /// `val_predictions.png`: the first few validation patches as image | truth | prediction.
-fn save_predictions(trainer: &Trainer, patches: &Patches, palette: &Palette, path: &Path) -> anyhow::Result<()> {
+fn save_predictions(
+    trainer: &Trainer,
+    patches: &Patches,
+    palette: &Palette,
+    scaling: Scaling,
+    path: &Path,
+) -> anyhow::Result<()> {
     let count = patches.len().min(4);
     if count == 0 {
         return Ok(());
     }
     let first = patches.select(&(0..count).collect::<Vec<_>>());
-    let options = BatchOptions { batch_size: count, shuffle: false, ..BatchOptions::default() };
+    let options = BatchOptions { batch_size: count, shuffle: false, scaling, ..BatchOptions::default() };
     let batch = first.batches(&options)?.next().expect("one batch");
     let size = batch.size;
     let x = trainer.gpu.upload(&batch.images, &[count, 3, size, size]);
@@ -584,6 +595,8 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
     let (last_path, best_path, history_path) =
         (options.out.join("last.safetensors"), options.out.join("best.safetensors"), options.out.join("history.csv"));
     let curves_path = options.out.join("curves.png");
+    // Measured on the training patches only, and the same on resume (same patches).
+    let scaling = if options.standardize { Scaling::Standardize(train_patches.channel_stats()) } else { Scaling::Unit };
 
     let mut trainer =
         Trainer::new(gpu, options.model.clone(), options.optimizer, options.loss.config(None), options.seed);
@@ -633,7 +646,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
             seed: options.seed.wrapping_add(epoch as u64),
             shuffle: true,
             augment: options.augment,
-            scaling: Scaling::Unit,
+            scaling,
             drop_last: false,
         };
         let batches = train_patches.batches(&batch_options)?;
@@ -685,7 +698,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
             best = metrics.monitored();
         }
         history.push(&metrics.row());
-        let meta = run_metadata(options, epoch + 1, trainer.optimizer.steps, best, &palette);
+        let meta = run_metadata(options, epoch + 1, trainer.optimizer.steps, best, &palette, scaling);
         checkpoint::save(gpu, &last_path, &trainer.state(), &meta)?;
         if improved {
             checkpoint::save(gpu, &best_path, &trainer.model.state(), &meta)?;
@@ -693,7 +706,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         history.write(&history_path)?;
         picture("loss curves", plot_history(&history, &curves_path));
     }
-    save_predictions(&trainer, &val_patches, &palette, &options.out.join("val_predictions.png"))?;
+    save_predictions(&trainer, &val_patches, &palette, scaling, &options.out.join("val_predictions.png"))?;
     Ok(TrainSummary { history: EpochMetrics::all(&history), best, best_checkpoint: best_path })
 }
 
