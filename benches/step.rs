@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     let (batch, size, steps) = (arg("--batch", 4), arg("--size", 256), arg("--steps", 10));
     let gpu = Gpu::new(&GpuOptions::default())?;
     println!("adapter: {}", gpu.describe());
+    println!("tile sizes: {}; from: {}", gpu.tuning(), gpu.tuning_source());
     let model = UNet::new(&gpu, UNetConfig::default());
     let classes = model.config.classes;
     let flops = model.training_flops(batch, size, size);
@@ -146,8 +147,9 @@ fn main() -> anyhow::Result<()> {
     let mut bench = Bench::new(&gpu, "", 3);
     let ceilings = bench.measure_ceilings();
     println!(
-        "ceilings: GEMM {:.2} GFLOP/s (register tiles, {n}^3), copy {:.2} GB/s",
+        "ceilings: GEMM {:.2} GFLOP/s ({}, {n}^3), copy {:.2} GB/s",
         ceilings.gemm_gflops,
+        gpu.tuning().matmul,
         ceilings.copy_gbs,
         n = CEILING_GEMM
     );

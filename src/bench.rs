@@ -13,7 +13,8 @@ use crate::testing::random_vec;
 /// What this GPU reaches with shaders written like ours: the yardsticks of the `% ceil` column.
 #[derive(Clone, Copy, Debug)]
 pub struct Ceilings {
-    /// GFLOP/s of the default register-tiled GEMM at [`CEILING_GEMM`]^3 (fastest repetition).
+    /// GFLOP/s of the default GEMM (tiled as `gpu.tuning().matmul` says) at [`CEILING_GEMM`]^3
+    /// (fastest repetition).
     pub gemm_gflops: f64,
     /// GB/s (read + written) of the vec4 copy over [`CEILING_COPY_BYTES`] (fastest repetition).
     pub copy_gbs: f64,
@@ -103,7 +104,7 @@ impl<'g> Bench<'g> {
         Bench { gpu, filter: filter.to_string(), reps, results: Vec::new(), ceilings: None }
     }
 
-    /// Time the ceilings (a `CEILING_GEMM`^3 register-tiled GEMM and a `CEILING_COPY_BYTES`
+    /// Time the ceilings (a `CEILING_GEMM`^3 GEMM with the GPU's tuning and a `CEILING_COPY_BYTES`
     /// copy, at most 3 repetitions each, the fastest kept: a ceiling is what the GPU can reach)
     /// and keep them for the `% ceil` column. Checks the GEMM on a few entries afterwards, so
     /// a wrong kernel cannot set the yardstick.
@@ -138,9 +139,10 @@ impl<'g> Bench<'g> {
     pub fn header(&self) -> String {
         let ceilings = self.ceilings.map_or(String::new(), |c| {
             format!(
-                "ceilings: GEMM {:.2} GFLOP/s (register tiles, {n}x{n}x{n}), copy {:.2} GB/s ({} MiB); \
+                "ceilings: GEMM {:.2} GFLOP/s ({}, {n}x{n}x{n}), copy {:.2} GB/s ({} MiB); \
                  % ceil = GFLOP/s over the GEMM's for compute-bound rows, GB/s over the copy's otherwise\n",
                 c.gemm_gflops,
+                self.gpu.tuning().matmul,
                 c.copy_gbs,
                 CEILING_COPY_BYTES >> 20,
                 n = CEILING_GEMM

@@ -11,13 +11,14 @@
 //! 3. [`Gpu::submit`] uploads the arena, submits the whole step at once, and
 //!    hands the buffers that tensors released during the step back to the pool.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::tensor::Tensor;
+use crate::tuning::{Tuning, TuningFrom, TuningSource};
 
 /// Errors at the edge between the program and the machine's GPU drivers.
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +105,11 @@ pub struct GpuOptions {
     /// Restrict to one backend. When `None`, the `WGPU_BACKEND` environment
     /// variable is read, and if that is unset too every backend is considered.
     pub backend: Option<Backend>,
-    /// Print the chosen adapter to stderr.
+    /// Print the chosen adapter (and where its tile sizes came from) to stderr.
     pub verbose: bool,
+    /// Where the kernels' tile sizes come from: by default the tuning cache's entry for the
+    /// adapter (written by `unet-wgpu tune`), else [`Tuning::builtin`]. See [`crate::tuning`].
+    pub tuning: TuningFrom,
 }
 
 /// The limits our kernels rely on. We request everything the adapter offers,
@@ -262,7 +266,10 @@ pub struct Gpu {
     pub(crate) pool: Rc<RefCell<BufferPool>>,
     arena: RefCell<UniformArena>,
     /// `queue.submit` calls and blocking readbacks so far (see [`Gpu::counters`]).
-    counters: std::cell::Cell<Counters>,
+    counters: Cell<Counters>,
+    /// The tile sizes the default op wrappers use, and where they came from.
+    tuning: Cell<Tuning>,
+    tuning_source: RefCell<TuningSource>,
 }
 
 /// How often the CPU handed work to the GPU and waited for data from it.
@@ -341,6 +348,7 @@ impl Gpu {
         .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
 
         let align = offered.min_uniform_buffer_offset_alignment as u64;
+        let (tuning, tuning_source) = crate::tuning::initial(&info, &offered, &options.tuning);
         let gpu = Gpu {
             device,
             queue,
@@ -353,9 +361,11 @@ impl Gpu {
             pool: Rc::default(),
             arena: RefCell::new(UniformArena { chunks: Vec::new(), current: 0, align }),
             counters: Default::default(),
+            tuning: Cell::new(tuning),
+            tuning_source: RefCell::new(tuning_source),
         };
         if options.verbose {
-            eprintln!("adapter: {}", gpu.describe());
+            eprintln!("adapter: {}; tile sizes: {}", gpu.describe(), gpu.tuning_source());
         }
         Ok(gpu)
     }
@@ -364,6 +374,34 @@ impl Gpu {
     pub fn describe(&self) -> String {
         let i = &self.info;
         format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+    }
+
+    /// The tile sizes the default op wrappers (`conv2d_forward`, `matmul_forward`, ...) use.
+    pub fn tuning(&self) -> Tuning {
+        self.tuning.get()
+    }
+
+    /// Where [`Gpu::tuning`] came from: the builtin choice, a cache file, or [`Gpu::set_tuning`].
+    pub fn tuning_source(&self) -> TuningSource {
+        self.tuning_source.borrow().clone()
+    }
+
+    /// Replace the tile sizes of the default wrappers (benchmarks, tests). Pipelines compiled
+    /// with the old ones stay cached; dispatches recorded from now on use the new ones.
+    pub fn set_tuning(&self, tuning: Tuning) {
+        self.tuning.set(tuning);
+        *self.tuning_source.borrow_mut() = TuningSource::Set;
+    }
+
+    /// The override constants of every pipeline compiled so far for `entry` of the shader
+    /// named `shader` (tests use it to see which tiling a wrapper dispatched).
+    pub fn compiled_constants(&self, shader: &str, entry: &str) -> Vec<Vec<(&'static str, f64)>> {
+        self.kernels
+            .borrow()
+            .keys()
+            .filter(|(s, e, _)| *s == shader && *e == entry)
+            .map(|(_, _, c)| c.iter().map(|&(k, bits)| (k, f64::from_bits(bits))).collect())
+            .collect()
     }
 
     /// A number that tells two `Gpu`s in one process apart (tensors remember it).

@@ -29,7 +29,9 @@ pub mod tape;
 pub mod tensor;
 pub mod testing;
 pub mod train;
+pub mod tuning;
 
 pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions};
 pub use tape::{Grads, Mode, Step};
 pub use tensor::Tensor;
+pub use tuning::{Tuning, TuningFrom, TuningSource};

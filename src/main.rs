@@ -14,6 +14,7 @@ use unet_wgpu::predict::{predict_files, PredictOptions};
 use unet_wgpu::report::plot_comparison;
 use unet_wgpu::score::score_dirs;
 use unet_wgpu::train::{train, DataSource, LossName, TrainOptions};
+use unet_wgpu::tuning::{default_cache_path, save_cache, AdapterKey, CacheError, Tuning};
 use unet_wgpu::{Backend, Gpu, GpuOptions};
 
 /// A U-Net trainer for semantic segmentation whose every kernel is a WGSL
@@ -32,6 +33,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a U-Net (default: on the built-in synthetic aerial tiles).
+    ///
+    /// The kernels' tile sizes come from the tuning cache's entry for this adapter when there is
+    /// one (written by `unet-wgpu tune`; at $UNET_WGPU_CACHE, else
+    /// $XDG_CACHE_HOME/unet-wgpu/tuning.json, else ~/.cache/unet-wgpu/tuning.json), else from
+    /// built-in defaults; nothing is measured at startup. The first line printed says which.
     Train(TrainArgs),
     /// Segment images of any size with a trained checkpoint (sliding window, blended overlaps).
     Predict {
@@ -77,6 +83,22 @@ enum Command {
         /// Losses to compare, comma-separated (default: all).
         #[arg(long, value_delimiter = ',')]
         losses: Vec<LossName>,
+    },
+    /// Measure the kernels' tile sizes on this adapter and save them in the tuning cache.
+    ///
+    /// Times a few candidate tilings of each kernel family (conv2d forward, backward data,
+    /// backward weight, transposed conv, matmul) on U-Net layer shapes, each first checked
+    /// against the reference, and keeps the fastest. The cache ($UNET_WGPU_CACHE, else
+    /// $XDG_CACHE_HOME/unet-wgpu/tuning.json, else ~/.cache/unet-wgpu/tuning.json) holds one
+    /// entry per adapter; train, predict and the benches read it at startup.
+    Tune {
+        /// Seconds the measurements may take; each family gets an equal share of what is left,
+        /// and keeps the builtin choice where its share ran out first.
+        #[arg(long, default_value_t = 60.0)]
+        budget: f64,
+        /// Print the tile sizes in use and where they come from; measure and write nothing.
+        #[arg(long)]
+        print: bool,
     },
 }
 
@@ -246,6 +268,37 @@ fn palette(path: &Option<PathBuf>) -> anyhow::Result<Palette> {
     })
 }
 
+/// `unet-wgpu tune`: measure and save the tile sizes, or (`print`) show those in use.
+fn tune(gpu: &Gpu, budget: f64, print: bool) -> anyhow::Result<()> {
+    let path = default_cache_path();
+    if print {
+        println!("tile sizes in use: {}", gpu.tuning());
+        println!("from: {}", gpu.tuning_source());
+        println!("builtin for this adapter: {}", Tuning::builtin(&gpu.info));
+        match &path {
+            Some(p) => println!("cache file: {}{}", p.display(), if p.exists() { "" } else { " (not written yet)" }),
+            None => println!("cache file: none ({})", CacheError::NoPath),
+        }
+        return Ok(());
+    }
+    let path = path.ok_or(CacheError::NoPath)?;
+    anyhow::ensure!(budget.is_finite() && budget >= 0.0, "--budget {budget}: expected seconds, 0 or more");
+    println!("measuring tile sizes for at most {budget} s ...");
+    let (tuning, report) = Tuning::autotune(gpu, std::time::Duration::from_secs_f64(budget));
+    println!("{}", report.table());
+    let note = format!(
+        "measured by unet-wgpu {} `tune` in {:.1} s ({}){}",
+        env!("CARGO_PKG_VERSION"),
+        report.elapsed.as_secs_f64(),
+        report.clock,
+        if report.complete { "" } else { "; the budget ran out before every candidate had all its runs" }
+    );
+    save_cache(&path, &AdapterKey::of(&gpu.info), &tuning, &note)?;
+    println!("chosen: {tuning}");
+    println!("written to {} (entry for {})", path.display(), gpu.describe());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Score { predictions, truth, palette: palette_file, unknown_as_ignore, json } = &cli.command {
@@ -254,7 +307,7 @@ fn main() -> anyhow::Result<()> {
         println!("{}", if *json { report.to_json() } else { report.to_table() });
         return Ok(()); // scoring needs no GPU
     }
-    let gpu = Gpu::new(&GpuOptions { backend: cli.backend, verbose: true })?;
+    let gpu = Gpu::new(&GpuOptions { backend: cli.backend, verbose: true, ..GpuOptions::default() })?;
     match cli.command {
         Command::Score { .. } => unreachable!("handled above"),
         Command::Predict { checkpoint, inputs, out, patch, overlap, palette: palette_file } => {
@@ -264,6 +317,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{} -> {}, {}", p.input.display(), p.mask.display(), p.overlay.display());
             }
         }
+        Command::Tune { budget, print } => tune(&gpu, budget, print)?,
         Command::Train(args) => {
             let summary = train(&gpu, &args.options()?)?;
             println!("best validation mean IoU {:.4}: {}", summary.best, summary.best_checkpoint.display());

@@ -10,14 +10,18 @@
 
 use crate::gpu::{Gpu, GpuOptions};
 use crate::rng::Rng;
+use crate::tuning::TuningFrom;
 
 thread_local! {
     static GPU: &'static Gpu = Box::leak(Box::new(
-        Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}")),
+        // The builtin tile sizes, whatever `unet-wgpu tune` left in the cache: tests that do
+        // not depend on the machine's history.
+        Gpu::new(&GpuOptions { tuning: TuningFrom::Builtin, ..GpuOptions::default() }).unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}")),
     ));
 }
 
-/// This thread's GPU, opened on first use (tests run on several threads).
+/// This thread's GPU, opened on first use (tests run on several threads), with
+/// [`crate::tuning::Tuning::builtin`]'s tile sizes.
 /// Panics with the reason when there is no adapter: GPU tests never skip.
 pub fn gpu() -> &'static Gpu {
     GPU.with(|g| *g)

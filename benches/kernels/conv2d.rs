@@ -2,7 +2,9 @@
 //! weight at the U-Net's 3x3 levels and its final 1x1: compute-bound (GFLOP/s, counting
 //! `2*N*O*OH*OW*I*KH*KW` for each of the three).
 //!
-//! `CONV_TILING=wg,tm,bw_threads` overrides the register tiling (for sweeps); `CONV_LEVELS=0,5` times
+//! The register tilings are the GPU's tuning (`gpu.tuning()`: the tuning cache's entry for the
+//! adapter, else the builtin one), one per kernel; `CONV_TILING=wg,tm,bw_threads` sets all three
+//! (for sweeps); `CONV_LEVELS=0,5` times
 //! only those cases (0..=4: the 3x3 levels from 16ch@256² down, 5: the 1x1 head). The
 //! workgroup-memory forward is timed only when the filter names it (`conv2d_forward_shared`):
 //! it takes tens of seconds on a CPU driver.
@@ -13,14 +15,19 @@ use unet_wgpu::ops::conv2d::{
     Conv2d, Epilogue, SharedTiling, Tiling,
 };
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
+use unet_wgpu::Gpu;
 
 use crate::{shape_str, UNET_LEVELS};
 
-fn tiling() -> Tiling {
-    let Ok(s) = std::env::var("CONV_TILING") else { return Tiling::default() };
+/// The tilings of forward, backward data and backward weight.
+fn tilings(gpu: &Gpu) -> [Tiling; 3] {
+    let Ok(s) = std::env::var("CONV_TILING") else {
+        let t = gpu.tuning();
+        return [t.conv2d_forward, t.conv2d_backward_data, t.conv2d_backward_weight];
+    };
     let v: Vec<u32> = s.split(',').map(|t| t.trim().parse().expect("CONV_TILING=wg,tm,bw_threads")).collect();
     assert_eq!(v.len(), 3, "CONV_TILING=wg,tm,bw_threads");
-    Tiling { wg: v[0], tm: v[1], bw_threads: v[2] }
+    [Tiling { wg: v[0], tm: v[1], bw_threads: v[2] }; 3]
 }
 
 pub fn run(b: &mut Bench) {
@@ -29,7 +36,7 @@ pub fn run(b: &mut Bench) {
         return;
     }
     let gpu = b.gpu;
-    let t = tiling();
+    let [t, td, tw] = tilings(gpu);
     let st = SharedTiling::default();
 
     // Correctness first, on an odd shape, for every kernel timed below.
@@ -43,8 +50,8 @@ pub fn run(b: &mut Bench) {
     enc.clear(&dw);
     conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y, p, Epilogue::Identity, &t);
     conv2d_forward_shared(gpu, &mut enc, &xt, &wt, None, &ys, p, &st);
-    conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dx, p, &t);
-    conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &t);
+    conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dx, p, &td);
+    conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &tw);
     gpu.submit(enc);
     let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
     let want_y = reference::conv2d_forward(&xf, xd, &wf, wd, None, &p);
@@ -67,7 +74,7 @@ pub fn run(b: &mut Bench) {
         let (xt, dyt, dw) = (gpu.upload(&x, &xd), gpu.upload(&dy, &yd), gpu.empty(&wd));
         let mut enc = gpu.encoder();
         enc.clear(&dw);
-        conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &t);
+        conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &tw);
         gpu.submit(enc);
         let (want_dw, _) = reference::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
         assert_close_f32(&format!("conv2d backward weight {xd:?}"), &gpu.read(&dw), &want_dw, 1e-3);
@@ -107,10 +114,10 @@ pub fn run(b: &mut Bench) {
             });
         }
         b.case("conv2d_backward_data", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, &t)
+            conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, &td)
         });
         b.case("conv2d_backward_weight", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), p, &t)
+            conv2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), p, &tw)
         });
     }
 }

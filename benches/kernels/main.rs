@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; the first other argument filters by name.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
     let gpu = Gpu::new(&GpuOptions::default())?;
+    println!("tile sizes: {}; from: {}", gpu.tuning(), gpu.tuning_source());
     let reps = std::env::var("BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut bench = Bench::new(&gpu, &filter, reps);
     // The yardsticks first: every row shows its rate as a share of them.

@@ -92,7 +92,9 @@ impl Epilogue {
     }
 }
 
-/// Register tiling of the default kernels (the override constants of `shaders/conv2d.wgsl`).
+/// Register tiling of the default kernels (the override constants of `shaders/conv2d.wgsl`). The
+/// wrappers without `_tiled` take theirs from [`Gpu::tuning`] (one per kernel: forward, backward
+/// data, backward weight); `Tiling::default()` is what lavapipe runs fastest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiling {
     /// Threads a workgroup.
@@ -111,6 +113,14 @@ pub struct Tiling {
 impl Default for Tiling {
     fn default() -> Tiling {
         Tiling { wg: 64, tm: 4, bw_threads: 512 }
+    }
+}
+
+impl Tiling {
+    /// `Err(why)` when the shader cannot run this tiling (adapter limits aside).
+    pub fn check(&self) -> Result<(), String> {
+        let ok = self.wg > 0 && (1..=16).contains(&self.tm) && self.bw_threads > 0;
+        ok.then_some(()).ok_or_else(|| format!("tiling {self:?} out of range (wg > 0, tm 1..=16, bw_threads > 0)"))
     }
 }
 
@@ -213,7 +223,9 @@ impl Dims {
 }
 
 fn register_constants(t: &Tiling) -> [(&'static str, f64); 2] {
-    assert!((1..=16).contains(&t.tm) && t.wg > 0, "conv2d: tiling {t:?} out of range");
+    if let Err(e) = t.check() {
+        panic!("conv2d: {e}");
+    }
     [("WG", t.wg as f64), ("TM", t.tm as f64)]
 }
 
@@ -226,8 +238,9 @@ const TILE_ROWS: u32 = 2;
 const TILE_COLS: u32 = 8;
 
 /// `y = conv(x, w) + b`. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
+/// Tiled as `gpu.tuning().conv2d_forward` says.
 pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor, p: Conv2d) {
-    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, Epilogue::Identity, &Tiling::default());
+    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, Epilogue::Identity, &gpu.tuning().conv2d_forward);
 }
 
 /// `y = epilogue(conv(x, w) + b)`. Shapes as [`conv2d_forward`].
@@ -242,7 +255,7 @@ pub fn conv2d_forward_fused(
     p: Conv2d,
     epilogue: Epilogue,
 ) {
-    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, epilogue, &Tiling::default());
+    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, epilogue, &gpu.tuning().conv2d_forward);
 }
 
 /// [`conv2d_forward_fused`] with a chosen register tiling (benchmarks sweep it).
@@ -356,8 +369,9 @@ pub fn conv2d_forward_shared(
 }
 
 /// `dx += conv2d_backward_data(dy, w)`. dy `[N,O,OH,OW]`, w `[O,I,KH,KW]`, dx `[N,I,H,W]`.
+/// Tiled as `gpu.tuning().conv2d_backward_data` says.
 pub fn conv2d_backward_data(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, w: &Tensor, dx: &Tensor, p: Conv2d) {
-    conv2d_backward_data_tiled(gpu, enc, dy, w, dx, p, &Tiling::default());
+    conv2d_backward_data_tiled(gpu, enc, dy, w, dx, p, &gpu.tuning().conv2d_backward_data);
 }
 
 /// [`conv2d_backward_data`] with a chosen register tiling.
@@ -393,7 +407,8 @@ pub fn conv2d_backward_data_tiled(
 }
 
 /// `dw += conv2d_backward_weight(x, dy)`, and `db += sum of dy over n, oh, ow` when `db` is given.
-/// x `[N,I,H,W]`, dy `[N,O,OH,OW]`, dw `[O,I,KH,KW]`, db `[O]`.
+/// x `[N,I,H,W]`, dy `[N,O,OH,OW]`, dw `[O,I,KH,KW]`, db `[O]`. Tiled as
+/// `gpu.tuning().conv2d_backward_weight` says.
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -403,7 +418,7 @@ pub fn conv2d_backward_weight(
     db: Option<&Tensor>,
     p: Conv2d,
 ) {
-    conv2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, p, &Tiling::default());
+    conv2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, p, &gpu.tuning().conv2d_backward_weight);
 }
 
 /// [`conv2d_backward_weight`] with a chosen register tiling.
@@ -418,6 +433,9 @@ pub fn conv2d_backward_weight_tiled(
     p: Conv2d,
     t: &Tiling,
 ) {
+    if let Err(e) = t.check() {
+        panic!("conv2d backward weight: {e}");
+    }
     let d = dims("conv2d backward weight", x, dw, dy, &p);
     let taps = (d.w[2] * d.w[3]) as u32;
     assert!(

@@ -28,8 +28,6 @@ use crate::tape::Step;
 use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("conv_transpose2d");
-/// Workgroup size of the general kernels.
-const WG: u32 = 64;
 /// Register tile of the general kernels (the shader's `PX`, `TO`, `TC`; keep in step).
 const PX: u32 = 4;
 const TO: u32 = 4;
@@ -39,8 +37,6 @@ const TC: u32 = 4;
 const TARGET_THREADS: u32 = 16384;
 const MIN_SLICE: u32 = 64;
 
-/// Workgroup size of the quad kernels.
-const WG_QUADS: u32 = 32;
 /// Tiles of the quad kernels (fixed in the shader; keep in step): a forward thread owns
 /// [`QUADS_PER_THREAD`] quads x [`FORWARD_O`] output channels, a data thread as many quads x
 /// [`DATA_C`] input channels, a weight thread [`WEIGHT_C`] x [`WEIGHT_O`] channels.
@@ -54,6 +50,40 @@ const WEIGHT_THREADS: u32 = 1024;
 /// Most loop iterations a weight-gradient thread may run: lavapipe silently stops a loop after
 /// 65535 (counted over the invocation), so slices are cut well below that.
 const MAX_STEPS: u32 = 16384;
+
+/// Workgroup sizes of the kernels (the shader's `WG` override constant): the default wrappers take
+/// them from [`Gpu::tuning`], the `_tiled` variants from their caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workgroups {
+    /// Threads a workgroup of the general kernels (W not a multiple of 4), of the bias gradient
+    /// and of the pass that sums the weight gradient's partial sums (which every shape runs).
+    pub general: u32,
+    /// Threads a workgroup of the quad kernels (W a multiple of 4: every U-Net level).
+    pub quads: u32,
+}
+
+impl Default for Workgroups {
+    /// 64 and 32: the sizes these kernels were written and benchmarked with on lavapipe (the
+    /// README's figures); [`crate::tuning::Tuning::builtin`] keeps them for CPU drivers.
+    fn default() -> Workgroups {
+        Workgroups { general: 64, quads: 32 }
+    }
+}
+
+impl Workgroups {
+    /// `Err(why)` when a size is 0 (adapter limits aside).
+    pub fn check(&self) -> Result<(), String> {
+        (self.general > 0 && self.quads > 0)
+            .then_some(())
+            .ok_or_else(|| format!("workgroups {self:?} must be positive"))
+    }
+
+    fn assert_valid(&self) {
+        if let Err(e) = self.check() {
+            panic!("conv_transpose2d: {e}");
+        }
+    }
+}
 
 /// Mirrors `Params` in `shaders/conv_transpose2d.wgsl`.
 #[repr(C)]
@@ -143,11 +173,34 @@ fn params(what: &str, x: &Tensor, w: &Tensor, big: &Tensor, concat: bool) -> Par
 
 /// `y = conv_transpose2d(x, w) + b`. x: [N,I,H,W], w: [I,O,2,2], b: [O], y: [N,O,2H,2W].
 pub fn conv_transpose2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
-    forward(gpu, enc, params("conv_transpose2d", x, w, y, false), x, w, b, y);
+    conv_transpose2d_forward_tiled(gpu, enc, x, w, b, y, &gpu.tuning().conv_transpose2d);
+}
+
+/// [`conv_transpose2d_forward`] with chosen workgroup sizes.
+pub fn conv_transpose2d_forward_tiled(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    wg: &Workgroups,
+) {
+    forward(gpu, enc, params("conv_transpose2d", x, w, y, false), x, w, b, y, wg);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn forward(gpu: &Gpu, enc: &mut Encoder, mut params: Params, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
+fn forward(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    mut params: Params,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+    wg: &Workgroups,
+) {
+    wg.assert_valid();
     if let Some(b) = b {
         assert_eq!(b.len(), params.co as usize, "conv_transpose2d: b {:?} vs w {:?}", b.shape(), w.shape());
     }
@@ -158,12 +211,12 @@ fn forward(gpu: &Gpu, enc: &mut Encoder, mut params: Params, x: &Tensor, w: &Ten
     // Without a bias the shader never reads binding 3; w stands in for it.
     let b = b.unwrap_or(w);
     if params.quads() {
-        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_forward_quads", &[("WG", WG_QUADS as f64)]);
-        let groups = [params.co.div_ceil(FORWARD_O), quad_threads(&params).div_ceil(WG_QUADS), 1];
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_forward_quads", &[("WG", wg.quads as f64)]);
+        let groups = [params.co.div_ceil(FORWARD_O), quad_threads(&params).div_ceil(wg.quads), 1];
         gpu.dispatch(enc, &kernel, &params, &[(9, x), (2, w), (3, b), (10, y)], groups);
     } else {
-        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_forward", &[("WG", WG as f64)]);
-        let groups = [(params.h * params.w).div_ceil(WG * PX), params.co.div_ceil(TO), params.n];
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_forward", &[("WG", wg.general as f64)]);
+        let groups = [(params.h * params.w).div_ceil(wg.general * PX), params.co.div_ceil(TO), params.n];
         gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
     }
 }
@@ -175,20 +228,33 @@ fn quad_threads(p: &Params) -> u32 {
 
 /// `dx += conv_transpose2d^T(dy)`. w: [I,O,2,2], dy: [N,O,2H,2W], dx: [N,I,H,W].
 pub fn conv_transpose2d_backward_data(gpu: &Gpu, enc: &mut Encoder, w: &Tensor, dy: &Tensor, dx: &Tensor) {
-    backward_data(gpu, enc, params("conv_transpose2d backward_data", dx, w, dy, false), w, dy, dx);
+    conv_transpose2d_backward_data_tiled(gpu, enc, w, dy, dx, &gpu.tuning().conv_transpose2d);
 }
 
-fn backward_data(gpu: &Gpu, enc: &mut Encoder, params: Params, w: &Tensor, dy: &Tensor, dx: &Tensor) {
+/// [`conv_transpose2d_backward_data`] with chosen workgroup sizes.
+pub fn conv_transpose2d_backward_data_tiled(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    w: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    wg: &Workgroups,
+) {
+    backward_data(gpu, enc, params("conv_transpose2d backward_data", dx, w, dy, false), w, dy, dx, wg);
+}
+
+fn backward_data(gpu: &Gpu, enc: &mut Encoder, params: Params, w: &Tensor, dy: &Tensor, dx: &Tensor, wg: &Workgroups) {
+    wg.assert_valid();
     if dx.is_empty() || params.co == 0 {
         return; // nothing to add to, or an empty sum
     }
     if params.quads() {
-        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data_quads", &[("WG", WG_QUADS as f64)]);
-        let groups = [params.ci.div_ceil(DATA_C), quad_threads(&params).div_ceil(WG_QUADS), 1];
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data_quads", &[("WG", wg.quads as f64)]);
+        let groups = [params.ci.div_ceil(DATA_C), quad_threads(&params).div_ceil(wg.quads), 1];
         gpu.dispatch(enc, &kernel, &params, &[(2, w), (11, dy), (12, dx)], groups);
     } else {
-        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data", &[("WG", WG as f64)]);
-        let groups = [(params.h * params.w).div_ceil(WG * PX), params.ci.div_ceil(TC), params.n];
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data", &[("WG", wg.general as f64)]);
+        let groups = [(params.h * params.w).div_ceil(wg.general * PX), params.ci.div_ceil(TC), params.n];
         gpu.dispatch(enc, &kernel, &params, &[(2, w), (5, dy), (6, dx)], groups);
     }
 }
@@ -203,7 +269,22 @@ pub fn conv_transpose2d_backward_weight(
     dw: &Tensor,
     db: Option<&Tensor>,
 ) {
-    backward_weight(gpu, enc, params("conv_transpose2d backward_weight", x, dw, dy, false), x, dy, dw, db);
+    conv_transpose2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, &gpu.tuning().conv_transpose2d);
+}
+
+/// [`conv_transpose2d_backward_weight`] with chosen workgroup sizes.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_backward_weight_tiled(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+    wg: &Workgroups,
+) {
+    let params = params("conv_transpose2d backward_weight", x, dw, dy, false);
+    backward_weight(gpu, enc, params, x, dy, dw, db, wg);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -215,7 +296,9 @@ fn backward_weight(
     dy: &Tensor,
     dw: &Tensor,
     db: Option<&Tensor>,
+    wg: &Workgroups,
 ) {
+    wg.assert_valid();
     let (ci, co) = (params.ci, params.co);
     if let Some(db) = db {
         assert_eq!(db.len(), co as usize, "conv_transpose2d: db {:?} vs dw {:?}", db.shape(), dw.shape());
@@ -225,7 +308,7 @@ fn backward_weight(
     }
     if ci == 0 {
         if let Some(db) = db {
-            bias(gpu, enc, params, dy, db);
+            bias(gpu, enc, params, dy, db, wg);
         }
         return;
     }
@@ -235,24 +318,24 @@ fn backward_weight(
         let blocks = ci.div_ceil(WEIGHT_C) * co.div_ceil(WEIGHT_O);
         let params = Params { len, ..params.with_row_slices(blocks) };
         let partial = gpu.empty(&[params.slices as usize * (len + co) as usize]);
-        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_weight_quads", &[("WG", WG_QUADS as f64)]);
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_weight_quads", &[("WG", wg.quads as f64)]);
         let threads = (params.slices * blocks) as usize;
-        gpu.dispatch(enc, &kernel, &params, &[(9, x), (11, dy), (7, &partial)], groups_1d(threads, WG_QUADS));
+        gpu.dispatch(enc, &kernel, &params, &[(9, x), (11, dy), (7, &partial)], groups_1d(threads, wg.quads));
         // Pass 2, in slice order.
-        sum_partials(gpu, enc, params, &partial, 0, dw);
+        sum_partials(gpu, enc, params, &partial, 0, dw, wg);
         if let Some(db) = db {
-            sum_partials(gpu, enc, params, &partial, params.slices * len, db);
+            sum_partials(gpu, enc, params, &partial, params.slices * len, db, wg);
         }
     } else {
         let blocks = ci.div_ceil(TC) * co.div_ceil(TO);
         let params = params.with_pixel_slices(blocks);
         let partial = gpu.empty(&[params.slices as usize * len as usize]);
-        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_weight_partial", &[("WG", WG as f64)]);
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_weight_partial", &[("WG", wg.general as f64)]);
         let threads = (params.slices * blocks) as usize;
-        gpu.dispatch(enc, &kernel, &params, &[(1, x), (5, dy), (7, &partial)], groups_1d(threads, WG));
-        sum_partials(gpu, enc, params, &partial, 0, dw);
+        gpu.dispatch(enc, &kernel, &params, &[(1, x), (5, dy), (7, &partial)], groups_1d(threads, wg.general));
+        sum_partials(gpu, enc, params, &partial, 0, dw, wg);
         if let Some(db) = db {
-            bias(gpu, enc, params, dy, db);
+            bias(gpu, enc, params, dy, db, wg);
         }
     }
 }
@@ -262,28 +345,37 @@ pub fn conv_transpose2d_backward_bias(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor,
     let [n, co, h2, w2] = dy.dims4("conv_transpose2d backward_bias dy");
     assert!(h2 % 2 == 0 && w2 % 2 == 0, "conv_transpose2d backward_bias: dy {:?} must have even H, W", dy.shape());
     assert_eq!(db.shape(), [co], "conv_transpose2d backward_bias: db {:?} vs dy {:?}", db.shape(), dy.shape());
-    bias(gpu, enc, Params::new([n, 0, h2 / 2, w2 / 2], co, co), dy, db);
+    bias(gpu, enc, Params::new([n, 0, h2 / 2, w2 / 2], co, co), dy, db, &gpu.tuning().conv_transpose2d);
 }
 
 /// `db += sum dy[:, 0..O]` with the general kernel (any W); `params` gives dy's shape.
-fn bias(gpu: &Gpu, enc: &mut Encoder, params: Params, dy: &Tensor, db: &Tensor) {
+fn bias(gpu: &Gpu, enc: &mut Encoder, params: Params, dy: &Tensor, db: &Tensor, wg: &Workgroups) {
     let co = params.co;
     if co == 0 || params.n * params.h * params.w == 0 {
         return;
     }
     let params = params.with_pixel_slices(co.div_ceil(TO));
     let partial = gpu.empty(&[params.slices as usize, co as usize]);
-    let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_bias_partial", &[("WG", WG as f64)]);
+    let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_bias_partial", &[("WG", wg.general as f64)]);
     let threads = (params.slices * co) as usize;
-    gpu.dispatch(enc, &kernel, &params, &[(5, dy), (7, &partial)], groups_1d(threads, WG));
-    sum_partials(gpu, enc, params, &partial, 0, db);
+    gpu.dispatch(enc, &kernel, &params, &[(5, dy), (7, &partial)], groups_1d(threads, wg.general));
+    sum_partials(gpu, enc, params, &partial, 0, db, wg);
 }
 
 /// `dst += sum over slices of partial[base..]` ([slices, len] -> [len]), in slice order.
-fn sum_partials(gpu: &Gpu, enc: &mut Encoder, params: Params, partial: &Tensor, base: u32, dst: &Tensor) {
+#[allow(clippy::too_many_arguments)]
+fn sum_partials(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    params: Params,
+    partial: &Tensor,
+    base: u32,
+    dst: &Tensor,
+    wg: &Workgroups,
+) {
     let params = Params { len: dst.len() as u32, base, ..params };
-    let kernel = gpu.kernel(&SHADER, "conv_transpose2d_sum_partials", &[("WG", WG as f64)]);
-    gpu.dispatch(enc, &kernel, &params, &[(7, partial), (8, dst)], groups_1d(dst.len(), WG));
+    let kernel = gpu.kernel(&SHADER, "conv_transpose2d_sum_partials", &[("WG", wg.general as f64)]);
+    gpu.dispatch(enc, &kernel, &params, &[(7, partial), (8, dst)], groups_1d(dst.len(), wg.general));
 }
 
 /// Transposed 2x2 stride-2 convolution on the tape. x: [N,I,H,W], w: [I,O,2,2],
@@ -327,12 +419,13 @@ struct OwnedGrads {
 
 /// The backward kernels of both tape ops; dy has the channels `params.yc` (O, or O + S).
 fn backward(gpu: &Gpu, enc: &mut Encoder, params: Params, x: &Tensor, w: &Tensor, dy: &Tensor, g: &OwnedGrads) {
+    let wg = gpu.tuning().conv_transpose2d;
     if let Some(dx) = &g.dx {
-        backward_data(gpu, enc, params, w, dy, dx);
+        backward_data(gpu, enc, params, w, dy, dx, &wg);
     }
     match (&g.dw, &g.db) {
-        (Some(dw), db) => backward_weight(gpu, enc, params, x, dy, dw, db.as_ref()),
-        (None, Some(db)) => bias(gpu, enc, params, dy, db),
+        (Some(dw), db) => backward_weight(gpu, enc, params, x, dy, dw, db.as_ref(), &wg),
+        (None, Some(db)) => bias(gpu, enc, params, dy, db, &wg),
         (None, None) => {}
     }
     if let Some(dskip) = &g.dskip {
@@ -356,7 +449,7 @@ pub fn conv_transpose2d_concat_forward(
     y: &Tensor,
 ) {
     let params = concat_params("conv_transpose2d_concat", x, w, skip, y);
-    forward(gpu, enc, params, x, w, b, y);
+    forward(gpu, enc, params, x, w, b, y, &gpu.tuning().conv_transpose2d);
     concat_forward_part(gpu, enc, skip, y, params.co as usize);
 }
 
@@ -528,6 +621,11 @@ mod tests {
     /// Runs forward (with and without bias) and all backward kernels on one shape and
     /// compares with the reference; gradients start at random values.
     fn check_shape(seed: u64, dims: [usize; 4], co: usize) {
+        check_shape_with(seed, dims, co, &Workgroups::default());
+    }
+
+    /// [`check_shape`] with the forward, data and weight kernels at workgroup sizes `wg`.
+    fn check_shape_with(seed: u64, dims: [usize; 4], co: usize, wg: &Workgroups) {
         let gpu = gpu();
         let [n, ci, h, wd] = dims;
         let big = [n, co, 2 * h, 2 * wd];
@@ -542,10 +640,10 @@ mod tests {
         let db_alone = gpu.upload(&db0, &[co]);
         let (y, y_nobias) = (gpu.empty(&big), gpu.empty(&big));
         let mut enc = gpu.encoder();
-        conv_transpose2d_forward(gpu, &mut enc, &xt, &wt, Some(&bt), &y);
-        conv_transpose2d_forward(gpu, &mut enc, &xt, &wt, None, &y_nobias);
-        conv_transpose2d_backward_data(gpu, &mut enc, &wt, &dyt, &dxt);
-        conv_transpose2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dwt, Some(&dbt));
+        conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, Some(&bt), &y, wg);
+        conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y_nobias, wg);
+        conv_transpose2d_backward_data_tiled(gpu, &mut enc, &wt, &dyt, &dxt, wg);
+        conv_transpose2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dwt, Some(&dbt), wg);
         conv_transpose2d_backward_bias(gpu, &mut enc, &dyt, &db_alone);
         gpu.submit(enc);
 
@@ -583,6 +681,20 @@ mod tests {
         check_shape(130, [3, 17, 3, 12], 9);
         check_shape(140, [1, 5, 2, 20], 13);
         check_shape(150, [2, 33, 7, 4], 3);
+    }
+
+    #[test]
+    fn other_workgroup_sizes_match_reference() {
+        // Odd and large groups, on general (W = 7, 29) and quad (W = 8, 28) shapes.
+        for (k, wg) in
+            [Workgroups { general: 48, quads: 8 }, Workgroups { general: 256, quads: 128 }].iter().enumerate()
+        {
+            let seed = 200 + 10 * k as u64;
+            check_shape_with(seed, [2, 3, 5, 7], 5, wg);
+            check_shape_with(seed + 1, [2, 3, 5, 8], 5, wg);
+            check_shape_with(seed + 2, [3, 5, 23, 29], 6, wg);
+            check_shape_with(seed + 3, [3, 17, 3, 28], 9, wg);
+        }
     }
 
     #[test]

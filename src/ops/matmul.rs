@@ -62,7 +62,8 @@ impl Default for SharedTiling {
     }
 }
 
-/// Which kernel computes a product.
+/// Which kernel computes a product. The wrappers without `_tiled` take it from [`Gpu::tuning`];
+/// `Tiles::default()` is what lavapipe runs fastest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tiles {
     /// Register tiles, no workgroup memory (the default).
@@ -74,6 +75,48 @@ pub enum Tiles {
 impl Default for Tiles {
     fn default() -> Tiles {
         Tiles::Register(Tiling::default())
+    }
+}
+
+impl std::fmt::Display for Tiles {
+    /// `register tiles 16x16, wg 16` or `shared tiles 64x64 (16x16 threads), bk 8`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tiles::Register(t) => write!(f, "register tiles {}x{}, wg {}", t.tm, t.tn, t.wg),
+            Tiles::Shared(t) => {
+                write!(f, "shared tiles {}x{} ({}x{} threads), bk {}", t.ty * t.sm, t.tx * t.sn, t.ty, t.tx, t.bk)
+            }
+        }
+    }
+}
+
+impl Tiles {
+    /// `Err(why)` when the shader's arrays cannot hold these tiles (adapter limits aside).
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            Tiles::Register(t) => {
+                let ok = t.wg > 0
+                    && t.tm % 4 == 0
+                    && (4..=MAX_TM).contains(&t.tm)
+                    && t.tn % 4 == 0
+                    && (4..=MAX_TN).contains(&t.tn);
+                ok.then_some(()).ok_or_else(|| {
+                    format!("register tiling {t:?} out of range (wg > 0; tm 4..=32, tn 4..=16, multiples of 4)")
+                })
+            }
+            Tiles::Shared(t) => {
+                let (bm, bn, threads) = (t.ty * t.sm, t.tx * t.sn, t.tx * t.ty);
+                let ok = threads > 0
+                    && (1..=4).contains(&t.sm)
+                    && (1..=4).contains(&t.sn)
+                    && t.bk > 0
+                    && t.bk * bm <= MAX_TILE
+                    && t.bk * bn <= MAX_TILE
+                    && (t.bk * bm) % threads == 0
+                    && (t.bk * bn) % threads == 0;
+                ok.then_some(()).ok_or_else(|| format!("shared tiling {t:?} does not fit the shader's tiles"))
+            }
+        }
     }
 }
 
@@ -127,6 +170,9 @@ fn gemm(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, c: &Tensor, g: Gem
     }
     let params =
         Params { m, n, k, lda: if g.trans_a { m } else { k }, ldb: if g.trans_b { k } else { n }, ..Params::default() };
+    if let Err(e) = tiles.check() {
+        panic!("matmul: {e}");
+    }
     let flags = [
         ("TRANS_A", g.trans_a as u32 as f64),
         ("TRANS_B", g.trans_b as u32 as f64),
@@ -134,14 +180,6 @@ fn gemm(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, c: &Tensor, g: Gem
     ];
     match tiles {
         Tiles::Register(t) => {
-            assert!(
-                t.wg > 0
-                    && t.tm % 4 == 0
-                    && (4..=MAX_TM).contains(&t.tm)
-                    && t.tn % 4 == 0
-                    && (4..=MAX_TN).contains(&t.tn),
-                "matmul: register tiling {t:?} out of range (tm 4..=32, tn 4..=16, multiples of 4)"
-            );
             let vec4 = g.m.is_multiple_of(4) && g.n.is_multiple_of(4) && g.k.is_multiple_of(4);
             assert!(g.k.div_ceil(4) < LOOP_GUARD, "matmul: K = {} is past the loop guard of CPU drivers", g.k);
             let params = Params { col_blocks: n.div_ceil(t.tn), ..params };
@@ -154,16 +192,6 @@ fn gemm(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, c: &Tensor, g: Gem
         }
         Tiles::Shared(t) => {
             let (bm, bn, threads) = (t.ty * t.sm, t.tx * t.sn, t.tx * t.ty);
-            assert!(
-                (1..=4).contains(&t.sm)
-                    && (1..=4).contains(&t.sn)
-                    && t.bk > 0
-                    && t.bk * bm <= MAX_TILE
-                    && t.bk * bn <= MAX_TILE
-                    && (t.bk * bm) % threads == 0
-                    && (t.bk * bn) % threads == 0,
-                "matmul: shared tiling {t:?} does not fit the shader's tiles"
-            );
             let per_slice = 1 + t.bk + (t.bk * bm + t.bk * bn) / threads;
             assert!(
                 g.k.div_ceil(t.bk as usize) * (per_slice as usize) < LOOP_GUARD,
@@ -198,9 +226,9 @@ fn dims(a: &Tensor, b: &Tensor) -> (usize, usize, usize) {
     (m, k, n)
 }
 
-/// `c = a . b`. a `[M,K]`, b `[K,N]`, c `[M,N]`.
+/// `c = a . b`. a `[M,K]`, b `[K,N]`, c `[M,N]`. Tiled as `gpu.tuning().matmul` says.
 pub fn matmul_forward(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, c: &Tensor) {
-    matmul_forward_tiled(gpu, enc, a, b, c, &Tiles::default());
+    matmul_forward_tiled(gpu, enc, a, b, c, &gpu.tuning().matmul);
 }
 
 /// [`matmul_forward`] with a chosen kernel and tiling (benchmarks sweep it).
@@ -211,7 +239,7 @@ pub fn matmul_forward_tiled(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor
 }
 
 /// `da += dc . b^T` and `db += a^T . dc`, each when given. a `[M,K]`, b `[K,N]`, dc `[M,N]`,
-/// da `[M,K]`, db `[K,N]`.
+/// da `[M,K]`, db `[K,N]`. Tiled as `gpu.tuning().matmul` says.
 pub fn matmul_backward(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -221,7 +249,7 @@ pub fn matmul_backward(
     da: Option<&Tensor>,
     db: Option<&Tensor>,
 ) {
-    matmul_backward_tiled(gpu, enc, a, b, dc, da, db, &Tiles::default());
+    matmul_backward_tiled(gpu, enc, a, b, dc, da, db, &gpu.tuning().matmul);
 }
 
 /// [`matmul_backward`] with a chosen kernel and tiling.
