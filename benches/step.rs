@@ -2,7 +2,7 @@
 //! U-Net (base 16, depth 4, 6 classes), a batch of 256x256 images, forward +
 //! fused Dice + CE loss + backward + Adam, one submit per step.
 //!
-//! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10]` prints the
+//! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10 --batch-norm]` prints the
 //! adapter, GPU time by kernel (one extra timed step), the first (cold) step,
 //! the warm steps' median / min / max, images per second, submits and
 //! blocking readbacks per warm step (1 and 0), the pool's allocations and
@@ -31,11 +31,13 @@ fn main() -> anyhow::Result<()> {
     let gpu = Gpu::new(&GpuOptions::default())?;
     println!("adapter: {}", gpu.describe());
     println!("tile sizes: {}; from: {}", gpu.tuning(), gpu.tuning_source());
-    let model = UNet::new(&gpu, UNetConfig::default());
+    let batch_norm = std::env::args().any(|a| a == "--batch-norm");
+    let model = UNet::new(&gpu, UNetConfig { batch_norm, ..UNetConfig::default() });
     let classes = model.config.classes;
     let flops = model.training_flops(batch, size, size);
     println!(
-        "model: U-Net base 16, depth 4, {} parameters; batch {batch} x 3 x {size} x {size}; {:.2} GFLOP per step (convolutions)",
+        "model: U-Net base 16, depth 4{}, {} parameters; batch {batch} x 3 x {size} x {size}; {:.2} GFLOP per step (convolutions)",
+        if batch_norm { ", batch norm" } else { "" },
         model.parameter_count(),
         flops / 1e9
     );
