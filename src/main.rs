@@ -320,7 +320,11 @@ fn main() -> anyhow::Result<()> {
         Command::Tune { budget, print } => tune(&gpu, budget, print)?,
         Command::Train(args) => {
             let summary = train(&gpu, &args.options()?)?;
-            println!("best validation mean IoU {:.4}: {}", summary.best, summary.best_checkpoint.display());
+            if summary.best.is_finite() {
+                println!("best validation mean IoU {:.4}: {}", summary.best, summary.best_checkpoint.display());
+            } else {
+                println!("no epoch was trained (--epochs {})", args.epochs);
+            }
         }
         Command::CompareLosses { train: args, losses } => {
             let losses = if losses.is_empty() { LossName::ALL.to_vec() } else { losses };

@@ -615,6 +615,16 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
                 options.model
             );
         }
+        let saved_scaling =
+            Scaling::from_metadata(&ck.metadata).map_err(|e| anyhow::anyhow!("{}: {e}", ck.path.display()))?;
+        if saved_scaling != scaling {
+            let fix = match (saved_scaling, scaling) {
+                (Scaling::Unit, _) => "add --no-standardize",
+                (_, Scaling::Unit) => "drop --no-standardize",
+                _ => "the training patches differ: use the same --data, --tiles, --patch and --seed",
+            };
+            bail!("{} was trained on inputs scaled as {saved_scaling:?}, not {scaling:?}; {fix}", ck.path.display());
+        }
         ck.restore(gpu, &trainer.state())?;
         start_epoch = meta_number(&ck, "train.epoch")?;
         trainer.optimizer.steps = meta_number(&ck, "train.steps")?;
@@ -637,6 +647,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
     println!("class pixel frequencies (training patches):\n{}", train_patches.class_frequencies());
 
     let (train_acc, val_acc) = (Accumulators::new(gpu, classes), Accumulators::new(gpu, classes));
+    let mut last_val_confusion = None;
     for epoch in start_epoch..options.epochs {
         let started = Instant::now();
         let lr = options.schedule.lr(options.lr, epoch);
@@ -686,6 +697,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
             metrics.val_accuracy = Some(values.accuracy as f64);
             metrics.val_jacard_coef = Some(values.soft_jaccard as f64);
             metrics.val_mean_iou = confusion.mean_iou();
+            last_val_confusion = Some(confusion);
         }
         metrics.seconds = started.elapsed().as_secs_f64();
         println!("{}", metrics.keras_line(steps));
@@ -706,8 +718,23 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         history.write(&history_path)?;
         picture("loss curves", plot_history(&history, &curves_path));
     }
+    if let Some(confusion) = &last_val_confusion {
+        println!("validation IoU per class, last epoch:\n{}", per_class_table(confusion, &palette));
+    }
     save_predictions(&trainer, &val_patches, &palette, scaling, &options.out.join("val_predictions.png"))?;
     Ok(TrainSummary { history: EpochMetrics::all(&history), best, best_checkpoint: best_path })
+}
+
+/// One line per class: IoU and Dice on the validation patches, or `absent`.
+fn per_class_table(confusion: &Confusion, palette: &Palette) -> String {
+    let mut table = format!("{:<12} {:>7} {:>7}", "class", "IoU", "Dice");
+    for (k, name) in palette.names().iter().enumerate() {
+        table += &match (confusion.iou(k), confusion.dice(k)) {
+            (Some(iou), Some(dice)) => format!("\n{name:<12} {iou:>7.4} {dice:>7.4}"),
+            _ => format!("\n{name:<12} {:>7} {:>7}", "absent", "absent"),
+        };
+    }
+    table
 }
 
 fn progress_bar(show: bool, steps: usize) -> indicatif::ProgressBar {
@@ -771,6 +798,9 @@ mod tests {
 
         let err = train(gpu, &TrainOptions { resume: true, ..tiny(&root.join("c"), 1) }).unwrap_err();
         assert!(format!("{err:#}").contains("nothing to resume"), "{err:#}");
+        // The inputs of a resumed run must be scaled as the checkpoint's were.
+        let err = train(gpu, &TrainOptions { resume: true, standardize: false, ..tiny(&b, 4) }).unwrap_err();
+        assert!(format!("{err:#}").contains("drop --no-standardize"), "{err:#}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
