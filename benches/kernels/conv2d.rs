@@ -100,15 +100,7 @@ pub fn run(b: &mut Bench) {
         let bias = gpu.upload(&random_vec(6, wd[0]), &[wd[0]]);
         let dy = gpu.upload(&random_vec(7, yd.iter().product()), &yd);
         let (y, dx, dw, db) = (gpu.empty(&yd), gpu.empty(&xd), gpu.empty(&wd), gpu.empty(&[wd[0]]));
-        let shape0 = format!("{} k{}x{} o{}", shape_str(&xd), wd[2], wd[3], wd[0]);
-        // AB-TEMP
-        let ab = std::env::var("CONV_AB").unwrap_or_default();
-        let variants: Vec<&str> = if ab.is_empty() { vec![""] } else { ab.split(';').collect() };
-        let rounds = if ab.is_empty() { 1 } else { 2 };
-        for _ in 0..rounds {
-        for v in &variants {
-        std::env::set_var("CONV_AB_OFF", v);
-        let shape = if ab.is_empty() { shape0.clone() } else { format!("{shape0} [{v}]") };
+        let shape = format!("{} k{}x{} o{}", shape_str(&xd), wd[2], wd[3], wd[0]);
         b.case("conv2d_forward", &shape, Some(flops), None, |gpu, enc| {
             conv2d_forward_tiled(gpu, enc, &x, &w, Some(&bias), &y, p, Epilogue::Identity, &t)
         });
@@ -127,7 +119,5 @@ pub fn run(b: &mut Bench) {
         b.case("conv2d_backward_weight", &shape, Some(flops), None, |gpu, enc| {
             conv2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), p, &tw)
         });
-        }
-        }
     }
 }

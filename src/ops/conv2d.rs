@@ -310,11 +310,10 @@ fn dispatch_tile(
     let b = bias_or_x(&mut params, b, x, d);
     // Rows of x as aligned vec4s: stride 1 and W a multiple of 4, with the 3-wide kernel and
     // column padding 1 (the U-Net's 3x3 "same" convolutions) or the 1x1 kernel and no padding.
-    let ab = std::env::var("CONV_AB_OFF").unwrap_or_default();
-    let window = (d.w[3] == 3 && p.pad[1] == 1) || (d.w[3] == 1 && p.pad[1] == 0 && !ab.contains("vecx1"));
+    let window = (d.w[3] == 3 && p.pad[1] == 1) || (d.w[3] == 1 && p.pad[1] == 0);
     let vec_x = window && p.stride[1] == 1 && d.x[3].is_multiple_of(4) && x.offset().is_multiple_of(16);
     // Rows of y as aligned vec4s.
-    let vec_y = d.y[3].is_multiple_of(4) && y.offset().is_multiple_of(16) && !ab.contains("vecy");
+    let vec_y = d.y[3].is_multiple_of(4) && y.offset().is_multiple_of(16);
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     let constants: Vec<_> = register_constants(t)
         .into_iter()
@@ -472,9 +471,7 @@ pub fn conv2d_backward_weight_tiled(
     // Four pixels at a time with vec4 loads: 3x3 taps with column padding 1, or 1x1 taps with
     // none; stride 1 along rows of pixels, OW and W multiples of 4 (then OW = W), both tensors
     // 16-byte aligned.
-    let ab = std::env::var("CONV_AB_OFF").unwrap_or_default();
-    let taps_ok = (d.w[2] == 3 && d.w[3] == 3 && p.pad[1] == 1)
-        || (d.w[2] == 1 && d.w[3] == 1 && p.pad[1] == 0 && !ab.contains("bw1"));
+    let taps_ok = (d.w[2] == 3 && d.w[3] == 3 && p.pad[1] == 1) || (d.w[2] == 1 && d.w[3] == 1 && p.pad[1] == 0);
     let vec_dy = taps_ok
         && p.stride[1] == 1
         && d.y[3].is_multiple_of(4)
