@@ -61,6 +61,11 @@ override VEC_X: bool = false;
 // The weight gradient walks four pixels at a time with vec4 loads of dy and x: the same case,
 // OW % 4 == 0.
 override VEC_DY: bool = false;
+// The forward tile stores (or, in backward data, adds) its rows as aligned vec4s: OW % 4 == 0 and
+// y starts on a vec4. A scalar store is a loop over the SIMD lanes on lavapipe, as a load is, and
+// at 16 channels (K = 144) the tile's 128 scalar stores (256 accesses when adding) cost about a
+// tenth of its FMAs.
+override VEC_Y: bool = false;
 override RELU: bool = false;
 override DROPOUT: bool = false;
 
@@ -112,6 +117,7 @@ struct Params {
 @group(0) @binding(11) var<storage, read> src_v4: array<vec4<f32>>; // binding 1's buffer, as vec4s
 @group(0) @binding(12) var<storage, read> dy_v4: array<vec4<f32>>; // binding 5's buffer, as vec4s
 @group(0) @binding(10) var<storage, read_write> wq_out: array<f32>;
+@group(0) @binding(13) var<storage, read_write> dst_v4: array<vec4<f32>>; // binding 4's buffer, as vec4s
 
 // src[plane + r * cols + c] for (r, c) inside [0,rows) x [0,cols), else 0 (padding). The index is
 // clamped before the read so no lane ever reads outside the buffer.
@@ -152,6 +158,22 @@ fn store4(v: vec4<f32>, base: u32, col: u32, cols: u32, ok: bool, add: bool) {
                 dst[base + t] = v[t];
             }
         }
+    }
+}
+
+// store4 for the forward tile: with VEC_Y, base is a multiple of 4 (org.z is one of 8, OW one of
+// 4) and the 4 columns are inside or outside together, so they are one vec4 access.
+fn store_tile4(v: vec4<f32>, base: u32, col: u32, cols: u32, ok: bool, add: bool) {
+    if VEC_Y {
+        if ok && col < cols {
+            if add {
+                dst_v4[base / 4u] += v;
+            } else {
+                dst_v4[base / 4u] = v;
+            }
+        }
+    } else {
+        store4(v, base, col, cols, ok, add);
     }
 }
 
@@ -236,7 +258,13 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
             var vb1: vec4<f32>;
             var right0 = 0.0;
             var right1 = 0.0;
-            if VEC_X {
+            if VEC_X && KW == 1u {
+                // 1x1 kernel, no column padding (the U-Net's head): the 8 columns are the window.
+                xa0 = row4(plane, r0, org.z);
+                xb0 = row4(plane, r0, org.z + 4u);
+                xa1 = row4(plane, r1, org.z);
+                xb1 = row4(plane, r1, org.z + 4u);
+            } else if VEC_X {
                 va0 = row4(plane, r0, org.z);
                 vb0 = row4(plane, r0, org.z + 4u);
                 va1 = row4(plane, r1, org.z);
@@ -313,42 +341,42 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
     for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
-        store4(epilogue4(a0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co, add);
+        store_tile4(epilogue4(a0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co, add);
     }
     for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
-        store4(epilogue4(b0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co, add);
+        store_tile4(epilogue4(b0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co, add);
     }
     for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
-        store4(epilogue4(a1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co && row1, add);
+        store_tile4(epilogue4(a1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co && row1, add);
     }
     for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
-        store4(epilogue4(b1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co && row1, add);
+        store_tile4(epilogue4(b1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co && row1, add);
     }
     for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + 4u + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
-        store4(epilogue4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + 4u + m < p.co, add);
+        store_tile4(epilogue4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + 4u + m < p.co, add);
     }
     for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + 4u + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
-        store4(epilogue4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + 4u + m < p.co, add);
+        store_tile4(epilogue4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + 4u + m < p.co, add);
     }
     for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + 4u + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
-        store4(epilogue4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + 4u + m < p.co && row1, add);
+        store_tile4(epilogue4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + 4u + m < p.co && row1, add);
     }
     for (var m = 0u; m < 4u; m++) {
         let c = min(o0 + 4u + m, p.co - 1u);
         let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
-        store4(epilogue4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + 4u + m < p.co && row1, add);
+        store_tile4(epilogue4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + 4u + m < p.co && row1, add);
     }
 }
 
@@ -559,7 +587,37 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
         let ih0 = i32(oh * SH) - i32(p.ph);
         let plane = (n * p.ci + i) * p.h * p.w;
         let dy_row = n * p.co * plane_out + oh * p.ow;
-        if VEC_DY {
+        if VEC_DY && KH == 1u && KW == 1u {
+            // 1x1 kernel, stride 1, no column padding (the U-Net's head): pixel ow reads x column
+            // ow, so a quad of dy pixels meets one aligned vec4 of x (9 vec4 loads for 8 vec4
+            // FMAs, where the scalar walk below loads 36 scalars). acc_a[k], k < 4, holds channel
+            // o0 + k's sums per pixel of the quad; they are added across the quad after the loop.
+            let d_row = dy_row / 4u;
+            for (var q = 0u; q < p.ow / 4u; q++) {
+                let d = d_row + q;
+                let qa0 = live * dy_v4[d + oa.x / 4u];
+                let qa1 = live * dy_v4[d + oa.y / 4u];
+                let qa2 = live * dy_v4[d + oa.z / 4u];
+                let qa3 = live * dy_v4[d + oa.w / 4u];
+                let qb0 = live * dy_v4[d + ob.x / 4u];
+                let qb1 = live * dy_v4[d + ob.y / 4u];
+                let qb2 = live * dy_v4[d + ob.z / 4u];
+                let qb3 = live * dy_v4[d + ob.w / 4u];
+                let one = vec4<f32>(1.0);
+                sum_a += vec4<f32>(dot(qa0, one), dot(qa1, one), dot(qa2, one), dot(qa3, one));
+                sum_b += vec4<f32>(dot(qb0, one), dot(qb1, one), dot(qb2, one), dot(qb3, one));
+                // forward: y[o,oh,ow] += w[o,i] * x[i,ih,ow]  =>  dw[o,i] += dy[o,oh,ow] * x[i,ih,ow]
+                let xv = row4(plane, ih0, 4u * q);
+                acc_a[0] = fma(qa0, xv, acc_a[0]);
+                acc_a[1] = fma(qa1, xv, acc_a[1]);
+                acc_a[2] = fma(qa2, xv, acc_a[2]);
+                acc_a[3] = fma(qa3, xv, acc_a[3]);
+                acc_b[0] = fma(qb0, xv, acc_b[0]);
+                acc_b[1] = fma(qb1, xv, acc_b[1]);
+                acc_b[2] = fma(qb2, xv, acc_b[2]);
+                acc_b[3] = fma(qb3, xv, acc_b[3]);
+            }
+        } else if VEC_DY {
             // Four pixels at a time (OW % 4 == 0, 3-wide taps, stride 1, column padding 1): dy
             // of each channel and x of each row arrive as aligned vec4s, 2.5x fewer loaded
             // values per FMA. Pixel ow + j, tap (kh, kw) reads x column ow + j - 1 + kw: one of
@@ -651,6 +709,11 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
     // slower on lavapipe (measured; the loop above is compiled differently).
     let len = p.co * p.ci * KH * KW;
     let base = chunk * len;
+    if VEC_DY && KH == 1u && KW == 1u {
+        let one = vec4<f32>(1.0);
+        acc_a[0] = vec4<f32>(dot(acc_a[0], one), dot(acc_a[1], one), dot(acc_a[2], one), dot(acc_a[3], one));
+        acc_b[0] = vec4<f32>(dot(acc_b[0], one), dot(acc_b[1], one), dot(acc_b[2], one), dot(acc_b[3], one));
+    }
     for (var t = 0u; t < KH * KW; t++) {
         store_dw_part(base, o0, i, t, acc_a[t], valid);
         store_dw_part(base, o0 + 4u, i, t, acc_b[t], valid);

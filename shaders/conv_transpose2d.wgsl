@@ -17,7 +17,8 @@
 //   7 read_write partial: split-K partial sums of dw ([slices, I*O*4]) and db ([slices, O] after them)
 //   8 read_write dst: dw or db, accumulated into by the final fixed-order sum over slices
 //   9 read x as vec4   10 read_write y as vec4   11 read dy as vec4   12 read_write dx as vec4
-// Two families of kernels share the bindings: the `*_quads` kernels (bindings 9-12) when W % 4 == 0,
+//   13 read_write partial as vec4 (the quad weight gradient's dw partial sums)
+// Two families of kernels share the bindings: the `*_quads` kernels (bindings 9-13) when W % 4 == 0,
 // as in every U-Net level, and general ones for any shape (bindings 1, 4-6).
 //
 // Why the tiling is what it is. On lavapipe (the CPU driver this is tuned on) an invocation is one
@@ -74,6 +75,7 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> y4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read> dy4: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read_write> dx4: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> partial4: array<vec4<f32>>; // binding 7's buffer, as vec4s
 
 // ---------------------------------------------------------------------------------------------
 // Quad kernels (W % 4 == 0). Vec4 indices: x quad (n, c, i, q) is ((n*I + c)*H + i)*W/4 + q;
@@ -266,15 +268,13 @@ fn conv_transpose2d_backward_data_quads(@builtin(workgroup_id) group: vec3<u32>,
 }
 
 // partial[base + (c*O + o)*4 + ab] = tap ab of column oo of acc (output channel o = o0 + oo).
+// The 4 taps are one aligned vec4 (base is a multiple of len = I*O*4): one vector store rather
+// than 4 scalar ones (on lavapipe each store is a loop over the SIMD lanes).
 fn store_dw_partial(base: u32, c: u32, o0: u32, acc: mat4x4<f32>, live: bool) {
     if !live || c >= p.ci { return; }
     for (var oo = 0u; oo < 4u; oo++) {
         if o0 + oo < p.co {
-            let at = base + (c * p.co + o0 + oo) * 4u;
-            partial[at] = acc[oo].x;
-            partial[at + 1u] = acc[oo].y;
-            partial[at + 2u] = acc[oo].z;
-            partial[at + 3u] = acc[oo].w;
+            partial4[(base + (c * p.co + o0 + oo) * 4u) / 4u] = acc[oo];
         }
     }
 }

@@ -308,20 +308,33 @@ fn dispatch_tile(
     );
     gpu.dispatch(enc, &kernel, &params, &[(2, w), (10, &wq)], groups_1d(params.len as usize, t.wg));
     let b = bias_or_x(&mut params, b, x, d);
-    // Rows of x as aligned vec4s: the 3-wide, stride-1, padding-1 case, W a multiple of 4.
-    let vec_x =
-        d.w[3] == 3 && p.stride[1] == 1 && p.pad[1] == 1 && d.x[3].is_multiple_of(4) && x.offset().is_multiple_of(16);
+    // Rows of x as aligned vec4s: stride 1 and W a multiple of 4, with the 3-wide kernel and
+    // column padding 1 (the U-Net's 3x3 "same" convolutions) or the 1x1 kernel and no padding.
+    let window = (d.w[3] == 3 && p.pad[1] == 1) || (d.w[3] == 1 && p.pad[1] == 0);
+    let vec_x = window && p.stride[1] == 1 && d.x[3].is_multiple_of(4) && x.offset().is_multiple_of(16);
+    // Rows of y as aligned vec4s.
+    let vec_y = d.y[3].is_multiple_of(4) && y.offset().is_multiple_of(16);
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
     let constants: Vec<_> = register_constants(t)
         .into_iter()
         .chain(d.kernel_constants(p))
         .chain(epilogue.iter().copied())
-        .chain([("VEC_X", if vec_x { 1.0 } else { 0.0 })])
+        .chain([("VEC_X", flag(vec_x)), ("VEC_Y", flag(vec_y))])
         .collect();
     let kernel = gpu.kernel(&SHADER, entry, &constants);
     let groups = [params.tiles.div_ceil(t.wg), params.co.div_ceil(8), 1];
     // Binding 11 is x as vec4s; unread without VEC_X, where x may be shorter than one vec4.
     let x_v4 = if vec_x { x } else { &wq };
-    gpu.dispatch(enc, &kernel, &params, &[(1, x), (3, b), (4, y), (9, &wq), (11, x_v4)], groups);
+    // Binding 13 is y as vec4s (bound twice, read-write both times); unwritten without VEC_Y,
+    // where y may be shorter than one vec4: a scratch vec4 stands in.
+    let spare;
+    let y_v4 = if vec_y {
+        y
+    } else {
+        spare = gpu.empty(&[4]);
+        &spare
+    };
+    gpu.dispatch(enc, &kernel, &params, &[(1, x), (3, b), (4, y), (9, &wq), (11, x_v4), (13, y_v4)], groups);
 }
 
 /// The tensor to bind as the bias: `b`, or (flagged off in `params`) x, which is bound anyway.
@@ -455,12 +468,12 @@ pub fn conv2d_backward_weight_tiled(
     params.rows_per_chunk = rows.div_ceil(chunks);
     params.chunks = rows.div_ceil(params.rows_per_chunk);
     params.len = params.co * params.ci * taps;
-    // Four pixels at a time with vec4 loads: 3x3 taps, stride 1, column padding 1, OW and W
-    // multiples of 4 (then OW = W), both tensors 16-byte aligned.
-    let vec_dy = d.w[2] == 3
-        && d.w[3] == 3
+    // Four pixels at a time with vec4 loads: 3x3 taps with column padding 1, or 1x1 taps with
+    // none; stride 1 along rows of pixels, OW and W multiples of 4 (then OW = W), both tensors
+    // 16-byte aligned.
+    let taps_ok = (d.w[2] == 3 && d.w[3] == 3 && p.pad[1] == 1) || (d.w[2] == 1 && d.w[3] == 1 && p.pad[1] == 0);
+    let vec_dy = taps_ok
         && p.stride[1] == 1
-        && p.pad[1] == 1
         && d.y[3].is_multiple_of(4)
         && x.offset().is_multiple_of(16)
         && dy.offset().is_multiple_of(16);
@@ -723,6 +736,12 @@ mod tests {
             // 4 columns; then 12 columns, one and a half tiles).
             ([1, 3, 5, 4], [5, 3, 3, 3], Conv2d::new(1, 1)),
             ([2, 6, 7, 12], [9, 6, 3, 3], Conv2d::new(1, 1)),
+            // 1x1 with W a multiple of 4 (the head's path: vec4 rows of x and y in the forward
+            // and backward data, quads in the weight gradient), 6 and 9 output channels.
+            ([2, 5, 7, 12], [6, 5, 1, 1], Conv2d::new(1, 0)),
+            ([1, 3, 7, 8], [9, 3, 1, 1], Conv2d { stride: [2, 1], pad: [0, 0] }),
+            // Row stride 2 with vec4 rows (OW = W = 8).
+            ([1, 4, 9, 8], [5, 4, 3, 3], Conv2d { stride: [2, 1], pad: [1, 1] }),
         ]
     }
 
@@ -818,6 +837,8 @@ mod tests {
         // 2*100*100 = 20000 pixels: more loop iterations than lavapipe lets one invocation
         // run, unless the chunks are capped.
         check_gpu(340, [2, 4, 100, 100], [4, 4, 3, 3], Conv2d::new(1, 1), false, &t);
+        // The 1x1 quad walk over many rows.
+        check_gpu(350, [2, 5, 40, 36], [6, 5, 1, 1], Conv2d::new(1, 0), true, &t);
     }
 
     #[test]
