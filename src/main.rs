@@ -118,7 +118,7 @@ struct TrainArgs {
     #[arg(long, value_delimiter = ',')]
     tiles: Vec<String>,
     /// Number of synthetic tiles (without --data).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32)]
     synthetic_tiles: usize,
     /// Side of each synthetic tile in pixels.
     #[arg(long, default_value_t = 512)]
@@ -127,16 +127,16 @@ struct TrainArgs {
     #[arg(long, default_value = "dice+ce")]
     loss: LossName,
     /// Epochs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 4)]
     epochs: usize,
     /// Patches per step.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     batch: usize,
     /// Patch side in pixels (a multiple of 2^depth).
     #[arg(long, default_value_t = 256)]
     patch: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     lr: f32,
     /// Optimizer: adam, adamw or sgd.
     #[arg(long, default_value = "adam")]
@@ -151,7 +151,7 @@ struct TrainArgs {
     #[arg(long)]
     clip_norm: Option<f32>,
     /// Learning-rate schedule: constant, step (x0.5 every 10 epochs) or cosine.
-    #[arg(long, default_value = "constant")]
+    #[arg(long, default_value = "cosine")]
     schedule: String,
     /// Seed of initialisation, split, order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
@@ -168,9 +168,10 @@ struct TrainArgs {
     /// Number of downsamplings.
     #[arg(long, default_value_t = 4)]
     depth: usize,
-    /// Batch norm after each 3x3 convolution.
+    /// No batch norm after the 3x3 convolutions (the Keras tutorial's model; slower to learn,
+    /// faster a step).
     #[arg(long)]
-    batch_norm: bool,
+    no_batch_norm: bool,
     /// Upsample with bilinear interpolation + 1x1 conv instead of transposed convs.
     #[arg(long)]
     bilinear: bool,
@@ -230,7 +231,7 @@ impl TrainArgs {
         let model = UNetConfig {
             depth: self.depth,
             base: self.base,
-            batch_norm: self.batch_norm,
+            batch_norm: !self.no_batch_norm,
             dropout,
             upsampling: if self.bilinear { Upsampling::Bilinear } else { Upsampling::Transposed },
             seed: self.seed,

@@ -172,22 +172,26 @@ pub struct TrainOptions {
 }
 
 impl Default for TrainOptions {
-    /// The defaults of `unet-wgpu train`: synthetic tiles, Dice + CE, 10
-    /// epochs of batches of 4 patches of 256, Adam at 1e-3, the default U-Net.
+    /// The defaults of `unet-wgpu train`: 32 synthetic tiles, Dice + CE, 4
+    /// epochs of batches of 2 patches of 256, Adam at 2e-3 on a cosine
+    /// schedule, the default U-Net with batch norm, standardised inputs. Chosen
+    /// to learn the most within ten minutes on a two-core software driver:
+    /// batch norm and standardised inputs learn faster a step, and two patches
+    /// a step give twice the updates of four for the same work (README).
     fn default() -> Self {
         TrainOptions {
-            data: DataSource::Synthetic { tiles: 8, size: 512 },
+            data: DataSource::Synthetic { tiles: 32, size: 512 },
             loss: LossName::DiceCe,
-            epochs: 10,
-            batch: 4,
+            epochs: 4,
+            batch: 2,
             patch: 256,
-            lr: 1e-3,
+            lr: 2e-3,
             optimizer: OptimConfig::new(Method::Adam),
-            schedule: Schedule::Constant,
+            schedule: Schedule::Cosine { epochs: 4, min_lr: 2e-5 },
             seed: 0,
             out: PathBuf::from("runs/latest"),
             resume: false,
-            model: UNetConfig::default(),
+            model: UNetConfig { batch_norm: true, ..UNetConfig::default() },
             augment: true,
             standardize: true,
             validation: 0.2,
