@@ -4,11 +4,18 @@
 //     invstd_c = 1 / sqrt(var_c + eps); running_mean = (1-momentum) running_mean + momentum mean,
 //     running_var = (1-momentum) running_var + momentum var * M / (M - 1)   (unbiased, as PyTorch)
 //   statistics (evaluation): mean_c = running_mean_c, invstd_c = 1 / sqrt(running_var_c + eps)
-//   forward : xhat = (x - mean_c) * invstd_c,   y = gamma_c * xhat + beta_c
+//   forward : xhat = (x - mean_c) * invstd_c,   z = gamma_c * xhat + beta_c,   y = epilogue(z)
+//   epilogue (RELU, DROPOUT: pipeline constants, as in conv2d.wgsl): the identity y = z, ReLU
+//     y = max(z, 0), or ReLU then inverted dropout y = keep(i) * max(z, 0) / (1 - p), with keep(i)
+//     dropout.wgsl's hash of (seed, flat index i of y), bit for bit. The activation then makes
+//     no round trip through memory, forward or backward.
+//   backward through the epilogue, on the fly wherever dy is read (y at binding 12):
+//     dz = dy * (y > 0) * scale   (scale = 1 / (1 - p) with DROPOUT, else 1; y > 0 exactly where
+//     z > 0 and the value is kept), or dz = dy for the identity. Then, with sums over channel c:
 //   backward (training, the statistics depend on x):
-//     dx += gamma_c invstd_c / M * (M dy - sum(dy) - xhat sum(dy xhat)),
-//     dgamma_c += sum(dy xhat),  dbeta_c += sum(dy)
-//   backward (evaluation, constant statistics): dx += dy gamma_c invstd_c
+//     dx += gamma_c invstd_c / M * (M dz - sum(dz) - xhat sum(dz xhat)),
+//     dgamma_c += sum(dz xhat),  dbeta_c += sum(dz)
+//   backward (evaluation, constant statistics): dx += dz gamma_c invstd_c
 // Variance is never E[x^2] - E[x]^2 (which cancels catastrophically when |mean| >> std):
 // each thread runs Welford's update over its values, and partial (count, mean, M2)
 // triples merge with Chan's formula, exact in real arithmetic and stable in floats:
@@ -24,21 +31,29 @@
 //     the same tree. Every merge happens in a fixed order: results are bit-for-bit
 //     repeatable, with no atomics.
 // Entry points and their bindings (group 0; 0 is always the uniform Params
-// {n, c, hw, splits, chunk, momentum, eps, which}):
+// {n, c, hw, splits, chunk, momentum, eps, which, drop_threshold, drop_seed_lo, drop_seed_hi,
+// drop_scale}):
 //   batchnorm_stats_partial       1 x                                  9 partial (3 per split)
 //   batchnorm_stats_final         5 mean 6 invstd 7 running_mean 8 running_var 9 partial
 //   batchnorm_stats_running       5 mean 6 invstd 7 running_mean 8 running_var
 //   batchnorm_forward             1 x 3 gamma 4 beta 5 mean 6 invstd   11 y
-//   batchnorm_backward_partial    1 x 2 dy 5 mean 6 invstd             9 partial (2 per split)
-//   batchnorm_backward_final      9 partial                            10 sums [sum dy | sum dy xhat]
-//   batchnorm_backward_data       1 x 2 dy 3 gamma 5 mean 6 invstd 10 sums   11 dx
-//   batchnorm_backward_data_eval  2 dy 3 gamma 6 invstd                11 dx
+//   batchnorm_backward_partial    1 x 2 dy 5 mean 6 invstd 12 y        9 partial (2 per split)
+//   batchnorm_backward_final      9 partial                            10 sums [sum dz | sum dz xhat]
+//   batchnorm_backward_data       1 x 2 dy 3 gamma 5 mean 6 invstd 10 sums 12 y   11 dx
+//   batchnorm_backward_data_eval  2 dy 3 gamma 6 invstd 12 y           11 dx
 //   batchnorm_backward_param      10 sums                              11 dgamma | dbeta
+// Binding 12 (the fused forward's y) belongs to the entry point whatever the constants (the
+// layout is reflected before they are applied); with the identity epilogue it is never read,
+// and the host binds dy there.
 // WG = 256 threads (a power of two, for the tree): enough values per thread in pass 1
 // to hide latency, and one thread per partial in pass 2. Elementwise entry points use
 // one thread per element, a row of workgroups per (n, c) plane; the
 // per-channel ones (running, param) one thread per channel.
 override WG: u32 = 256u;
+// Epilogue of the forward, and the gate of dy in the backward (see the header). Pipeline
+// constants rather than uniforms: the unfused kernels carry no branch and no extra load.
+override RELU: bool = false;
+override DROPOUT: bool = false;
 
 struct Params {
     n: u32,
@@ -48,7 +63,13 @@ struct Params {
     chunk: u32,     // values of a channel per partial
     momentum: f32,
     eps: f32,
-    which: u32,     // batchnorm_backward_param: 0 adds sum dy (dbeta), 1 sum dy xhat (dgamma)
+    which: u32,     // batchnorm_backward_param: 0 adds sum dz (dbeta), 1 sum dz xhat (dgamma)
+    // Epilogue dropout: keep when bits(i) >= drop_threshold; kept values are scaled by
+    // drop_scale = 1 / (1 - p). The seed is split in two u32 halves (WGSL has no u64).
+    drop_threshold: u32,
+    drop_seed_lo: u32,
+    drop_seed_hi: u32,
+    drop_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -63,6 +84,7 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(10) var<storage, read_write> sums: array<f32>;
 @group(0) @binding(11) var<storage, read_write> out: array<f32>;
+@group(0) @binding(12) var<storage, read> y_fused: array<f32>;
 
 // Welford/Chan triples (count, mean, M2) and plain sums share this scratch.
 var<workgroup> t0: array<f32, WG>;
@@ -188,6 +210,49 @@ fn batchnorm_stats_running(@builtin(global_invocation_id) id: vec3<u32>) {
     invstd[c] = 1.0 / sqrt(running_var[c] + p.eps);
 }
 
+// dropout.wgsl's hash, copied bit for bit (WGSL has no includes; a test compares the fused
+// mask with dropout.wgsl's): lowbias32, two keyed rounds.
+fn hash_mix(x: u32) -> u32 {
+    var z = x;
+    z ^= z >> 16u;
+    z *= 0x21f0aaadu;
+    z ^= z >> 15u;
+    z *= 0x735a2d97u;
+    z ^= z >> 15u;
+    return z;
+}
+
+// Whether element i of y survives the dropout: bits(i) >= threshold.
+fn keep(i: u32) -> bool {
+    let key0 = hash_mix(p.drop_seed_lo ^ hash_mix(p.drop_seed_hi ^ 0x85ebca6bu));
+    let key1 = hash_mix(p.drop_seed_hi ^ hash_mix(p.drop_seed_lo ^ 0xc2b2ae35u));
+    return hash_mix(hash_mix(i ^ key0) + key1) >= p.drop_threshold;
+}
+
+// y[i] from z = gamma xhat + beta: ReLU, then inverted dropout, as the constants ask. The same
+// operations as relu.wgsl then dropout.wgsl, so the same bits.
+fn epilogue(z: f32, i: u32) -> f32 {
+    var v = z;
+    if RELU {
+        v = max(v, 0.0);
+    }
+    if DROPOUT {
+        v = select(0.0, v * p.drop_scale, keep(i));
+    }
+    return v;
+}
+
+// dz[i] from dy[i], through the epilogue:
+// forward: y = keep * max(z, 0) * scale  =>  dz = dy * scale where y > 0, else 0
+// (scale 1 without DROPOUT; the identity passes dy through and reads no y).
+fn gate(g: f32, i: u32) -> f32 {
+    if RELU {
+        let scale = select(1.0, p.drop_scale, DROPOUT);
+        return select(0.0, g * scale, y_fused[i] > 0.0);
+    }
+    return g;
+}
+
 // Elementwise entry points run on a 2-D grid: y = the (n, c) plane, x = WG pixels of
 // it. The channel is then the same for the whole workgroup (its parameters are
 // uniform loads) and no thread divides to find it.
@@ -196,7 +261,7 @@ fn batchnorm_forward(@builtin(global_invocation_id) id: vec3<u32>) {
     if id.x >= p.hw { return; } // the last group of a plane overhangs
     let c = id.y % p.c;
     let i = id.y * p.hw + id.x;
-    out[i] = (x[i] - mean[c]) * (invstd[c] * gamma[c]) + beta[c];
+    out[i] = epilogue((x[i] - mean[c]) * (invstd[c] * gamma[c]) + beta[c], i);
 }
 
 @compute @workgroup_size(WG)
@@ -207,17 +272,18 @@ fn batchnorm_backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
     let end = min(start + p.chunk, p.n * p.hw);
     let mu = mean[c];
     let r = invstd[c];
-    var sum_dy = 0.0;
-    var sum_dy_xhat = 0.0;
+    var sum_dz = 0.0;
+    var sum_dz_xhat = 0.0;
     var w = walk_start(start + t);
     for (var m = start + t; m < end; m += WG) {
         let k = walk_index(w, c);
         walk_next(&w);
-        sum_dy += dy[k];
-        sum_dy_xhat += dy[k] * (x[k] - mu) * r;
+        let dz = gate(dy[k], k);
+        sum_dz += dz;
+        sum_dz_xhat += dz * (x[k] - mu) * r;
     }
-    t0[t] = sum_dy;
-    t1[t] = sum_dy_xhat;
+    t0[t] = sum_dz;
+    t1[t] = sum_dz_xhat;
     tree(t, false);
     if t == 0u {
         let k = 2u * (c * p.splits + s);
@@ -251,9 +317,9 @@ fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.y * p.hw + id.x;
     let inv_m = 1.0 / f32(p.n * p.hw);
     let xhat = (x[i] - mean[c]) * invstd[c];
-    // forward: y = gamma (x - mean(x)) / sqrt(var(x) + eps) + beta, with mean and var
-    // over the channel's M values  =>  dx += gamma invstd / M (M dy - sum dy - xhat sum dy xhat)
-    out[i] += gamma[c] * invstd[c] * (dy[i] - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
+    // forward: z = gamma (x - mean(x)) / sqrt(var(x) + eps) + beta, with mean and var
+    // over the channel's M values  =>  dx += gamma invstd / M (M dz - sum dz - xhat sum dz xhat)
+    out[i] += gamma[c] * invstd[c] * (gate(dy[i], i) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
 }
 
 @compute @workgroup_size(WG)
@@ -261,14 +327,14 @@ fn batchnorm_backward_data_eval(@builtin(global_invocation_id) id: vec3<u32>) {
     if id.x >= p.hw { return; }
     let c = id.y % p.c;
     let i = id.y * p.hw + id.x;
-    // forward: y = gamma (x - running_mean) invstd + beta  =>  dx += dy gamma invstd
-    out[i] += dy[i] * gamma[c] * invstd[c];
+    // forward: z = gamma (x - running_mean) invstd + beta  =>  dx += dz gamma invstd
+    out[i] += gate(dy[i], i) * gamma[c] * invstd[c];
 }
 
 @compute @workgroup_size(WG)
 fn batchnorm_backward_param(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
     if c >= p.c { return; }
-    // forward: y = gamma xhat + beta  =>  dgamma += sum dy xhat,  dbeta += sum dy
+    // forward: z = gamma xhat + beta  =>  dgamma += sum dz xhat,  dbeta += sum dz
     out[c] += sums[p.which * p.c + c];
 }

@@ -1,8 +1,13 @@
 //! Batch normalisation: statistics (a two-pass per-channel reduction), the
-//! normalisation, and the training backward. Memory-bound (GB/s).
+//! normalisation, and the training backward, plain and with the ReLU + dropout
+//! epilogue fused in (the U-Net's batch-norm path). Memory-bound (GB/s).
 
 use unet_wgpu::bench::Bench;
-use unet_wgpu::ops::batchnorm2d::{batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_stats, reference};
+use unet_wgpu::ops::batchnorm2d::{
+    batchnorm2d_backward, batchnorm2d_backward_fused, batchnorm2d_forward, batchnorm2d_forward_fused,
+    batchnorm2d_stats, reference,
+};
+use unet_wgpu::ops::conv2d::Epilogue;
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::Mode;
 
@@ -27,6 +32,36 @@ pub fn run(b: &mut Bench) {
     let want = reference::batchnorm2d_forward_train(&to_f64(&x), &[1.0; 3], &[0.0; 3], dims);
     assert_close_f32("batchnorm2d", &gpu.read(&y), &want, 1e-4);
 
+    // The fused epilogue: forward, and the backward's dx through it.
+    let epilogue = Epilogue::ReluDropout { p: 0.2, seed: 42 };
+    let dy = random_vec(4, x.len());
+    let (dyt, dx) = (gpu.upload(&dy, &dims), gpu.upload(&vec![0.0; x.len()], &dims));
+    let mut enc = gpu.encoder();
+    batchnorm2d_forward_fused(gpu, &mut enc, &xt, &mean, &invstd, &gamma, &beta, &y, epilogue);
+    batchnorm2d_backward_fused(
+        gpu,
+        &mut enc,
+        Mode::Train,
+        &xt,
+        Some(&y),
+        &dyt,
+        &mean,
+        &invstd,
+        &gamma,
+        Some(&dx),
+        None,
+        None,
+        epilogue,
+    );
+    gpu.submit(enc);
+    let (xf, mean, invstd) = (to_f64(&x), to_f64(&gpu.read(&mean)), to_f64(&gpu.read(&invstd)));
+    let (gamma, beta) = ([1.0; 3], [0.0; 3]);
+    let want = reference::batchnorm2d_forward_fused(&xf, &mean, &invstd, &gamma, &beta, dims, epilogue);
+    assert_close_f32("batchnorm2d fused", &gpu.read(&y), &want, 1e-4);
+    let (want_dx, _, _) =
+        reference::batchnorm2d_backward_fused(&xf, &to_f64(&dy), &mean, &invstd, &gamma, &beta, dims, true, epilogue);
+    assert_close_f32("batchnorm2d fused backward", &gpu.read(&dx), &want_dx, 1e-3);
+
     for shape in UNET_LEVELS {
         let (n, c) = (shape.iter().product(), [shape[1]]);
         let x = gpu.upload(&random_vec(2, n), &shape);
@@ -49,6 +84,32 @@ pub fn run(b: &mut Bench) {
         b.case("batchnorm2d_backward", &shape_str(&shape), None, Some(6.0 * bytes), |gpu, enc| {
             let grads = (Some(&dx), Some(&dgamma), Some(&dbeta));
             batchnorm2d_backward(gpu, enc, Mode::Train, &x, &dy, &mean, &invstd, &gamma, grads.0, grads.1, grads.2)
+        });
+        // Fused ReLU + dropout: the forward moves what the plain one does (the chain
+        // batchnorm -> relu -> dropout moves 6x); the backward also reads y in both of its
+        // passes (the chain: 6x here, plus 4x for relu's backward and 3x for dropout's).
+        let epilogue = Epilogue::ReluDropout { p: 0.1, seed: 7 };
+        b.case("batchnorm2d_forward_relu_dropout", &shape_str(&shape), None, Some(2.0 * bytes), |gpu, enc| {
+            batchnorm2d_forward_fused(gpu, enc, &x, &mean, &invstd, &gamma, &beta, &y, epilogue)
+        });
+        b.case("batchnorm2d_backward_relu_dropout", &shape_str(&shape), None, Some(8.0 * bytes), |gpu, enc| {
+            let grads = (Some(&dx), Some(&dgamma), Some(&dbeta));
+            let y = Some(&y);
+            batchnorm2d_backward_fused(
+                gpu,
+                enc,
+                Mode::Train,
+                &x,
+                y,
+                &dy,
+                &mean,
+                &invstd,
+                &gamma,
+                grads.0,
+                grads.1,
+                grads.2,
+                epilogue,
+            )
         });
     }
 }

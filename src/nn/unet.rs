@@ -20,13 +20,11 @@ use std::collections::BTreeMap;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::gpu::Gpu;
-use crate::ops::batchnorm2d::batchnorm2d;
+use crate::ops::batchnorm2d::batchnorm2d_fused;
 use crate::ops::concat::concat;
 use crate::ops::conv2d::{conv2d, conv2d_fused, Conv2d, Epilogue};
 use crate::ops::conv_transpose2d::conv_transpose2d_concat;
-use crate::ops::dropout::dropout;
 use crate::ops::maxpool2d::maxpool2d;
-use crate::ops::relu::relu;
 use crate::ops::upsample::{upsample, Upsample};
 use crate::params::{ParamArena, ParamSpec};
 use crate::rng::Rng;
@@ -338,9 +336,9 @@ impl UNet {
         conv2d(step, x, self.param(conv.weight), Some(self.param(conv.bias)), p)
     }
 
-    /// conv (3x3, "same") -> [batch norm] -> ReLU -> [dropout]. Without batch norm the ReLU and
-    /// the dropout run in the convolution's store (one pass, no intermediate tensors); with it
-    /// they are separate ops after the normalisation.
+    /// conv (3x3, "same") -> [batch norm] -> ReLU -> [dropout]. The ReLU and the dropout run in
+    /// the store of the last op before them, the convolution's or (with batch norm) the
+    /// normalisation's: one pass, no intermediate tensors, and a backward that reads only y.
     fn conv_norm_relu(
         &self,
         step: &mut Step,
@@ -352,16 +350,13 @@ impl UNet {
     ) -> Tensor {
         let same = Conv2d::new(1, 1);
         let (w, b) = (self.param(conv.weight), Some(self.param(conv.bias)));
+        let epilogue = if drop > 0.0 { Epilogue::ReluDropout { p: drop, seed } } else { Epilogue::Relu };
         match norm {
-            None => {
-                let epilogue = if drop > 0.0 { Epilogue::ReluDropout { p: drop, seed } } else { Epilogue::Relu };
-                conv2d_fused(step, x, w, b, same, epilogue)
-            }
+            None => conv2d_fused(step, x, w, b, same, epilogue),
             Some(n) => {
                 let h = conv2d(step, x, w, b, same);
-                let h = batchnorm2d(step, &h, self.param(n.gamma), self.param(n.beta), &n.running_mean, &n.running_var);
-                let h = relu(step, &h);
-                dropout(step, &h, drop, seed)
+                let (gamma, beta) = (self.param(n.gamma), self.param(n.beta));
+                batchnorm2d_fused(step, &h, gamma, beta, &n.running_mean, &n.running_var, epilogue)
             }
         }
     }
