@@ -32,7 +32,6 @@
 
 use crate::gpu::{Encoder, Gpu, Shader};
 use crate::ops::conv2d::Epilogue;
-use crate::ops::dropout::keep_threshold;
 use crate::shader;
 use crate::tape::{Mode, Step};
 use crate::tensor::Tensor;
@@ -96,17 +95,10 @@ impl Params {
     /// Sets the dropout fields of `epilogue` and returns the shader's constants for it
     /// (WG, RELU, DROPOUT).
     fn epilogue(&mut self, epilogue: Epilogue) -> [(&'static str, f64); 3] {
-        let wg = ("WG", WG as f64);
-        match epilogue {
-            Epilogue::Identity => [wg, ("RELU", 0.0), ("DROPOUT", 0.0)],
-            Epilogue::Relu => [wg, ("RELU", 1.0), ("DROPOUT", 0.0)],
-            Epilogue::ReluDropout { p, seed } => {
-                self.drop_threshold = keep_threshold(p);
-                (self.drop_seed_lo, self.drop_seed_hi) = (seed as u32, (seed >> 32) as u32);
-                self.drop_scale = 1.0 / (1.0 - p);
-                [wg, ("RELU", 1.0), ("DROPOUT", 1.0)]
-            }
-        }
+        let ([threshold, lo, hi], scale) = epilogue.dropout_uniforms();
+        (self.drop_threshold, self.drop_seed_lo, self.drop_seed_hi, self.drop_scale) = (threshold, lo, hi, scale);
+        let [relu, dropout] = epilogue.constants();
+        [("WG", WG as f64), relu, dropout]
     }
 }
 

@@ -77,18 +77,32 @@ pub enum Epilogue {
 }
 
 impl Epilogue {
-    /// The override constants (RELU, DROPOUT) and the uniform's dropout fields.
-    fn apply(&self, params: &mut Params) -> [(&'static str, f64); 2] {
-        match *self {
+    /// The override constants (RELU, DROPOUT) of the shaders that fuse it (conv2d, batchnorm2d).
+    pub(crate) fn constants(&self) -> [(&'static str, f64); 2] {
+        match self {
             Epilogue::Identity => [("RELU", 0.0), ("DROPOUT", 0.0)],
             Epilogue::Relu => [("RELU", 1.0), ("DROPOUT", 0.0)],
-            Epilogue::ReluDropout { p, seed } => {
-                params.drop_threshold = keep_threshold(p);
-                (params.drop_seed_lo, params.drop_seed_hi) = (seed as u32, (seed >> 32) as u32);
-                params.drop_scale = 1.0 / (1.0 - p);
-                [("RELU", 1.0), ("DROPOUT", 1.0)]
-            }
+            Epilogue::ReluDropout { .. } => [("RELU", 1.0), ("DROPOUT", 1.0)],
         }
+    }
+
+    /// The uniform fields of its dropout: `[threshold, seed_lo, seed_hi]` (keep when the hash
+    /// is `>= threshold`) and the scale `1 / (1 - p)`; zeros and 1 without dropout.
+    pub(crate) fn dropout_uniforms(&self) -> ([u32; 3], f32) {
+        match *self {
+            Epilogue::ReluDropout { p, seed } => {
+                ([keep_threshold(p), seed as u32, (seed >> 32) as u32], 1.0 / (1.0 - p))
+            }
+            _ => ([0; 3], 1.0),
+        }
+    }
+
+    /// The override constants, with the uniform's dropout fields set in `params`.
+    fn apply(&self, params: &mut Params) -> [(&'static str, f64); 2] {
+        let ([threshold, lo, hi], scale) = self.dropout_uniforms();
+        (params.drop_threshold, params.drop_seed_lo, params.drop_seed_hi, params.drop_scale) =
+            (threshold, lo, hi, scale);
+        self.constants()
     }
 }
 
