@@ -42,7 +42,13 @@
 //   batchnorm_backward_data       1 x 2 dy 3 gamma 5 mean 6 invstd 10 sums 12 y   11 dx
 //   batchnorm_backward_data_eval  2 dy 3 gamma 6 invstd 12 y           11 dx
 //   batchnorm_backward_param      10 sums                              11 dgamma | dbeta
-// Binding 12 (the fused forward's y) belongs to the entry point whatever the constants (the
+// Where H*W is a multiple of 4 (every U-Net level), the host runs the `*_vec4` twins of
+// the entry points that touch N*C*H*W values: the same math on aligned quads of 4
+// neighbouring pixels of one plane, through vec4 views of the same buffers (13 x, 14 dy,
+// 15 y, 16 out, in place of 1, 2, 12, 11). A CPU driver moves vec4s 2-3x faster than
+// scalars, and the Welford update then divides once per quad (the quad's own mean and
+// M2 merge in by Chan's formula). The scalar entry points serve every other shape.
+// Binding 12 (the fused forward's y; 15 for the vec4 twins) belongs to the entry point whatever the constants (the
 // layout is reflected before they are applied); with the identity epilogue it is never read,
 // and the host binds dy there.
 // WG = 256 threads (a power of two, for the tree): enough values per thread in pass 1
@@ -85,6 +91,10 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> sums: array<f32>;
 @group(0) @binding(11) var<storage, read_write> out: array<f32>;
 @group(0) @binding(12) var<storage, read> y_fused: array<f32>;
+@group(0) @binding(13) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read> y_fused4: array<vec4<f32>>;
+@group(0) @binding(16) var<storage, read_write> out4: array<vec4<f32>>;
 
 // Welford/Chan triples (count, mean, M2) and plain sums share this scratch.
 var<workgroup> t0: array<f32, WG>;
@@ -94,23 +104,24 @@ var<workgroup> t2: array<f32, WG>;
 // Walks the values m = first, first + WG, ... of channel c (in (n, h, w) order) and
 // yields their indices in x without a division per value: the stride WG advances
 // the image n by WG / hw and the pixel q by WG % hw, carrying into n when q passes hw.
+// `hw` counts the plane's units: values, or quads of 4 values for the vec4 entry points.
 struct Walk { n: u32, q: u32 }
 
-fn walk_start(first: u32) -> Walk {
-    let n = first / p.hw;
-    return Walk(n, first - n * p.hw);
+fn walk_start(first: u32, hw: u32) -> Walk {
+    let n = first / hw;
+    return Walk(n, first - n * hw);
 }
 
-fn walk_index(w: Walk, c: u32) -> u32 {
-    return (w.n * p.c + c) * p.hw + w.q;
+fn walk_index(w: Walk, c: u32, hw: u32) -> u32 {
+    return (w.n * p.c + c) * hw + w.q;
 }
 
-fn walk_next(w: ptr<function, Walk>) {
-    let dn = WG / p.hw;
+fn walk_next(w: ptr<function, Walk>, hw: u32) {
+    let dn = WG / hw;
     (*w).n += dn;
-    (*w).q += WG - dn * p.hw;
-    if (*w).q >= p.hw {
-        (*w).q -= p.hw;
+    (*w).q += WG - dn * hw;
+    if (*w).q >= hw {
+        (*w).q -= hw;
         (*w).n += 1u;
     }
 }
@@ -155,15 +166,20 @@ fn batchnorm_stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
     var count = 0.0;
     var mu = 0.0;
     var m2 = 0.0;
-    var w = walk_start(start + t);
+    var w = walk_start(start + t, p.hw);
     for (var m = start + t; m < end; m += WG) {
-        let v = x[walk_index(w, c)];
-        walk_next(&w);
+        let v = x[walk_index(w, c, p.hw)];
+        walk_next(&w, p.hw);
         count += 1.0;
         let d = v - mu;
         mu += d / count;
         m2 += d * (v - mu);
     }
+    store_triple(t, c, s, count, mu, m2);
+}
+
+// Merges the workgroup's per-thread triples and stores the result as partial s of channel c.
+fn store_triple(t: u32, c: u32, s: u32, count: f32, mu: f32, m2: f32) {
     t0[t] = count;
     t1[t] = mu;
     t2[t] = m2;
@@ -174,6 +190,32 @@ fn batchnorm_stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
         partial[k + 1u] = t1[0];
         partial[k + 2u] = t2[0];
     }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_stats_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let s = wid.x;
+    let c = wid.y;
+    let hw4 = p.hw / 4u;
+    let start = s * (p.chunk / 4u); // the host keeps chunks a multiple of 4 values
+    let end = min(start + p.chunk / 4u, p.n * hw4);
+    var count = 0.0;
+    var mu = 0.0;
+    var m2 = 0.0;
+    var w = walk_start(start + t, hw4);
+    for (var m = start + t; m < end; m += WG) {
+        let v = x4[walk_index(w, c, hw4)];
+        walk_next(&w, hw4);
+        // The quad's (4, mean, M2), merged into the thread's triple by Chan's formula.
+        let quad_mean = (v.x + v.y + v.z + v.w) * 0.25;
+        let e = v - quad_mean;
+        count += 4.0;
+        let d = quad_mean - mu;
+        let f = 4.0 / count;
+        mu += d * f;
+        m2 += dot(e, e) + d * d * (count - 4.0) * f;
+    }
+    store_triple(t, c, s, count, mu, m2);
 }
 
 @compute @workgroup_size(WG)
@@ -222,11 +264,16 @@ fn hash_mix(x: u32) -> u32 {
     return z;
 }
 
-// Whether element i of y survives the dropout: bits(i) >= threshold.
-fn keep(i: u32) -> bool {
+// The two round keys from the seed, the same for every element.
+fn drop_keys() -> vec2<u32> {
     let key0 = hash_mix(p.drop_seed_lo ^ hash_mix(p.drop_seed_hi ^ 0x85ebca6bu));
     let key1 = hash_mix(p.drop_seed_hi ^ hash_mix(p.drop_seed_lo ^ 0xc2b2ae35u));
-    return hash_mix(hash_mix(i ^ key0) + key1) >= p.drop_threshold;
+    return vec2(key0, key1);
+}
+
+// Whether element i of y survives the dropout: bits(i) >= threshold.
+fn kept(keys: vec2<u32>, i: u32) -> bool {
+    return hash_mix(hash_mix(i ^ keys.x) + keys.y) >= p.drop_threshold;
 }
 
 // y[i] from z = gamma xhat + beta: ReLU, then inverted dropout, as the constants ask. The same
@@ -237,7 +284,21 @@ fn epilogue(z: f32, i: u32) -> f32 {
         v = max(v, 0.0);
     }
     if DROPOUT {
-        v = select(0.0, v * p.drop_scale, keep(i));
+        v = select(0.0, v * p.drop_scale, kept(drop_keys(), i));
+    }
+    return v;
+}
+
+// epilogue() on the quad of elements i .. i + 3 (the keys hashed once).
+fn epilogue4(z: vec4<f32>, i: u32) -> vec4<f32> {
+    var v = z;
+    if RELU {
+        v = max(v, vec4(0.0));
+    }
+    if DROPOUT {
+        let k = drop_keys();
+        let keep4 = vec4(kept(k, i), kept(k, i + 1u), kept(k, i + 2u), kept(k, i + 3u));
+        v = select(vec4(0.0), v * p.drop_scale, keep4);
     }
     return v;
 }
@@ -253,6 +314,15 @@ fn gate(g: f32, i: u32) -> f32 {
     return g;
 }
 
+// gate() on quad q of dy (elements 4q .. 4q + 3).
+fn gate4(g: vec4<f32>, q: u32) -> vec4<f32> {
+    if RELU {
+        let scale = select(1.0, p.drop_scale, DROPOUT);
+        return select(vec4(0.0), g * scale, y_fused4[q] > vec4(0.0));
+    }
+    return g;
+}
+
 // Elementwise entry points run on a 2-D grid: y = the (n, c) plane, x = WG pixels of
 // it. The channel is then the same for the whole workgroup (its parameters are
 // uniform loads) and no thread divides to find it.
@@ -262,6 +332,16 @@ fn batchnorm_forward(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.y % p.c;
     let i = id.y * p.hw + id.x;
     out[i] = epilogue((x[i] - mean[c]) * (invstd[c] * gamma[c]) + beta[c], i);
+}
+
+// batchnorm_forward on quads: x = the quads of the plane.
+@compute @workgroup_size(WG)
+fn batchnorm_forward_vec4(@builtin(global_invocation_id) id: vec3<u32>) {
+    let hw4 = p.hw / 4u;
+    if id.x >= hw4 { return; }
+    let c = id.y % p.c;
+    let q = id.y * hw4 + id.x;
+    out4[q] = epilogue4((x4[q] - mean[c]) * (invstd[c] * gamma[c]) + beta[c], 4u * q);
 }
 
 @compute @workgroup_size(WG)
@@ -274,14 +354,19 @@ fn batchnorm_backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
     let r = invstd[c];
     var sum_dz = 0.0;
     var sum_dz_xhat = 0.0;
-    var w = walk_start(start + t);
+    var w = walk_start(start + t, p.hw);
     for (var m = start + t; m < end; m += WG) {
-        let k = walk_index(w, c);
-        walk_next(&w);
+        let k = walk_index(w, c, p.hw);
+        walk_next(&w, p.hw);
         let dz = gate(dy[k], k);
         sum_dz += dz;
         sum_dz_xhat += dz * (x[k] - mu) * r;
     }
+    store_sums(t, c, s, sum_dz, sum_dz_xhat);
+}
+
+// Adds up the workgroup's per-thread sums and stores them as partial s of channel c.
+fn store_sums(t: u32, c: u32, s: u32, sum_dz: f32, sum_dz_xhat: f32) {
     t0[t] = sum_dz;
     t1[t] = sum_dz_xhat;
     tree(t, false);
@@ -290,6 +375,29 @@ fn batchnorm_backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
         partial[k] = t0[0];
         partial[k + 1u] = t1[0];
     }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let s = wid.x;
+    let c = wid.y;
+    let hw4 = p.hw / 4u;
+    let start = s * (p.chunk / 4u);
+    let end = min(start + p.chunk / 4u, p.n * hw4);
+    let mu = mean[c];
+    let r = invstd[c];
+    var sum_dz = vec4(0.0);
+    var sum_dz_xhat = vec4(0.0);
+    var w = walk_start(start + t, hw4);
+    for (var m = start + t; m < end; m += WG) {
+        let k = walk_index(w, c, hw4);
+        walk_next(&w, hw4);
+        let dz = gate4(dy4[k], k);
+        sum_dz += dz;
+        sum_dz_xhat += dz * (x4[k] - mu) * r;
+    }
+    let ones = vec4(1.0);
+    store_sums(t, c, s, dot(sum_dz, ones), dot(sum_dz_xhat, ones));
 }
 
 @compute @workgroup_size(WG)
@@ -323,12 +431,32 @@ fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG)
+fn batchnorm_backward_data_vec4(@builtin(global_invocation_id) id: vec3<u32>) {
+    let hw4 = p.hw / 4u;
+    if id.x >= hw4 { return; }
+    let c = id.y % p.c;
+    let q = id.y * hw4 + id.x;
+    let inv_m = 1.0 / f32(p.n * p.hw);
+    let xhat = (x4[q] - mean[c]) * invstd[c];
+    out4[q] += gamma[c] * invstd[c] * (gate4(dy4[q], q) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
+}
+
+@compute @workgroup_size(WG)
 fn batchnorm_backward_data_eval(@builtin(global_invocation_id) id: vec3<u32>) {
     if id.x >= p.hw { return; }
     let c = id.y % p.c;
     let i = id.y * p.hw + id.x;
     // forward: z = gamma (x - running_mean) invstd + beta  =>  dx += dz gamma invstd
     out[i] += gate(dy[i], i) * gamma[c] * invstd[c];
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_data_eval_vec4(@builtin(global_invocation_id) id: vec3<u32>) {
+    let hw4 = p.hw / 4u;
+    if id.x >= hw4 { return; }
+    let c = id.y % p.c;
+    let q = id.y * hw4 + id.x;
+    out4[q] += gate4(dy4[q], q) * gamma[c] * invstd[c];
 }
 
 @compute @workgroup_size(WG)

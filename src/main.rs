@@ -127,7 +127,7 @@ struct TrainArgs {
     #[arg(long, default_value = "dice+ce")]
     loss: LossName,
     /// Epochs.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 5)]
     epochs: usize,
     /// Patches per step.
     #[arg(long, default_value_t = 2)]
@@ -150,9 +150,13 @@ struct TrainArgs {
     /// Clip gradients to this global norm.
     #[arg(long)]
     clip_norm: Option<f32>,
-    /// Learning-rate schedule: constant, step (x0.5 every 10 epochs) or cosine.
+    /// Learning-rate schedule: constant, step (x0.5 every 10 epochs) or cosine (to
+    /// lr/100 at the last epoch's end, a little every step).
     #[arg(long, default_value = "cosine")]
     schedule: String,
+    /// Epochs (fractions allowed) of linear learning-rate warm-up at the start.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// Seed of initialisation, split, order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -175,9 +179,11 @@ struct TrainArgs {
     /// Upsample with bilinear interpolation + 1x1 conv instead of transposed convs.
     #[arg(long)]
     bilinear: bool,
-    /// Turn off flips and rotations of training patches.
+    /// Flip and rotate training patches at random (by multiples of 90 degrees). Off by
+    /// default, as in the Keras tutorial: in runs of a few epochs the network is far from
+    /// overfitting, and turned images (shadows falling the other way) slow its learning.
     #[arg(long)]
-    no_augment: bool,
+    augment: bool,
     /// Feed pixels as v/255 instead of standardising them per channel with the
     /// training patches' mean and standard deviation.
     #[arg(long)]
@@ -249,11 +255,12 @@ impl TrainArgs {
             lr: self.lr,
             optimizer,
             schedule,
+            warmup: self.warmup,
             seed: self.seed,
             out: self.out.clone(),
             resume: self.resume,
             model,
-            augment: !self.no_augment,
+            augment: self.augment,
             standardize: !self.no_standardize,
             validation: self.validation,
             max_steps: self.max_steps,

@@ -53,7 +53,9 @@ impl OptimConfig {
     }
 }
 
-/// How the learning rate changes over epochs.
+/// How the learning rate changes over epochs. Training asks it before every step, at
+/// the fractional epoch `e + i / n` (step `i` of `n` in epoch `e`), so a cosine decays
+/// smoothly within epochs while a step schedule changes at epoch boundaries.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Schedule {
     /// The base rate throughout.
@@ -75,17 +77,30 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// The learning rate in epoch `epoch` (0-based) for base rate `lr`.
-    pub fn lr(&self, lr: f32, epoch: usize) -> f32 {
+    /// The learning rate at fractional epoch `epoch` (0-based) for base rate `lr`.
+    pub fn lr(&self, lr: f32, epoch: f64) -> f32 {
         match *self {
             Schedule::Constant => lr,
-            Schedule::Step { every, gamma } => lr * gamma.powi((epoch / every.max(1)) as i32),
+            Schedule::Step { every, gamma } => lr * gamma.powi((epoch / every.max(1) as f64).floor() as i32),
             Schedule::Cosine { epochs, min_lr } => {
-                let t = (epoch as f64 / epochs.max(1) as f64).min(1.0);
+                let t = (epoch / epochs.max(1) as f64).min(1.0);
                 min_lr + (lr - min_lr) * (0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
             }
         }
     }
+}
+
+/// Factor of a linear warm-up over the first `warmup` epochs, for the step that
+/// starts at fractional epoch `epoch` in epochs of `steps` steps: the first step
+/// runs at `1 / (warmup * steps)` of the rate, each next one a step more, up to 1.
+/// Adam's first steps, with its second-moment estimates still young, are the
+/// ones a high rate throws off; `warmup = 0` is no warm-up.
+pub fn warmup(epoch: f64, warmup: f64, steps: usize) -> f32 {
+    if warmup <= 0.0 {
+        return 1.0;
+    }
+    let steps = steps.max(1) as f64;
+    ((epoch * steps + 1.0) / (warmup * steps)).min(1.0) as f32
 }
 
 /// Mirrors `Params` in `shaders/optim.wgsl`.
@@ -305,11 +320,28 @@ mod tests {
 
     #[test]
     fn schedules() {
-        assert_eq!(Schedule::Constant.lr(0.1, 7), 0.1);
-        assert!((Schedule::Step { every: 2, gamma: 0.5 }.lr(1.0, 5) - 0.25).abs() < 1e-7);
+        assert_eq!(Schedule::Constant.lr(0.1, 7.0), 0.1);
+        let step = Schedule::Step { every: 2, gamma: 0.5 };
+        assert!((step.lr(1.0, 5.0) - 0.25).abs() < 1e-7);
+        // Within an epoch the step schedule holds; it halves at the boundary.
+        assert_eq!((step.lr(1.0, 1.99), step.lr(1.0, 2.0)), (1.0, 0.5));
         let cos = Schedule::Cosine { epochs: 10, min_lr: 0.0 };
-        assert_eq!(cos.lr(1.0, 0), 1.0);
-        assert!((cos.lr(1.0, 5) - 0.5).abs() < 1e-6);
-        assert!(cos.lr(1.0, 10).abs() < 1e-7);
+        assert_eq!(cos.lr(1.0, 0.0), 1.0);
+        assert!((cos.lr(1.0, 5.0) - 0.5).abs() < 1e-6);
+        assert!(cos.lr(1.0, 10.0).abs() < 1e-7);
+        // The cosine decays within an epoch too: half way through epoch 5 lies between
+        // the rates at 5 and 6.
+        let mid = cos.lr(1.0, 5.5);
+        assert!(mid < cos.lr(1.0, 5.0) && mid > cos.lr(1.0, 6.0), "{mid}");
+    }
+
+    #[test]
+    fn warmup_ramps_linearly_then_holds() {
+        assert_eq!(warmup(0.0, 0.0, 10), 1.0);
+        // Half an epoch of warm-up in epochs of 10 steps: 5 steps at 1/5, 2/5, ... 5/5.
+        let factors: Vec<f32> = (0..7).map(|i| warmup(i as f64 / 10.0, 0.5, 10)).collect();
+        let want = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0];
+        assert!(factors.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{factors:?}");
+        assert_eq!(warmup(3.0, 0.5, 10), 1.0);
     }
 }

@@ -22,6 +22,7 @@ mod elementwise;
 mod loss;
 mod matmul;
 mod maxpool2d;
+mod metrics;
 mod reduce;
 mod relu;
 mod softmax;
@@ -47,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     loss::run(&mut bench);
     matmul::run(&mut bench);
     maxpool2d::run(&mut bench);
+    metrics::run(&mut bench);
     reduce::run(&mut bench);
     relu::run(&mut bench);
     softmax::run(&mut bench);

@@ -41,11 +41,19 @@ const SHADER: Shader = shader!("batchnorm2d");
 /// and the most partials per channel (pass 2 gives each partial a thread).
 const WG: u32 = 256;
 /// Values each pass-1 thread reduces at least: a chunk is at least
-/// `WG * PER_THREAD` values, so small channels are not split into tiny chunks
-/// (each costs a tree of barriers). At the top U-Net level (M = 262144, 16
-/// channels) that is 64 chunks a channel, 1024 workgroups; from M = 4096 down,
-/// one chunk. Chunks are at least M / WG long, so a channel has at most WG of them.
-const PER_THREAD: usize = 16;
+/// `threads * PER_THREAD` values, so that channels are not cut into many small chunks,
+/// each of which ends in a tree of barriers (costly on CPU drivers). At the top U-Net
+/// level (M = 262144 at batch 4, 16 channels) that is 16 chunks a channel, 256
+/// workgroups; from M = 16384 down, one chunk. Chunks are at least M / WG long, so a
+/// channel has at most WG of them (pass 2 gives each a thread).
+const PER_THREAD: usize = 64;
+
+/// Threads of a pass-1 workgroup for channels of `m` values: WG, or fewer where the
+/// channel cannot give WG threads PER_THREAD values each (a power of two, at least 32),
+/// so that the deep levels' small channels do not pay for a tree over idle threads.
+fn partial_threads(m: usize) -> u32 {
+    (m.div_ceil(PER_THREAD).next_power_of_two() as u32).clamp(32, WG)
+}
 
 /// Added to the variance before the square root (PyTorch's default).
 pub const EPS: f32 = 1e-5;
@@ -74,7 +82,9 @@ impl Params {
     /// Shape and the split of each channel's `M` values into `splits` chunks.
     fn new([n, c, h, w]: [usize; 4]) -> Params {
         let m = n * h * w;
-        let chunk = m.div_ceil(WG as usize).max(WG as usize * PER_THREAD).min(m.max(1));
+        // A multiple of 4, so that the vec4 entry points' chunks hold whole quads.
+        let per_chunk = partial_threads(m) as usize * PER_THREAD;
+        let chunk = m.div_ceil(WG as usize).max(per_chunk).next_multiple_of(4).min(m.max(1));
         let splits = m.div_ceil(chunk).max(1);
         Params {
             n: n as u32,
@@ -93,18 +103,80 @@ impl Params {
     }
 
     /// Sets the dropout fields of `epilogue` and returns the shader's constants for it
-    /// (WG, RELU, DROPOUT).
-    fn epilogue(&mut self, epilogue: Epilogue) -> [(&'static str, f64); 3] {
+    /// (RELU, DROPOUT).
+    fn epilogue(&mut self, epilogue: Epilogue) -> [(&'static str, f64); 2] {
         let ([threshold, lo, hi], scale) = epilogue.dropout_uniforms();
         (self.drop_threshold, self.drop_seed_lo, self.drop_seed_hi, self.drop_scale) = (threshold, lo, hi, scale);
-        let [relu, dropout] = epilogue.constants();
-        [("WG", WG as f64), relu, dropout]
+        epilogue.constants()
+    }
+
+    /// Threads of this shape's pass-1 workgroups.
+    fn partial_threads(&self) -> u32 {
+        partial_threads((self.n * self.hw) as usize)
     }
 }
 
-/// Workgroups of the elementwise entry points: WG pixels along x, one (n, c) plane along y.
+/// Which entry points run, and where they find the tensors of `N*C*H*W` values: where
+/// `H*W` is a multiple of 4 (every U-Net level), the `*_vec4` twins, which read and write
+/// them through vec4 views (bindings 13-16); elsewhere the scalar ones (1, 2, 12, 11).
+#[derive(Clone, Copy)]
+struct Views {
+    quads: bool,
+}
+
+impl Views {
+    fn of(p: &Params) -> Views {
+        Views { quads: p.hw.is_multiple_of(4) }
+    }
+
+    /// `scalar`'s entry point, or its twin `quads`.
+    fn entry(self, scalar: &'static str, quads: &'static str) -> &'static str {
+        if self.quads {
+            quads
+        } else {
+            scalar
+        }
+    }
+
+    fn x(self) -> u32 {
+        if self.quads {
+            13
+        } else {
+            1
+        }
+    }
+
+    fn dy(self) -> u32 {
+        if self.quads {
+            14
+        } else {
+            2
+        }
+    }
+
+    /// The fused forward's output, read by the backward.
+    fn y(self) -> u32 {
+        if self.quads {
+            15
+        } else {
+            12
+        }
+    }
+
+    fn out(self) -> u32 {
+        if self.quads {
+            16
+        } else {
+            11
+        }
+    }
+}
+
+/// Workgroups of the elementwise entry points: WG pixels (or quads) along x, one (n, c)
+/// plane along y.
 fn plane_groups(p: &Params) -> [u32; 3] {
-    let groups = [p.hw.div_ceil(WG).max(1), p.n * p.c, 1];
+    let units = if Views::of(p).quads { p.hw / 4 } else { p.hw };
+    let groups = [units.div_ceil(WG).max(1), p.n * p.c, 1];
     assert!(
         groups[0] <= 65535 && groups[1] <= 65535,
         "batchnorm2d: {groups:?} workgroups, over 65535 in one dimension"
@@ -142,7 +214,18 @@ pub fn batchnorm2d_stats(
     let p = Params::new(dims);
     assert!(p.n * p.hw > 1, "batchnorm2d: training needs more than one value per channel, x is {:?}", x.shape());
     let partial = gpu.empty(&[c, p.splits as usize, 3]);
-    gpu.dispatch(enc, &kernel(gpu, "batchnorm_stats_partial"), &p, &[(1, x), (9, &partial)], [p.splits, c as u32, 1]);
+    let v = Views::of(&p);
+    gpu.dispatch(
+        enc,
+        &gpu.kernel(
+            &SHADER,
+            v.entry("batchnorm_stats_partial", "batchnorm_stats_partial_vec4"),
+            &[("WG", p.partial_threads() as f64)],
+        ),
+        &p,
+        &[(v.x(), x), (9, &partial)],
+        [p.splits, c as u32, 1],
+    );
     gpu.dispatch(
         enc,
         &kernel(gpu, "batchnorm_stats_final"),
@@ -213,12 +296,14 @@ pub fn batchnorm2d_forward_fused(
         assert_channels(what, dims[1], t);
     }
     let mut p = Params::new(dims);
-    let constants = p.epilogue(epilogue);
+    let [relu, dropout] = p.epilogue(epilogue);
+    let constants = [("WG", WG as f64), relu, dropout];
+    let v = Views::of(&p);
     gpu.dispatch(
         enc,
-        &gpu.kernel(&SHADER, "batchnorm_forward", &constants),
+        &gpu.kernel(&SHADER, v.entry("batchnorm_forward", "batchnorm_forward_vec4"), &constants),
         &p,
-        &[(1, x), (3, gamma), (4, beta), (5, mean), (6, invstd), (11, y)],
+        &[(v.x(), x), (3, gamma), (4, beta), (5, mean), (6, invstd), (v.out(), y)],
         plane_groups(&p),
     );
 }
@@ -277,7 +362,8 @@ pub fn batchnorm2d_backward_fused(
     if let Some(y) = y {
         assert_eq!(x.shape(), y.shape(), "batchnorm2d backward: x {:?} vs y {:?}", x.shape(), y.shape());
     }
-    // The identity never reads binding 12, but the entry points own it: dy stands in.
+    // The identity never reads the fused y (binding 12 or 15), but the entry points own it:
+    // dy stands in.
     let y = y.unwrap_or(dy);
     if let Some(dx) = dx {
         assert_eq!(x.shape(), dx.shape(), "batchnorm2d backward: x {:?} vs dx {:?}", x.shape(), dx.shape());
@@ -290,16 +376,23 @@ pub fn batchnorm2d_backward_fused(
         }
     }
     let mut p = Params::new(dims);
-    let constants = p.epilogue(epilogue);
+    let [relu, dropout] = p.epilogue(epilogue);
+    let constants = [("WG", WG as f64), relu, dropout];
+    let partial_constants = [("WG", p.partial_threads() as f64), relu, dropout];
     let groups = plane_groups(&p);
+    let v = Views::of(&p);
 
     if mode == Mode::Eval {
         if let Some(dx) = dx {
             gpu.dispatch(
                 enc,
-                &gpu.kernel(&SHADER, "batchnorm_backward_data_eval", &constants),
+                &gpu.kernel(
+                    &SHADER,
+                    v.entry("batchnorm_backward_data_eval", "batchnorm_backward_data_eval_vec4"),
+                    &constants,
+                ),
                 &p,
-                &[(2, dy), (3, gamma), (6, invstd), (11, dx), (12, y)],
+                &[(v.dy(), dy), (3, gamma), (6, invstd), (v.out(), dx), (v.y(), y)],
                 groups,
             );
         }
@@ -313,9 +406,13 @@ pub fn batchnorm2d_backward_fused(
     let sums = gpu.empty(&[2, c]);
     gpu.dispatch(
         enc,
-        &gpu.kernel(&SHADER, "batchnorm_backward_partial", &constants),
+        &gpu.kernel(
+            &SHADER,
+            v.entry("batchnorm_backward_partial", "batchnorm_backward_partial_vec4"),
+            &partial_constants,
+        ),
         &p,
-        &[(1, x), (2, dy), (5, mean), (6, invstd), (9, &partial), (12, y)],
+        &[(v.x(), x), (v.dy(), dy), (5, mean), (6, invstd), (9, &partial), (v.y(), y)],
         [p.splits, c as u32, 1],
     );
     gpu.dispatch(enc, &kernel(gpu, "batchnorm_backward_final"), &p, &[(9, &partial), (10, &sums)], [c as u32, 1, 1]);
@@ -323,9 +420,9 @@ pub fn batchnorm2d_backward_fused(
     if let (Mode::Train, Some(dx)) = (mode, dx) {
         gpu.dispatch(
             enc,
-            &gpu.kernel(&SHADER, "batchnorm_backward_data", &constants),
+            &gpu.kernel(&SHADER, v.entry("batchnorm_backward_data", "batchnorm_backward_data_vec4"), &constants),
             &p,
-            &[(1, x), (2, dy), (3, gamma), (5, mean), (6, invstd), (10, &sums), (11, dx), (12, y)],
+            &[(v.x(), x), (v.dy(), dy), (3, gamma), (5, mean), (6, invstd), (10, &sums), (v.out(), dx), (v.y(), y)],
             groups,
         );
     }
@@ -760,7 +857,10 @@ mod tests {
 
     #[test]
     fn gpu_matches_reference_on_odd_shapes() {
-        for (seed, dims) in [(10, [1, 3, 5, 7]), (20, [2, 5, 5, 7]), (30, [2, 3, 1, 1]), (40, [3, 2, 17, 19])] {
+        // H*W odd (the scalar entry points) and H*W a multiple of 4 (their vec4 twins).
+        let scalar = [(10, [1, 3, 5, 7]), (20, [2, 5, 5, 7]), (30, [2, 3, 1, 1]), (40, [3, 2, 17, 19])];
+        let quads = [(11, [1, 3, 2, 2]), (21, [2, 5, 4, 5]), (41, [3, 2, 8, 12])];
+        for (seed, dims) in scalar.into_iter().chain(quads) {
             let case = Case::new(seed, dims, 0.0, 1.0);
             case.check(Mode::Train);
             case.check(Mode::Eval);
@@ -771,21 +871,23 @@ mod tests {
 
     #[test]
     fn channels_split_over_many_workgroups() {
-        // M = 2 * 67 * 129 = 17286 values a channel: 5 chunks, the last one short.
-        let dims = [2, 3, 67, 129];
-        assert_eq!(Params::new(dims).splits, 5);
-        let case = Case::new(60, dims, 0.5, 2.0);
-        case.check(Mode::Train);
-        // Fixed-order reductions: a second run gives the same bits.
-        let (a, b) = (case.run_gpu(Mode::Train), case.run_gpu(Mode::Train));
-        assert_eq!((a.mean, a.invstd, a.y, a.dx, a.dgamma), (b.mean, b.invstd, b.y, b.dx, b.dgamma));
+        // M = 2 * 67 * 129 = 17286 values a channel (scalar entry points) and M = 2 * 64 * 132
+        // = 16896 (quads): 2 chunks each, the last one short.
+        for (seed, dims) in [(60, [2, 3, 67, 129]), (61, [2, 3, 64, 132])] {
+            assert_eq!(Params::new(dims).splits, 2);
+            let case = Case::new(seed, dims, 0.5, 2.0);
+            case.check(Mode::Train);
+            // Fixed-order reductions: a second run gives the same bits.
+            let (a, b) = (case.run_gpu(Mode::Train), case.run_gpu(Mode::Train));
+            assert_eq!((a.mean, a.invstd, a.y, a.dx, a.dgamma), (b.mean, b.invstd, b.y, b.dx, b.dgamma));
+        }
     }
 
     #[test]
     fn large_mean_keeps_variance_precise() {
         // Values around 100 with spread 1: E[x^2] - E[x]^2 in f32 would lose about
         // four of the seven digits of the variance.
-        for (seed, dims) in [(70, [2, 5, 5, 7]), (80, [2, 2, 67, 129])] {
+        for (seed, dims) in [(70, [2, 5, 5, 7]), (80, [2, 2, 67, 129]), (81, [2, 2, 64, 132])] {
             let case = Case::new(seed, dims, 100.0, 1.0);
             case.check(Mode::Train);
         }
@@ -897,9 +999,12 @@ mod tests {
 
     #[test]
     fn fused_gpu_matches_reference_on_odd_shapes() {
-        // C of 3, 5 and 7; H*W from 1 to 8643 (5 chunks a channel); batch 1 and > 1.
+        // C of 3, 5 and 7; H*W from 1 to 8643 (up to 2 chunks a channel); batch 1 and > 1; H*W odd
+        // (the scalar entry points) and a multiple of 4 (their vec4 twins).
         let shapes = [(110, [1, 3, 5, 7]), (120, [2, 5, 5, 7]), (130, [2, 3, 1, 1]), (140, [3, 7, 17, 19])];
-        for (seed, dims) in shapes.into_iter().chain([(150, [1, 3, 67, 129]), (160, [2, 3, 67, 129])]) {
+        let large = [(150, [1, 3, 67, 129]), (160, [2, 3, 67, 129])];
+        let quads = [(111, [1, 3, 2, 2]), (121, [2, 5, 4, 6]), (161, [2, 3, 64, 132])];
+        for (seed, dims) in shapes.into_iter().chain(large).chain(quads) {
             let case = Case::new(seed, dims, 0.2, 1.0).off_the_kink();
             for e in EPILOGUES {
                 case.check_fused(Mode::Train, e);
@@ -918,7 +1023,14 @@ mod tests {
         // gamma = 0, beta = 1: z = 1 everywhere, so y = mask * 1 / (1 - p) exposes the mask,
         // to be compared with dropout.wgsl's on a tensor of ones. A seed with both halves set.
         let gpu = gpu();
-        let (dims, c) = ([2, 3, 67, 129], [3]);
+        // The scalar entry point and its vec4 twin (H*W a multiple of 4).
+        for dims in [[2, 3, 67, 129], [2, 3, 64, 132]] {
+            fused_mask_equals_dropout(gpu, dims);
+        }
+    }
+
+    fn fused_mask_equals_dropout(gpu: &Gpu, dims: [usize; 4]) {
+        let c = [3];
         let (p, seed) = (0.3, 0xfedc_ba98_7654_3210);
         let n: usize = dims.iter().product();
         let x = gpu.upload(&random_vec(180, n), &dims);
@@ -935,7 +1047,7 @@ mod tests {
         gpu.submit(enc);
         let (fused, plain) = (gpu.read(&fused), gpu.read(&plain));
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert!(bits(&fused) == bits(&plain), "the fused mask differs from dropout.wgsl's");
+        assert!(bits(&fused) == bits(&plain), "the fused mask differs from dropout.wgsl's at {dims:?}");
         let kept = fused.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
         assert!((kept - 0.7).abs() < 0.01, "kept {kept}, want 0.7");
     }
