@@ -48,13 +48,14 @@
 // 15 y, 16 out, in place of 1, 2, 12, 11). A CPU driver moves vec4s 2-3x faster than
 // scalars, and the Welford update then divides once per quad (the quad's own mean and
 // M2 merge in by Chan's formula). The scalar entry points serve every other shape.
-// Binding 12 (the fused forward's y; 15 for the vec4 twins) belongs to the entry point whatever the constants (the
-// layout is reflected before they are applied); with the identity epilogue it is never read,
-// and the host binds dy there.
-// WG = 256 threads (a power of two, for the tree): enough values per thread in pass 1
-// to hide latency, and one thread per partial in pass 2. Elementwise entry points use
-// one thread per element, a row of workgroups per (n, c) plane; the
-// per-channel ones (running, param) one thread per channel.
+// Binding 12 (the fused forward's y; 15 for the vec4 twins) belongs to the entry point
+// whatever the constants (the layout is reflected before they are applied); with the
+// identity epilogue it is never read, and the host binds dy there.
+// WG = 256 threads (a power of two, for the tree) and one thread per partial in pass 2;
+// pass 1 gets fewer (down to 32) where a channel is too small to give 256 threads 64
+// values each, so that no tree runs over idle threads. Elementwise entry points use one
+// thread per element (or quad), a row of workgroups per (n, c) plane; the per-channel
+// ones (running, param) one thread per channel.
 override WG: u32 = 256u;
 // Epilogue of the forward, and the gate of dy in the backward (see the header). Pipeline
 // constants rather than uniforms: the unfused kernels carry no branch and no extra load.

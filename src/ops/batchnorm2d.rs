@@ -131,44 +131,29 @@ impl Views {
 
     /// `scalar`'s entry point, or its twin `quads`.
     fn entry(self, scalar: &'static str, quads: &'static str) -> &'static str {
-        if self.quads {
-            quads
-        } else {
-            scalar
-        }
+        [scalar, quads][self.quads as usize]
+    }
+
+    /// Binding `scalar`, or its vec4 view `quads`.
+    fn binding(self, scalar: u32, quads: u32) -> u32 {
+        [scalar, quads][self.quads as usize]
     }
 
     fn x(self) -> u32 {
-        if self.quads {
-            13
-        } else {
-            1
-        }
+        self.binding(1, 13)
     }
 
     fn dy(self) -> u32 {
-        if self.quads {
-            14
-        } else {
-            2
-        }
+        self.binding(2, 14)
     }
 
     /// The fused forward's output, read by the backward.
     fn y(self) -> u32 {
-        if self.quads {
-            15
-        } else {
-            12
-        }
+        self.binding(12, 15)
     }
 
     fn out(self) -> u32 {
-        if self.quads {
-            16
-        } else {
-            11
-        }
+        self.binding(11, 16)
     }
 }
 
