@@ -51,11 +51,12 @@
 // Binding 12 (the fused forward's y; 15 for the vec4 twins) belongs to the entry point
 // whatever the constants (the layout is reflected before they are applied); with the
 // identity epilogue it is never read, and the host binds dy there.
-// WG = 256 threads (a power of two, for the tree) and one thread per partial in pass 2;
-// pass 1 gets fewer (down to 32) where a channel is too small to give 256 threads 64
-// values each, so that no tree runs over idle threads. Elementwise entry points use one
-// thread per element (or quad), a row of workgroups per (n, c) plane; the per-channel
-// ones (running, param) one thread per channel.
+// WG = 256 threads (a power of two, for the tree) by default. Pass 1 gets fewer (down to
+// 32) where a channel is too small to give 256 threads 64 values each, and pass 2 one
+// thread per partial (rounded up to a power of two), so that no tree runs over idle
+// threads. Elementwise entry points use one thread per element (or quad), a row of
+// workgroups per (n, c) plane, of at most one plane's units (rounded up to 8); the
+// per-channel ones (running, param) one thread per channel.
 override WG: u32 = 256u;
 // Epilogue of the forward, and the gate of dy in the backward (see the header). Pipeline
 // constants rather than uniforms: the unfused kernels carry no branch and no extra load.

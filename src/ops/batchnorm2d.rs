@@ -114,6 +114,30 @@ impl Params {
     fn partial_threads(&self) -> u32 {
         partial_threads((self.n * self.hw) as usize)
     }
+
+    /// Threads of a pass-2 workgroup: one per partial, rounded up to a power of two for the
+    /// tree. A channel in one chunk (every level below the top two) then merges in a
+    /// workgroup of one thread, not in a tree of 8 barriers over 255 empty slots. The merges
+    /// that remain are the same, in the same order: the bits do not change.
+    fn final_threads(&self) -> u32 {
+        self.splits.next_power_of_two()
+    }
+
+    /// Threads of an elementwise workgroup: WG, or fewer where a plane holds fewer units
+    /// (values, or quads for the vec4 twins), rounded up to 8 lanes (a CPU driver's SIMD
+    /// width). At 16x16 a plane is 64 quads, and a 256-thread workgroup would be 3/4 idle.
+    fn plane_threads(&self) -> u32 {
+        WG.min(self.plane_units().next_multiple_of(8))
+    }
+
+    /// Units of one (n, c) plane an elementwise thread handles one of: quads, or values.
+    fn plane_units(&self) -> u32 {
+        if Views::of(self).quads {
+            self.hw / 4
+        } else {
+            self.hw
+        }
+    }
 }
 
 /// Which entry points run, and where they find the tensors of `N*C*H*W` values: where
@@ -160,8 +184,7 @@ impl Views {
 /// Workgroups of the elementwise entry points: WG pixels (or quads) along x, one (n, c)
 /// plane along y.
 fn plane_groups(p: &Params) -> [u32; 3] {
-    let units = if Views::of(p).quads { p.hw / 4 } else { p.hw };
-    let groups = [units.div_ceil(WG).max(1), p.n * p.c, 1];
+    let groups = [p.plane_units().div_ceil(p.plane_threads()).max(1), p.n * p.c, 1];
     assert!(
         groups[0] <= 65535 && groups[1] <= 65535,
         "batchnorm2d: {groups:?} workgroups, over 65535 in one dimension"
@@ -213,7 +236,7 @@ pub fn batchnorm2d_stats(
     );
     gpu.dispatch(
         enc,
-        &kernel(gpu, "batchnorm_stats_final"),
+        &gpu.kernel(&SHADER, "batchnorm_stats_final", &[("WG", p.final_threads() as f64)]),
         &p,
         &[(5, mean), (6, invstd), (7, running_mean), (8, running_var), (9, &partial)],
         [c as u32, 1, 1],
@@ -282,7 +305,7 @@ pub fn batchnorm2d_forward_fused(
     }
     let mut p = Params::new(dims);
     let [relu, dropout] = p.epilogue(epilogue);
-    let constants = [("WG", WG as f64), relu, dropout];
+    let constants = [("WG", p.plane_threads() as f64), relu, dropout];
     let v = Views::of(&p);
     gpu.dispatch(
         enc,
@@ -362,7 +385,7 @@ pub fn batchnorm2d_backward_fused(
     }
     let mut p = Params::new(dims);
     let [relu, dropout] = p.epilogue(epilogue);
-    let constants = [("WG", WG as f64), relu, dropout];
+    let constants = [("WG", p.plane_threads() as f64), relu, dropout];
     let partial_constants = [("WG", p.partial_threads() as f64), relu, dropout];
     let groups = plane_groups(&p);
     let v = Views::of(&p);
@@ -400,7 +423,8 @@ pub fn batchnorm2d_backward_fused(
         &[(v.x(), x), (v.dy(), dy), (5, mean), (6, invstd), (9, &partial), (v.y(), y)],
         [p.splits, c as u32, 1],
     );
-    gpu.dispatch(enc, &kernel(gpu, "batchnorm_backward_final"), &p, &[(9, &partial), (10, &sums)], [c as u32, 1, 1]);
+    let final_kernel = gpu.kernel(&SHADER, "batchnorm_backward_final", &[("WG", p.final_threads() as f64)]);
+    gpu.dispatch(enc, &final_kernel, &p, &[(9, &partial), (10, &sums)], [c as u32, 1, 1]);
 
     if let (Mode::Train, Some(dx)) = (mode, dx) {
         gpu.dispatch(
@@ -852,6 +876,18 @@ mod tests {
         }
         // One value per channel: only evaluation is defined (as in PyTorch).
         Case::new(50, [1, 5, 1, 1], 0.0, 1.0).check(Mode::Eval);
+    }
+
+    #[test]
+    fn workgroups_fit_the_work() {
+        // Pass 2: one thread per partial, a power of two (the top level at batch 4: 16 chunks).
+        assert_eq!((Params::new([4, 16, 256, 256]).splits, Params::new([4, 16, 256, 256]).final_threads()), (16, 16));
+        assert_eq!(Params::new([2, 3, 67, 129]).final_threads(), 2);
+        assert_eq!(Params::new([4, 256, 16, 16]).final_threads(), 1);
+        // Elementwise: at most a plane's units (quads where H*W % 4 == 0), rounded up to 8.
+        assert_eq!(Params::new([2, 16, 256, 256]).plane_threads(), WG);
+        assert_eq!(Params::new([2, 256, 16, 16]).plane_threads(), 64);
+        assert_eq!(Params::new([2, 3, 3, 5]).plane_threads(), 16);
     }
 
     #[test]
