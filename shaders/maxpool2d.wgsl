@@ -4,14 +4,14 @@
 //             the input plane. Ties go to the first in row-major window order
 //             (strict >), a NaN wins, as in PyTorch. With odd H or W the last row
 //             or column belongs to no window.
-//   backward: dx[n,c,h,w] += dy[n,c,h/2,w/2] if argmax[n,c,h/2,w/2] == h*W + w
-//     (gather form: one thread per dx element, so no atomics; windows do not
-//      overlap, so each dx element has at most one window to look at)
+//   backward: dx[n,c,argmax[n,c,i,j]] += dy[n,c,i,j]
+//     (one thread per window, adding into its winner only; windows do not overlap,
+//      so no two threads touch one dx element, and there are no atomics. The other
+//      three elements of the window get nothing, so they are not touched at all)
 // group 0:  0 uniform Params {planes N*C, h H, w W, ho H/2, wo W/2}
 //   maxpool2d_forward : 1 read x    2 read_write y    3 read_write argmax (u32)
 //   maxpool2d_backward: 2 read_write dx   4 read argmax (u32)   5 read dy
-// 16x16 threads a group, one output (forward) or input (backward) pixel each, and
-// one plane (n, c) per z: a 3-D grid needs no integer division to find a thread's
+// 16x16 threads a group, one output pixel (window) each, and one plane (n, c) per z: a 3-D grid needs no integer division to find a thread's
 // pixel (costly on CPU drivers), and a square tile keeps neighbouring rows in cache.
 override TX: u32 = 16u;
 override TY: u32 = 16u;
@@ -49,20 +49,14 @@ fn maxpool2d_forward(@builtin(global_invocation_id) id: vec3<u32>) {
     argmax_out[o] = best_at;
 }
 
-// Thread (w, h, plane): input pixel (h, w) of plane n*C + c. dst = dx (accumulated into).
+// Thread (j, i, plane): window (i, j) of plane n*C + c. dst = dx (accumulated into).
 @compute @workgroup_size(TX, TY)
 fn maxpool2d_backward(@builtin(global_invocation_id) id: vec3<u32>) {
-    let w = id.x;
-    let h = id.y;
+    let j = id.x;
+    let i = id.y;
     let plane = id.z;
-    let i = h / 2u;
-    let j = w / 2u;
-    // Edge tiles overhang; with odd H or W the last row or column is in no window.
-    if w >= p.w || h >= p.h || i >= p.ho || j >= p.wo { return; }
+    if j >= p.wo || i >= p.ho { return; } // edge tiles overhang
     let o = (plane * p.ho + i) * p.wo + j;
-    let r = h * p.w + w;
     // forward: y = x[argmax]  =>  dx[argmax] += dy
-    if argmax_in[o] == r {
-        dst[plane * p.h * p.w + r] += dy[o];
-    }
+    dst[plane * p.h * p.w + argmax_in[o]] += dy[o];
 }

@@ -32,7 +32,8 @@ pub fn run(b: &mut Bench) {
         b.case("maxpool2d_forward", &shape_str(&shape), None, Some(big + 2.0 * small), |gpu, enc| {
             maxpool2d_forward(gpu, enc, &x, &y, &argmax)
         });
-        b.case("maxpool2d_backward", &shape_str(&shape), None, Some(2.0 * small + 2.0 * big), |gpu, enc| {
+        // Backward: argmax and dy read, and each window's winner in dx read and written.
+        b.case("maxpool2d_backward", &shape_str(&shape), None, Some(4.0 * small), |gpu, enc| {
             maxpool2d_backward(gpu, enc, &argmax, &y, &dx)
         });
     }

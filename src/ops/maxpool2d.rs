@@ -42,7 +42,7 @@ fn params(x_shape: [usize; 4]) -> Params {
     Params { planes: (n * c) as u32, h: h as u32, w: w as u32, ho: (h / 2) as u32, wo: (w / 2) as u32 }
 }
 
-/// Workgroups for one thread per pixel of `[rows, cols]` in each of `planes` planes.
+/// Workgroups for one thread per output pixel (window) of `[rows, cols]` in each of `planes` planes.
 fn groups(planes: u32, rows: u32, cols: u32) -> [u32; 3] {
     [cols.div_ceil(TILE[0]).max(1), rows.div_ceil(TILE[1]).max(1), planes.max(1)]
 }
@@ -80,7 +80,7 @@ pub fn maxpool2d_backward(gpu: &Gpu, enc: &mut Encoder, argmax: &Tensor, dy: &Te
     );
     let kernel = gpu.kernel(&SHADER, "maxpool2d_backward", &constants());
     let p = params(dx.dims4("maxpool2d dx"));
-    gpu.dispatch(enc, &kernel, &p, &[(2, dx), (4, argmax), (5, dy)], groups(p.planes, p.h, p.w));
+    gpu.dispatch(enc, &kernel, &p, &[(2, dx), (4, argmax), (5, dy)], groups(p.planes, p.ho, p.wo));
 }
 
 /// 2x2 max pooling on the tape. x: `[N,C,H,W]` -> `[N,C,H/2,W/2]`. The argmax
