@@ -2,14 +2,16 @@
 //! U-Net (base 16, depth 4, 6 classes), a batch of 256x256 images, forward +
 //! fused Dice + CE loss + backward + Adam, one submit per step.
 //!
-//! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10 --batch-norm]` prints the
+//! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10 --batch-norm --trace]` prints the
 //! adapter, GPU time by kernel (one extra timed step), the first (cold) step,
 //! the warm steps' median / min / max, images per second, submits and
 //! blocking readbacks per warm step (1 and 0), the pool's allocations and
 //! bytes (its peak: a warm step allocates nothing), and then the ceilings
 //! (see `unet_wgpu::ceiling`) and GPU time by category (conv forward,
 //! backward data, backward weight, transposed conv, pool, loss, optimizer,
-//! other) with the convolutions' GFLOP/s as a share of the GEMM ceiling.
+//! other) with the convolutions' GFLOP/s as a share of the GEMM ceiling. `--trace` adds
+//! every dispatch of the timed step, in the order they ran (forward then backward), so
+//! that a kernel's time can be traced to its layer.
 
 use std::time::Instant;
 
@@ -110,6 +112,13 @@ fn main() -> anyhow::Result<()> {
             match by_kernel.iter_mut().find(|(n, _, _)| n == name) {
                 Some(entry) => (entry.1, entry.2) = (entry.1 + t, entry.2 + 1),
                 None => by_kernel.push((name.clone(), *t, 1)),
+            }
+        }
+        if std::env::args().any(|a| a == "--trace") {
+            println!("GPU time by dispatch, in order:");
+            for (i, (name, t, backward)) in dispatches.iter().enumerate() {
+                let pass = if *backward { "backward" } else { "forward" };
+                println!("  {i:>4} {pass:<8} {name:<56} {:>8.2} ms", t * 1e3);
             }
         }
         by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
