@@ -9,9 +9,12 @@
 //     y = max(z, 0), or ReLU then inverted dropout y = keep(i) * max(z, 0) / (1 - p), with keep(i)
 //     dropout.wgsl's hash of (seed, flat index i of y), bit for bit. The activation then makes
 //     no round trip through memory, forward or backward.
-//   backward through the epilogue, on the fly wherever dy is read (y at binding 12):
-//     dz = dy * (y > 0) * scale   (scale = 1 / (1 - p) with DROPOUT, else 1; y > 0 exactly where
-//     z > 0 and the value is kept), or dz = dy for the identity. Then, with sums over channel c:
+//   backward through the epilogue, on the fly wherever dy is read:
+//     dz = dy * (z > 0) * keep(i) * scale   (scale = 1 / (1 - p) with DROPOUT, else 1; keep
+//     only with DROPOUT), or dz = dy for the identity. The gate is y > 0, but y is never read:
+//     z comes from x (read anyway) by the forward's own function `affine`, so it has the same
+//     bits, and keep(i) from the hash. Reading y cost 40% of the fused backward on lavapipe.
+//     Then, with sums over channel c:
 //   backward (training, the statistics depend on x):
 //     dx += gamma_c invstd_c / M * (M dz - sum(dz) - xhat sum(dz xhat)),
 //     dgamma_c += sum(dz xhat),  dbeta_c += sum(dz)
@@ -37,20 +40,20 @@
 //   batchnorm_stats_final         5 mean 6 invstd 7 running_mean 8 running_var 9 partial
 //   batchnorm_stats_running       5 mean 6 invstd 7 running_mean 8 running_var
 //   batchnorm_forward             1 x 3 gamma 4 beta 5 mean 6 invstd   11 y
-//   batchnorm_backward_partial    1 x 2 dy 5 mean 6 invstd 12 y        9 partial (2 per split)
+//   batchnorm_backward_partial    1 x 2 dy 3 gamma 4 beta 5 mean 6 invstd   9 partial (2 per split)
 //   batchnorm_backward_final      9 partial                            10 sums [sum dz | sum dz xhat]
-//   batchnorm_backward_data       1 x 2 dy 3 gamma 5 mean 6 invstd 10 sums 12 y   11 dx
-//   batchnorm_backward_data_eval  2 dy 3 gamma 6 invstd 12 y           11 dx
+//   batchnorm_backward_data       1 x 2 dy 3 gamma 4 beta 5 mean 6 invstd 10 sums   11 dx
+//   batchnorm_backward_data_eval  1 x 2 dy 3 gamma 4 beta 5 mean 6 invstd   11 dx
 //   batchnorm_backward_param      10 sums                              11 dgamma | dbeta
 // Where H*W is a multiple of 4 (every U-Net level), the host runs the `*_vec4` twins of
 // the entry points that touch N*C*H*W values: the same math on aligned quads of 4
 // neighbouring pixels of one plane, through vec4 views of the same buffers (13 x, 14 dy,
-// 15 y, 16 out, in place of 1, 2, 12, 11). A CPU driver moves vec4s 2-3x faster than
+// 15 out, in place of 1, 2, 11). A CPU driver moves vec4s 2-3x faster than
 // scalars, and the Welford update then divides once per quad (the quad's own mean and
 // M2 merge in by Chan's formula). The scalar entry points serve every other shape.
-// Binding 12 (the fused forward's y; 15 for the vec4 twins) belongs to the entry point
-// whatever the constants (the layout is reflected before they are applied); with the
-// identity epilogue it is never read, and the host binds dy there.
+// The backward entry points own bindings 3 and 4 (gamma, beta) whatever the constants
+// (the layout is reflected before they are applied): the host binds them for the identity
+// epilogue too, whose gate reads neither.
 // WG = 256 threads (a power of two, for the tree) by default. Pass 1 gets fewer (down to
 // 32) where a channel is too small to give 256 threads 64 values each, and pass 2 one
 // thread per partial (rounded up to a power of two), so that no tree runs over idle
@@ -92,11 +95,9 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(10) var<storage, read_write> sums: array<f32>;
 @group(0) @binding(11) var<storage, read_write> out: array<f32>;
-@group(0) @binding(12) var<storage, read> y_fused: array<f32>;
 @group(0) @binding(13) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(14) var<storage, read> dy4: array<vec4<f32>>;
-@group(0) @binding(15) var<storage, read> y_fused4: array<vec4<f32>>;
-@group(0) @binding(16) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read_write> out4: array<vec4<f32>>;
 
 // Welford/Chan triples (count, mean, M2) and plain sums share this scratch.
 var<workgroup> t0: array<f32, WG>;
@@ -305,22 +306,40 @@ fn epilogue4(z: vec4<f32>, i: u32) -> vec4<f32> {
     return v;
 }
 
-// dz[i] from dy[i], through the epilogue:
-// forward: y = keep * max(z, 0) * scale  =>  dz = dy * scale where y > 0, else 0
-// (scale 1 without DROPOUT; the identity passes dy through and reads no y).
-fn gate(g: f32, i: u32) -> f32 {
+// z = gamma_c xhat + beta_c from x: the forward's expression, shared so that the backward's
+// gate sees the same bits.
+fn affine(v: f32, c: u32) -> f32 {
+    return (v - mean[c]) * (invstd[c] * gamma[c]) + beta[c];
+}
+
+fn affine4(v: vec4<f32>, c: u32) -> vec4<f32> {
+    return (v - mean[c]) * (invstd[c] * gamma[c]) + beta[c];
+}
+
+// dz[i] from dy[i] (g) and x[i] (v) of channel c, through the epilogue:
+// forward: y = keep(i) * max(z, 0) * scale  =>  dz = dy * scale where z > 0 and keep(i), else 0
+// (scale 1 and no keep without DROPOUT; the identity passes dy through).
+fn gate(g: f32, v: f32, c: u32, i: u32) -> f32 {
     if RELU {
-        let scale = select(1.0, p.drop_scale, DROPOUT);
-        return select(0.0, g * scale, y_fused[i] > 0.0);
+        var open = affine(v, c) > 0.0;
+        if DROPOUT {
+            open = open && kept(drop_keys(), i);
+        }
+        return select(0.0, g * select(1.0, p.drop_scale, DROPOUT), open);
     }
     return g;
 }
 
-// gate() on quad q of dy (elements 4q .. 4q + 3).
-fn gate4(g: vec4<f32>, q: u32) -> vec4<f32> {
+// gate() on quad q (elements 4q .. 4q + 3).
+fn gate4(g: vec4<f32>, v: vec4<f32>, c: u32, q: u32) -> vec4<f32> {
     if RELU {
-        let scale = select(1.0, p.drop_scale, DROPOUT);
-        return select(vec4(0.0), g * scale, y_fused4[q] > vec4(0.0));
+        var open = affine4(v, c) > vec4(0.0);
+        if DROPOUT {
+            let k = drop_keys();
+            let i = 4u * q;
+            open = open & vec4(kept(k, i), kept(k, i + 1u), kept(k, i + 2u), kept(k, i + 3u));
+        }
+        return select(vec4(0.0), g * select(1.0, p.drop_scale, DROPOUT), open);
     }
     return g;
 }
@@ -333,7 +352,7 @@ fn batchnorm_forward(@builtin(global_invocation_id) id: vec3<u32>) {
     if id.x >= p.hw { return; } // the last group of a plane overhangs
     let c = id.y % p.c;
     let i = id.y * p.hw + id.x;
-    out[i] = epilogue((x[i] - mean[c]) * (invstd[c] * gamma[c]) + beta[c], i);
+    out[i] = epilogue(affine(x[i], c), i);
 }
 
 // batchnorm_forward on quads: x = the quads of the plane.
@@ -343,7 +362,7 @@ fn batchnorm_forward_vec4(@builtin(global_invocation_id) id: vec3<u32>) {
     if id.x >= hw4 { return; }
     let c = id.y % p.c;
     let q = id.y * hw4 + id.x;
-    out4[q] = epilogue4((x4[q] - mean[c]) * (invstd[c] * gamma[c]) + beta[c], 4u * q);
+    out4[q] = epilogue4(affine4(x4[q], c), 4u * q);
 }
 
 @compute @workgroup_size(WG)
@@ -360,9 +379,10 @@ fn batchnorm_backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
     for (var m = start + t; m < end; m += WG) {
         let k = walk_index(w, c, p.hw);
         walk_next(&w, p.hw);
-        let dz = gate(dy[k], k);
+        let v = x[k];
+        let dz = gate(dy[k], v, c, k);
         sum_dz += dz;
-        sum_dz_xhat += dz * (x[k] - mu) * r;
+        sum_dz_xhat += dz * (v - mu) * r;
     }
     store_sums(t, c, s, sum_dz, sum_dz_xhat);
 }
@@ -394,9 +414,10 @@ fn batchnorm_backward_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @built
     for (var m = start + t; m < end; m += WG) {
         let k = walk_index(w, c, hw4);
         walk_next(&w, hw4);
-        let dz = gate4(dy4[k], k);
+        let v = x4[k];
+        let dz = gate4(dy4[k], v, c, k);
         sum_dz += dz;
-        sum_dz_xhat += dz * (x4[k] - mu) * r;
+        sum_dz_xhat += dz * (v - mu) * r;
     }
     let ones = vec4(1.0);
     store_sums(t, c, s, dot(sum_dz, ones), dot(sum_dz_xhat, ones));
@@ -426,10 +447,11 @@ fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.y % p.c;
     let i = id.y * p.hw + id.x;
     let inv_m = 1.0 / f32(p.n * p.hw);
-    let xhat = (x[i] - mean[c]) * invstd[c];
+    let v = x[i];
+    let xhat = (v - mean[c]) * invstd[c];
     // forward: z = gamma (x - mean(x)) / sqrt(var(x) + eps) + beta, with mean and var
     // over the channel's M values  =>  dx += gamma invstd / M (M dz - sum dz - xhat sum dz xhat)
-    out[i] += gamma[c] * invstd[c] * (gate(dy[i], i) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
+    out[i] += gamma[c] * invstd[c] * (gate(dy[i], v, c, i) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
 }
 
 @compute @workgroup_size(WG)
@@ -439,8 +461,9 @@ fn batchnorm_backward_data_vec4(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.y % p.c;
     let q = id.y * hw4 + id.x;
     let inv_m = 1.0 / f32(p.n * p.hw);
-    let xhat = (x4[q] - mean[c]) * invstd[c];
-    out4[q] += gamma[c] * invstd[c] * (gate4(dy4[q], q) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
+    let v = x4[q];
+    let xhat = (v - mean[c]) * invstd[c];
+    out4[q] += gamma[c] * invstd[c] * (gate4(dy4[q], v, c, q) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
 }
 
 @compute @workgroup_size(WG)
@@ -449,7 +472,7 @@ fn batchnorm_backward_data_eval(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.y % p.c;
     let i = id.y * p.hw + id.x;
     // forward: z = gamma (x - running_mean) invstd + beta  =>  dx += dz gamma invstd
-    out[i] += gate(dy[i], i) * gamma[c] * invstd[c];
+    out[i] += gate(dy[i], x[i], c, i) * gamma[c] * invstd[c];
 }
 
 @compute @workgroup_size(WG)
@@ -458,7 +481,7 @@ fn batchnorm_backward_data_eval_vec4(@builtin(global_invocation_id) id: vec3<u32
     if id.x >= hw4 { return; }
     let c = id.y % p.c;
     let q = id.y * hw4 + id.x;
-    out4[q] += gate4(dy4[q], q) * gamma[c] * invstd[c];
+    out4[q] += gate4(dy4[q], x4[q], c, q) * gamma[c] * invstd[c];
 }
 
 @compute @workgroup_size(WG)
