@@ -11,7 +11,7 @@ use unet_wgpu::ops::conv2d::Epilogue;
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::Mode;
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     if !b.wants("batchnorm") {
@@ -62,7 +62,7 @@ pub fn run(b: &mut Bench) {
         reference::batchnorm2d_backward_fused(&xf, &to_f64(&dy), &mean, &invstd, &gamma, &beta, dims, true, epilogue);
     assert_close_f32("batchnorm2d fused backward", &gpu.read(&dx), &want_dx, 1e-3);
 
-    for shape in UNET_LEVELS {
+    for shape in unet_levels() {
         let (n, c) = (shape.iter().product(), [shape[1]]);
         let x = gpu.upload(&random_vec(2, n), &shape);
         let dy = gpu.upload(&random_vec(3, n), &shape);

@@ -4,7 +4,7 @@ use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::bias_add::{bias_add_backward_bias, bias_add_backward_data, bias_add_forward, reference};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     if !b.wants("bias_add") {
@@ -25,7 +25,7 @@ pub fn run(b: &mut Bench) {
     assert_close_f32("bias_add", &gpu.read(&y), &want, 1e-6);
     assert_close_f32("bias_add db", &gpu.read(&db), &reference::bias_add_backward(&to_f64(&x), dims).1, 1e-5);
 
-    for shape in UNET_LEVELS {
+    for shape in unet_levels() {
         let len: usize = shape.iter().product();
         let c = shape[1];
         let x = gpu.upload(&random_vec(3, len), &shape);

@@ -5,7 +5,7 @@ use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::concat::{concat_backward_a, concat_backward_b, concat_forward, reference};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     if !b.wants("concat") {
@@ -20,7 +20,7 @@ pub fn run(b: &mut Bench) {
     gpu.submit(enc);
     assert_close_f32("concat", &gpu.read(&y), &reference::concat_forward(&to_f64(&a), &to_f64(&bb), 2, 3, 2, 35), 0.0);
 
-    for shape in UNET_LEVELS {
+    for shape in unet_levels() {
         let [n, c, h, w] = shape;
         let len: usize = shape.iter().product();
         let (a, bb) = (gpu.upload(&random_vec(3, len), &shape), gpu.upload(&random_vec(4, len), &shape));

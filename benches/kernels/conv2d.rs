@@ -17,7 +17,7 @@ use unet_wgpu::ops::conv2d::{
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::Gpu;
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 /// The tilings of forward, backward data and backward weight.
 fn tilings(gpu: &Gpu) -> [Tiling; 3] {
@@ -82,7 +82,7 @@ pub fn run(b: &mut Bench) {
 
     // The 3x3 "same" convs of each level (channels in = out), then the final 1x1 16 -> 6.
     let mut cases: Vec<([usize; 4], [usize; 4], Conv2d)> =
-        UNET_LEVELS.iter().map(|&[n, c, h, w]| ([n, c, h, w], [c, c, 3, 3], Conv2d::new(1, 1))).collect();
+        unet_levels().iter().map(|&[n, c, h, w]| ([n, c, h, w], [c, c, 3, 3], Conv2d::new(1, 1))).collect();
     cases.push(([4, 16, 256, 256], [6, 16, 1, 1], Conv2d::new(1, 0)));
     let levels: Option<Vec<usize>> = std::env::var("CONV_LEVELS")
         .ok()

@@ -16,7 +16,7 @@ use unet_wgpu::ops::conv_transpose2d::{
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::Gpu;
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     let kernels = ["forward", "backward_data", "backward_weight", "concat_forward", "concat_backward"];
@@ -35,7 +35,7 @@ pub fn run(b: &mut Bench) {
         .map(|s| s.split(',').map(|v| v.trim().parse().expect("CT_LEVELS=0,1,..")).collect());
     // The decoder's up-convolutions: level l+1 (x) to level l (y), channels halving; the skip
     // tensor of level l has as many channels as y.
-    for (level, pair) in UNET_LEVELS.windows(2).enumerate().rev() {
+    for (level, pair) in unet_levels().windows(2).enumerate().rev() {
         if levels.as_ref().is_some_and(|l| !l.contains(&level)) {
             continue;
         }

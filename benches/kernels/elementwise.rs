@@ -4,7 +4,7 @@ use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::elementwise::{accumulate, add_forward, reference, scale_forward};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     if !["add_forward", "scale_forward", "elementwise_backward"].iter().any(|n| b.wants(n)) {
@@ -19,7 +19,7 @@ pub fn run(b: &mut Bench) {
     gpu.submit(enc);
     assert_close_f32("add", &gpu.read(&y), &reference::add_forward(&to_f64(&x), &to_f64(&z)), 1e-6);
 
-    for shape in UNET_LEVELS {
+    for shape in unet_levels() {
         let len: usize = shape.iter().product();
         let (x, z) = (gpu.upload(&random_vec(3, len), &shape), gpu.upload(&random_vec(4, len), &shape));
         let (y, dx) = (gpu.empty(&shape), gpu.empty(&shape));

@@ -1,5 +1,5 @@
-//! Kernel benchmarks at U-Net shapes (batch 4, 256x256 input; 16 channels at
-//! 256x256 down to 256 channels at 16x16).
+//! Kernel benchmarks at U-Net shapes (batch 4, or `BENCH_BATCH`; 256x256 input; 16
+//! channels at 256x256 down to 256 channels at 16x16).
 //!
 //! `cargo bench --bench kernels [FILTER]` first measures the ceilings (a
 //! 1024^3 register-tiled GEMM and a 64 MiB vec4 copy), then prints one row per
@@ -56,9 +56,12 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// U-Net activation shapes `[n, c, h, w]` at batch 4: one per level.
-pub const UNET_LEVELS: [[usize; 4]; 5] =
-    [[4, 16, 256, 256], [4, 32, 128, 128], [4, 64, 64, 64], [4, 128, 32, 32], [4, 256, 16, 16]];
+/// U-Net activation shapes `[n, c, h, w]`, one per level: batch 4, or `$BENCH_BATCH` (2 is
+/// what `train` runs by default).
+pub fn unet_levels() -> [[usize; 4]; 5] {
+    let n = std::env::var("BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    [[n, 16, 256, 256], [n, 32, 128, 128], [n, 64, 64, 64], [n, 128, 32, 32], [n, 256, 16, 16]]
+}
 
 /// `"4x16x256x256"`.
 pub fn shape_str(s: &[usize]) -> String {

@@ -4,7 +4,7 @@ use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::maxpool2d::{maxpool2d_backward, maxpool2d_forward, reference};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     if !b.wants("maxpool2d") {
@@ -22,7 +22,7 @@ pub fn run(b: &mut Bench) {
     assert_close_f32("maxpool2d", &gpu.read(&y), &want_y, 1e-6);
     assert_eq!(gpu.read_u32(&argmax), want_argmax, "maxpool2d argmax");
 
-    for shape in UNET_LEVELS {
+    for shape in unet_levels() {
         let [n, c, h, w] = shape;
         let out = [n, c, h / 2, w / 2];
         let len: usize = shape.iter().product();

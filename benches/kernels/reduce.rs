@@ -5,7 +5,7 @@ use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::reduce::{reference, sum_backward, sum_forward, sum_per_channel_forward};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     if !["sum_forward", "sum_per_channel_forward", "sum_backward"].iter().any(|n| b.wants(n)) {
@@ -23,7 +23,7 @@ pub fn run(b: &mut Bench) {
     assert_close_f32("sum", &gpu.read(&total), &[reference::sum_forward(&to_f64(&x))], 1e-4);
     assert_close_f32("sum_per_channel", &gpu.read(&per), &reference::sum_per_channel_forward(&to_f64(&x), dims), 1e-4);
 
-    for shape in UNET_LEVELS {
+    for shape in unet_levels() {
         let len: usize = shape.iter().product();
         let x = gpu.upload(&random_vec(2, len), &shape);
         let (total, per, dy) = (gpu.empty(&[1]), gpu.empty(&[shape[1]]), gpu.upload(&[1.0], &[1]));

@@ -4,7 +4,7 @@ use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::relu::{reference, relu_backward, relu_forward};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     if !b.wants("relu") {
@@ -19,7 +19,7 @@ pub fn run(b: &mut Bench) {
     gpu.submit(enc);
     assert_close_f32("relu", &gpu.read(&y), &reference::relu_forward(&to_f64(&x)), 1e-6);
 
-    for shape in UNET_LEVELS {
+    for shape in unet_levels() {
         let n: usize = shape.iter().product();
         let (x, y, dx) = (gpu.upload(&random_vec(2, n), &shape), gpu.empty(&shape), gpu.empty(&shape));
         let bytes = 4.0 * n as f64;

@@ -4,7 +4,7 @@ use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::upsample::{reference, upsample_backward, upsample_forward, Upsample};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 
-use crate::{shape_str, UNET_LEVELS};
+use crate::{shape_str, unet_levels};
 
 pub fn run(b: &mut Bench) {
     let kernels = ["nearest_forward", "nearest_backward", "bilinear_forward", "bilinear_backward"];
@@ -29,7 +29,7 @@ pub fn run(b: &mut Bench) {
     }
 
     // The decoder upsamples every level but the top one: x is that level's shape.
-    for [n, c, h, w] in &UNET_LEVELS[1..] {
+    for [n, c, h, w] in &unet_levels()[1..] {
         let (small, big) = ([*n, *c, *h, *w], [*n, *c, 2 * h, 2 * w]);
         let len: usize = small.iter().product();
         let x = gpu.upload(&random_vec(3, len), &small);
