@@ -1171,13 +1171,18 @@ mod tests {
         gpu.set_tuning(t);
         assert_eq!((gpu.tuning(), gpu.tuning_source()), (t, TuningSource::Set));
 
+        // Images of 256 output tiles (2 x 16 x 8 of 2 rows x 8 columns): the convolutions'
+        // workgroups shrink to the tiles an image has, and these have enough for 128 threads.
         let p = Conv2d::new(1, 1);
-        let (xd, wd, yd) = ([2, 3, 5, 8], [4, 3, 3, 3], [2, 4, 5, 8]);
-        let (x, w, dy) = (random_vec(60, 2 * 3 * 40), random_vec(61, 4 * 3 * 9), random_vec(62, 2 * 4 * 40));
+        let (xd, wd, yd) = ([2, 3, 32, 64], [4, 3, 3, 3], [2, 4, 32, 64]);
+        let (x, w, dy) = (random_vec(60, 2 * 3 * 2048), random_vec(61, 4 * 3 * 9), random_vec(62, 2 * 4 * 2048));
         let (xt, wt, dyt) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.upload(&dy, &yd));
         let (y, dx, dw) = (gpu.empty(&yd), gpu.empty(&xd), gpu.empty(&wd));
-        let (ct_x, ct_w, ct_y) =
-            (gpu.upload(&x, &[2, 3, 5, 8]), gpu.upload(&w[..3 * 2 * 4], &[3, 2, 2, 2]), gpu.empty(&[2, 2, 10, 16]));
+        let (ct_x, ct_w, ct_y) = (
+            gpu.upload(&x[..240], &[2, 3, 5, 8]),
+            gpu.upload(&w[..3 * 2 * 4], &[3, 2, 2, 2]),
+            gpu.empty(&[2, 2, 10, 16]),
+        );
         let (a, b, c) = (gpu.upload(&x[..12 * 8], &[12, 8]), gpu.upload(&w[..8 * 4], &[8, 4]), gpu.empty(&[12, 4]));
         let mut enc = gpu.encoder();
         enc.clear(&dx);
@@ -1198,7 +1203,7 @@ mod tests {
             &conv2d::reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p).0,
             1e-3,
         );
-        let want = conv_transpose2d::reference::conv_transpose2d_forward(&xf, &wf[..24], None, [2, 3, 5, 8], 2);
+        let want = conv_transpose2d::reference::conv_transpose2d_forward(&xf[..240], &wf[..24], None, [2, 3, 5, 8], 2);
         assert_close_f32("conv_transpose2d y", &gpu.read(&ct_y), &want, 1e-4);
         let want = matmul::reference::matmul_forward(&xf[..96], &wf[..32], [12, 8, 4]);
         assert_close_f32("matmul c", &gpu.read(&c), &want, 1e-4);
