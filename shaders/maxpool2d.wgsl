@@ -11,8 +11,9 @@
 // group 0:  0 uniform Params {planes N*C, h H, w W, ho H/2, wo W/2}
 //   maxpool2d_forward : 1 read x    2 read_write y    3 read_write argmax (u32)
 //   maxpool2d_backward: 2 read_write dx   4 read argmax (u32)   5 read dy
-// 16x16 threads a group, one output pixel (window) each, and one plane (n, c) per z: a 3-D grid needs no integer division to find a thread's
-// pixel (costly on CPU drivers), and a square tile keeps neighbouring rows in cache.
+// 16x16 threads a group, one output pixel (window) each, and one plane (n, c) per z:
+// a 3-D grid needs no integer division to find a thread's pixel (costly on CPU
+// drivers), and a square tile keeps neighbouring rows in cache.
 override TX: u32 = 16u;
 override TY: u32 = 16u;
 
