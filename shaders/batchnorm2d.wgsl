@@ -19,6 +19,7 @@
 //     dx += gamma_c invstd_c / M * (M dz - sum(dz) - xhat sum(dz xhat)),
 //     dgamma_c += sum(dz xhat),  dbeta_c += sum(dz)
 //   backward (evaluation, constant statistics): dx += dz gamma_c invstd_c
+//   (dx = ... instead of dx += ... where the pipeline constant ACCUMULATE is false)
 // Variance is never E[x^2] - E[x]^2 (which cancels catastrophically when |mean| >> std):
 // each thread runs Welford's update over its values, and partial (count, mean, M2)
 // triples merge with Chan's formula, exact in real arithmetic and stable in floats:
@@ -65,6 +66,9 @@ override WG: u32 = 256u;
 // constants rather than uniforms: the unfused kernels carry no branch and no extra load.
 override RELU: bool = false;
 override DROPOUT: bool = false;
+// The backward's dx: added into (dx += ..., the default), or overwritten (dx = ...) when the
+// tape hands over a fresh, unzeroed gradient buffer (every element is written).
+override ACCUMULATE: bool = true;
 
 struct Params {
     n: u32,
@@ -451,7 +455,24 @@ fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>) {
     let xhat = (v - mean[c]) * invstd[c];
     // forward: z = gamma (x - mean(x)) / sqrt(var(x) + eps) + beta, with mean and var
     // over the channel's M values  =>  dx += gamma invstd / M (M dz - sum dz - xhat sum dz xhat)
-    out[i] += gamma[c] * invstd[c] * (gate(dy[i], v, c, i) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
+    store_dx(i, gamma[c] * invstd[c] * (gate(dy[i], v, c, i) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m)));
+}
+
+// dx[i] += g, or dx[i] = g without ACCUMULATE; dx4 likewise for quad q.
+fn store_dx(i: u32, g: f32) {
+    if ACCUMULATE {
+        out[i] += g;
+    } else {
+        out[i] = g;
+    }
+}
+
+fn store_dx4(q: u32, g: vec4<f32>) {
+    if ACCUMULATE {
+        out4[q] += g;
+    } else {
+        out4[q] = g;
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -463,7 +484,7 @@ fn batchnorm_backward_data_vec4(@builtin(global_invocation_id) id: vec3<u32>) {
     let inv_m = 1.0 / f32(p.n * p.hw);
     let v = x4[q];
     let xhat = (v - mean[c]) * invstd[c];
-    out4[q] += gamma[c] * invstd[c] * (gate4(dy4[q], v, c, q) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m));
+    store_dx4(q, gamma[c] * invstd[c] * (gate4(dy4[q], v, c, q) - sums[c] * inv_m - xhat * (sums[p.c + c] * inv_m)));
 }
 
 @compute @workgroup_size(WG)
@@ -472,7 +493,7 @@ fn batchnorm_backward_data_eval(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.y % p.c;
     let i = id.y * p.hw + id.x;
     // forward: z = gamma (x - running_mean) invstd + beta  =>  dx += dz gamma invstd
-    out[i] += gate(dy[i], x[i], c, i) * gamma[c] * invstd[c];
+    store_dx(i, gate(dy[i], x[i], c, i) * gamma[c] * invstd[c]);
 }
 
 @compute @workgroup_size(WG)
@@ -481,7 +502,7 @@ fn batchnorm_backward_data_eval_vec4(@builtin(global_invocation_id) id: vec3<u32
     if id.x >= hw4 { return; }
     let c = id.y % p.c;
     let q = id.y * hw4 + id.x;
-    out4[q] += gate4(dy4[q], x4[q], c, q) * gamma[c] * invstd[c];
+    store_dx4(q, gate4(dy4[q], x4[q], c, q) * gamma[c] * invstd[c]);
 }
 
 @compute @workgroup_size(WG)

@@ -32,6 +32,6 @@ pub mod train;
 pub mod tuning;
 
 pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions};
-pub use tape::{Grads, Mode, Step};
+pub use tape::{Accumulate, Grads, Mode, Step};
 pub use tensor::Tensor;
 pub use tuning::{Tuning, TuningFrom, TuningSource};

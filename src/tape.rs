@@ -9,7 +9,11 @@
 //! node after every node that consumed its output: by the time a node runs,
 //! the gradient of its output is complete. Backward kernels *add* into the
 //! gradient buffers (`dx += ...`); the buffers start at zero when first asked
-//! for, so a tensor used twice receives the sum of both gradients.
+//! for, so a tensor used twice receives the sum of both gradients. A kernel that
+//! writes every element of a gradient may instead ask for it with
+//! [`BackwardCtx::grad_to_fill`]: the first contribution then overwrites an
+//! unzeroed buffer ([`Accumulate::Overwrite`]), saving the zeroing pass and the read
+//! of zeros, and later ones add as usual.
 
 use std::collections::HashMap;
 
@@ -24,6 +28,16 @@ pub struct Node<'g> {
     pub name: &'static str,
     output: TensorId,
     backward: BackwardFn<'g>,
+}
+
+/// How a backward kernel writes a gradient buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accumulate {
+    /// `dx += ...`: others have written (or the buffer was zeroed).
+    Add,
+    /// `dx = ...`: the first contribution, into a buffer of stale values; the kernel must
+    /// write every element.
+    Overwrite,
 }
 
 /// Whether a step records gradients and runs layers in training mode.
@@ -100,6 +114,21 @@ impl BackwardCtx<'_, '_> {
         }
         let (gpu, enc) = (self.gpu, &mut *self.enc);
         Some(self.grads.map.entry(x.id()).or_insert_with(|| gpu.zeros(enc, x.shape())).clone())
+    }
+
+    /// The gradient buffer of `x` for a kernel that writes every element of it:
+    /// unzeroed and [`Accumulate::Overwrite`] for the first contribution, else the buffer
+    /// so far and [`Accumulate::Add`]. `None` when `x` needs no gradient.
+    pub fn grad_to_fill(&mut self, x: &Tensor) -> Option<(Tensor, Accumulate)> {
+        if !x.requires_grad() {
+            return None;
+        }
+        if let Some(g) = self.grads.map.get(&x.id()) {
+            return Some((g.clone(), Accumulate::Add));
+        }
+        let g = self.gpu.empty(x.shape());
+        self.grads.map.insert(x.id(), g.clone());
+        Some((g, Accumulate::Overwrite))
     }
 }
 

@@ -9,7 +9,7 @@ use unet_wgpu::ops::batchnorm2d::{
 };
 use unet_wgpu::ops::conv2d::Epilogue;
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
-use unet_wgpu::Mode;
+use unet_wgpu::{Accumulate, Mode};
 
 use crate::{shape_str, unet_levels};
 
@@ -48,7 +48,7 @@ pub fn run(b: &mut Bench) {
         &invstd,
         &gamma,
         &beta,
-        Some(&dx),
+        Some((&dx, Accumulate::Add)),
         None,
         None,
         epilogue,
@@ -94,7 +94,7 @@ pub fn run(b: &mut Bench) {
             batchnorm2d_forward_fused(gpu, enc, &x, &mean, &invstd, &gamma, &beta, &y, epilogue)
         });
         b.case("batchnorm2d_backward_relu_dropout", &shape_str(&shape), None, Some(6.0 * bytes), |gpu, enc| {
-            let grads = (Some(&dx), Some(&dgamma), Some(&dbeta));
+            let grads = (Some((&dx, Accumulate::Add)), Some(&dgamma), Some(&dbeta));
             batchnorm2d_backward_fused(
                 gpu,
                 enc,

@@ -34,7 +34,7 @@
 use crate::gpu::{Encoder, Gpu, Shader};
 use crate::ops::conv2d::Epilogue;
 use crate::shader;
-use crate::tape::{Mode, Step};
+use crate::tape::{Accumulate, Mode, Step};
 use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("batchnorm2d");
@@ -342,7 +342,7 @@ pub fn batchnorm2d_backward(
         invstd,
         gamma,
         gamma,
-        dx,
+        dx.map(|dx| (dx, Accumulate::Add)),
         dgamma,
         dbeta,
         Epilogue::Identity,
@@ -352,8 +352,9 @@ pub fn batchnorm2d_backward(
 /// Backward of [`batchnorm2d_forward_fused`]: [`batchnorm2d_backward`] with
 /// `dz = dy * (y > 0) * scale` (scale `1 / (1 - p)` for [`Epilogue::ReluDropout`], else 1)
 /// in place of dy, computed where dy is read. `y > 0` is recomputed from x, beta and the
-/// dropout hash (`z > 0` and kept), so y itself is not needed; beta: `[C]`. Other shapes
-/// and the accumulation as [`batchnorm2d_backward`].
+/// dropout hash (`z > 0` and kept), so y itself is not needed; beta: `[C]`. dx is added
+/// into or overwritten as its [`Accumulate`] says. Other shapes and the accumulation as
+/// [`batchnorm2d_backward`].
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm2d_backward_fused(
     gpu: &Gpu,
@@ -365,7 +366,7 @@ pub fn batchnorm2d_backward_fused(
     invstd: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    dx: Option<&Tensor>,
+    dx: Option<(&Tensor, Accumulate)>,
     dgamma: Option<&Tensor>,
     dbeta: Option<&Tensor>,
     epilogue: Epilogue,
@@ -373,7 +374,7 @@ pub fn batchnorm2d_backward_fused(
     let dims = x.dims4("batchnorm2d x");
     let c = dims[1];
     assert_eq!(x.shape(), dy.shape(), "batchnorm2d backward: x {:?} vs dy {:?}", x.shape(), dy.shape());
-    if let Some(dx) = dx {
+    if let Some((dx, _)) = dx {
         assert_eq!(x.shape(), dx.shape(), "batchnorm2d backward: x {:?} vs dx {:?}", x.shape(), dx.shape());
     }
     for (what, t) in [("mean", Some(mean)), ("invstd", Some(invstd)), ("gamma", Some(gamma)), ("beta", Some(beta))]
@@ -386,19 +387,23 @@ pub fn batchnorm2d_backward_fused(
     }
     let mut p = Params::new(dims);
     let [relu, dropout] = p.epilogue(epilogue);
-    let constants = [("WG", p.plane_threads() as f64), relu, dropout];
     let partial_constants = [("WG", p.partial_threads() as f64), relu, dropout];
+    // The dx passes: elementwise workgroups, and dx added into or overwritten.
+    let data_constants = |acc: Accumulate| {
+        let accumulate = if acc == Accumulate::Add { 1.0 } else { 0.0 };
+        [("WG", p.plane_threads() as f64), relu, dropout, ("ACCUMULATE", accumulate)]
+    };
     let groups = plane_groups(&p);
     let v = Views::of(&p);
 
     if mode == Mode::Eval {
-        if let Some(dx) = dx {
+        if let Some((dx, acc)) = dx {
             gpu.dispatch(
                 enc,
                 &gpu.kernel(
                     &SHADER,
                     v.entry("batchnorm_backward_data_eval", "batchnorm_backward_data_eval_vec4"),
-                    &constants,
+                    &data_constants(acc),
                 ),
                 &p,
                 &[(v.x(), x), (v.dy(), dy), (3, gamma), (4, beta), (5, mean), (6, invstd), (v.out(), dx)],
@@ -427,10 +432,11 @@ pub fn batchnorm2d_backward_fused(
     let final_kernel = gpu.kernel(&SHADER, "batchnorm_backward_final", &[("WG", p.final_threads() as f64)]);
     gpu.dispatch(enc, &final_kernel, &p, &[(9, &partial), (10, &sums)], [c as u32, 1, 1]);
 
-    if let (Mode::Train, Some(dx)) = (mode, dx) {
+    if let (Mode::Train, Some((dx, acc))) = (mode, dx) {
+        let entry = v.entry("batchnorm_backward_data", "batchnorm_backward_data_vec4");
         gpu.dispatch(
             enc,
-            &gpu.kernel(&SHADER, v.entry("batchnorm_backward_data", "batchnorm_backward_data_vec4"), &constants),
+            &gpu.kernel(&SHADER, entry, &data_constants(acc)),
             &p,
             &[(v.x(), x), (v.dy(), dy), (3, gamma), (4, beta), (5, mean), (6, invstd), (10, &sums), (v.out(), dx)],
             groups,
@@ -492,7 +498,8 @@ pub fn batchnorm2d_fused(
     batchnorm2d_forward_fused(gpu, &mut step.enc, x, &mean, &invstd, gamma, beta, &y, epilogue);
     let (x, gamma, beta) = (x.clone(), gamma.clone(), beta.clone());
     step.record("batchnorm2d", &y, move |ctx, dy| {
-        let (dx, dgamma, dbeta) = (ctx.grad(&x), ctx.grad(&gamma), ctx.grad(&beta));
+        // dx is written whole (train and eval alike): a first contribution overwrites it.
+        let (dx, dgamma, dbeta) = (ctx.grad_to_fill(&x), ctx.grad(&gamma), ctx.grad(&beta));
         batchnorm2d_backward_fused(
             ctx.gpu,
             ctx.enc,
@@ -503,7 +510,7 @@ pub fn batchnorm2d_fused(
             &invstd,
             &gamma,
             &beta,
-            dx.as_ref(),
+            dx.as_ref().map(|(dx, acc)| (dx, *acc)),
             dgamma.as_ref(),
             dbeta.as_ref(),
             epilogue,
@@ -721,7 +728,8 @@ mod tests {
         dbeta: Vec<f32>,
     }
 
-    /// Inputs of one check; gradients start at `*0` (the backward accumulates).
+    /// Inputs of one check; gradients start at `*0` (the backward accumulates; with
+    /// `overwrite`, dx is overwritten instead and `dx0` is the stale value it must lose).
     struct Case {
         dims: [usize; 4],
         x: Vec<f32>,
@@ -733,6 +741,7 @@ mod tests {
         dx0: Vec<f32>,
         dgamma0: Vec<f32>,
         dbeta0: Vec<f32>,
+        overwrite: bool,
     }
 
     impl Case {
@@ -750,6 +759,7 @@ mod tests {
                 dx0: random_vec(seed + 6, len),
                 dgamma0: random_vec(seed + 7, c),
                 dbeta0: random_vec(seed + 8, c),
+                overwrite: false,
             }
         }
 
@@ -800,7 +810,8 @@ mod tests {
                 Mode::Eval => batchnorm2d_running_stats(gpu, &mut enc, &rm, &rv, &mean, &invstd),
             }
             batchnorm2d_forward_fused(gpu, &mut enc, &x, &mean, &invstd, &gamma, &beta, &y, e);
-            let (gx, ggamma, gbeta) = (Some(&dx), Some(&dgamma), Some(&dbeta));
+            let acc = if self.overwrite { Accumulate::Overwrite } else { Accumulate::Add };
+            let (gx, ggamma, gbeta) = (Some((&dx, acc)), Some(&dgamma), Some(&dbeta));
             batchnorm2d_backward_fused(
                 gpu, &mut enc, mode, &x, &dy, &mean, &invstd, &gamma, &beta, gx, ggamma, gbeta, e,
             );
@@ -857,7 +868,8 @@ mod tests {
             assert_close_f32(&what("running_mean"), &got.running_mean, &want_rm, 1e-5);
             assert_close_f32(&what("running_var"), &got.running_var, &want_rv, 1e-4);
             assert_close_f32(&what("y"), &got.y, &y, 1e-4);
-            assert_close_f32(&what("dx"), &got.dx, &plus(dx, &self.dx0), 1e-3);
+            let want_dx = if self.overwrite { dx } else { plus(dx, &self.dx0) };
+            assert_close_f32(&what("dx"), &got.dx, &want_dx, 1e-3);
             assert_close_f32(&what("dgamma"), &got.dgamma, &plus(dgamma, &self.dgamma0), 1e-3);
             assert_close_f32(&what("dbeta"), &got.dbeta, &plus(dbeta, &self.dbeta0), 1e-3);
         }
@@ -1035,6 +1047,19 @@ mod tests {
         let case = Case::new(170, [1, 5, 1, 1], 0.0, 1.0).off_the_kink();
         for e in EPILOGUES {
             case.check_fused(Mode::Eval, e);
+        }
+    }
+
+    #[test]
+    fn overwriting_dx_drops_its_stale_values() {
+        // The first contribution to a gradient overwrites an unzeroed buffer: scalar and vec4
+        // entry points, training and evaluation, every epilogue.
+        for (seed, dims) in [(180, [2, 3, 5, 7]), (181, [2, 5, 4, 6])] {
+            let case = Case { overwrite: true, ..Case::new(seed, dims, 0.2, 1.0).off_the_kink() };
+            for e in EPILOGUES {
+                case.check_fused(Mode::Train, e);
+                case.check_fused(Mode::Eval, e);
+            }
         }
     }
 

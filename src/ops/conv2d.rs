@@ -23,7 +23,7 @@
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
 use crate::ops::dropout::keep_threshold;
 use crate::shader;
-use crate::tape::{Mode, Step};
+use crate::tape::{Accumulate, Mode, Step};
 use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("conv2d");
@@ -301,7 +301,8 @@ pub fn conv2d_forward_tiled(
 }
 
 /// Dispatch the register-tiled forward tile on `d` (params from `d`, weight layout set by the
-/// caller): `entry` is `conv2d_forward`, or `conv2d_backward_data_stride1`, which adds into y.
+/// caller): `entry` is `conv2d_forward` (which also overwrites dx for backward data), or
+/// `conv2d_backward_data_stride1`, which adds into y.
 #[allow(clippy::too_many_arguments)]
 fn dispatch_tile(
     gpu: &Gpu,
@@ -421,17 +422,55 @@ pub fn conv2d_backward_data_tiled(
     p: Conv2d,
     t: &Tiling,
 ) {
+    backward_data(gpu, enc, dy, w, dx, p, t, Accumulate::Add);
+}
+
+/// [`conv2d_backward_data`] into dx as `acc` says: added into, or overwritten (every element
+/// is written, so a fresh gradient buffer needs no zeroing first; see
+/// [`crate::tape::BackwardCtx::grad_to_fill`]).
+pub fn conv2d_backward_data_into(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    p: Conv2d,
+    acc: Accumulate,
+) {
+    backward_data(gpu, enc, dy, w, dx, p, &gpu.tuning().conv2d_backward_data, acc);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_data(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    p: Conv2d,
+    t: &Tiling,
+    acc: Accumulate,
+) {
     let d = dims("conv2d backward data", dx, w, dy, &p);
     let [o, i, kh, kw] = d.w;
     if p.stride == [1, 1] && p.pad[0] < kh && p.pad[1] < kw {
         // forward: y = conv(x, w, pad p)  =>  dx += conv(dy, w', pad K-1-p), w'[i,o,a,b] = w[o,i,KH-1-a,KW-1-b]:
-        // the forward kernel with the roles of the channels swapped, the taps flipped, adding into dx.
+        // the forward kernel with the roles of the channels swapped, the taps flipped, adding into dx
+        // (or, to overwrite it, the forward entry point itself, with no bias and no epilogue).
         let flipped = Conv2d { stride: [1, 1], pad: [kh - 1 - p.pad[0], kw - 1 - p.pad[1]] };
         let fd = Dims { x: d.y, w: [i, o, kh, kw], y: d.x };
         let mut params = fd.params(&flipped);
         (params.w_so, params.w_si, params.flip) = ((kh * kw) as u32, (i * kh * kw) as u32, 1);
-        dispatch_tile(gpu, enc, "conv2d_backward_data_stride1", &fd, params, &[], &flipped, dy, w, None, dx, t);
+        let entry = match acc {
+            Accumulate::Add => "conv2d_backward_data_stride1",
+            Accumulate::Overwrite => "conv2d_forward",
+        };
+        dispatch_tile(gpu, enc, entry, &fd, params, &[], &flipped, dy, w, None, dx, t);
         return;
+    }
+    // The gather kernel only adds: overwriting is adding into zeros.
+    if acc == Accumulate::Overwrite {
+        enc.clear(dx);
     }
     let mut params = d.params(&p);
     params.tiles_w = params.w.div_ceil(TILE_COLS);
@@ -599,8 +638,8 @@ pub fn conv2d_fused(
                 &dz
             }
         };
-        if let Some(dx) = ctx.grad(&x) {
-            conv2d_backward_data(ctx.gpu, ctx.enc, dy, &w, &dx, p);
+        if let Some((dx, acc)) = ctx.grad_to_fill(&x) {
+            conv2d_backward_data_into(ctx.gpu, ctx.enc, dy, &w, &dx, p, acc);
         }
         let dw = ctx.grad(&w);
         let db = b.as_ref().and_then(|b| ctx.grad(b));
@@ -849,6 +888,25 @@ mod tests {
         for (k, (xd, wd, p)) in cases().into_iter().enumerate() {
             check_gpu(100 + 10 * k as u64, xd, wd, p, k % 2 == 0, &Tiling::default());
             check_gpu(200 + 10 * k as u64, xd, wd, p, k % 2 == 1, &Tiling::default());
+        }
+    }
+
+    #[test]
+    fn backward_data_overwrites_stale_values() {
+        // Accumulate::Overwrite: dx starts at random values it must lose, on every case (the
+        // stride-1 path runs the forward entry point, the gather path clears dx first).
+        let gpu = gpu();
+        for (k, (xd, wd, p)) in cases().into_iter().enumerate() {
+            let seed = 400 + 10 * k as u64;
+            let (w, dy) =
+                (random_vec(seed, wd.iter().product()), random_vec(seed + 1, yd(xd, wd, &p).iter().product()));
+            let (wt, dyt) = (gpu.upload(&w, &wd), gpu.upload(&dy, &yd(xd, wd, &p)));
+            let dx = gpu.upload(&random_vec(seed + 2, xd.iter().product()), &xd);
+            let mut enc = gpu.encoder();
+            conv2d_backward_data_into(gpu, &mut enc, &dyt, &wt, &dx, p, Accumulate::Overwrite);
+            gpu.submit(enc);
+            let want = reference::conv2d_backward_data(&to_f64(&dy), &to_f64(&w), xd, wd, &p);
+            assert_close_f32(&format!("dx {xd:?} {wd:?} {p:?}"), &gpu.read(&dx), &want, 1e-3);
         }
     }
 
