@@ -283,6 +283,12 @@ fn kept(keys: vec2<u32>, i: u32) -> bool {
     return hash_mix(hash_mix(i ^ keys.x) + keys.y) >= p.drop_threshold;
 }
 
+// kept() for the quad of elements i .. i + 3 (the keys hashed once).
+fn kept4(i: u32) -> vec4<bool> {
+    let k = drop_keys();
+    return vec4(kept(k, i), kept(k, i + 1u), kept(k, i + 2u), kept(k, i + 3u));
+}
+
 // y[i] from z = gamma xhat + beta: ReLU, then inverted dropout, as the constants ask. The same
 // operations as relu.wgsl then dropout.wgsl, so the same bits.
 fn epilogue(z: f32, i: u32) -> f32 {
@@ -296,16 +302,14 @@ fn epilogue(z: f32, i: u32) -> f32 {
     return v;
 }
 
-// epilogue() on the quad of elements i .. i + 3 (the keys hashed once).
+// epilogue() on the quad of elements i .. i + 3.
 fn epilogue4(z: vec4<f32>, i: u32) -> vec4<f32> {
     var v = z;
     if RELU {
         v = max(v, vec4(0.0));
     }
     if DROPOUT {
-        let k = drop_keys();
-        let keep4 = vec4(kept(k, i), kept(k, i + 1u), kept(k, i + 2u), kept(k, i + 3u));
-        v = select(vec4(0.0), v * p.drop_scale, keep4);
+        v = select(vec4(0.0), v * p.drop_scale, kept4(i));
     }
     return v;
 }
@@ -339,9 +343,7 @@ fn gate4(g: vec4<f32>, v: vec4<f32>, c: u32, q: u32) -> vec4<f32> {
     if RELU {
         var open = affine4(v, c) > vec4(0.0);
         if DROPOUT {
-            let k = drop_keys();
-            let i = 4u * q;
-            open = open & vec4(kept(k, i), kept(k, i + 1u), kept(k, i + 2u), kept(k, i + 3u));
+            open = open & kept4(4u * q);
         }
         return select(vec4(0.0), g * select(1.0, p.drop_scale, DROPOUT), open);
     }
