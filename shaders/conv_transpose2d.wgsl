@@ -4,6 +4,7 @@
 //   someone else; dy is read the same way). ab = 2a + b indexes the tap.
 //   forward        : y[n,o,2i+a,2j+b] = b[o] + sum_c x[n,c,i,j] w[c,o,a,b]
 //   backward_data  : dx[n,c,i,j] += sum_{o,a,b} dy[n,o,2i+a,2j+b] w[c,o,a,b]
+//                    (dx = ... instead of dx += ... where the pipeline constant ACCUMULATE is false)
 //   backward_weight: dw[c,o,a,b] += sum_{n,i,j} x[n,c,i,j] dy[n,o,2i+a,2j+b];  db[o] += sum dy[n,o,..]
 // The windows do not overlap, so each is a plain GEMM over the pixels (n,i,j):
 //   forward : Y[(o,ab), px] = W^T[(o,ab), c] X[c, px]      (reduce over I)
@@ -45,6 +46,9 @@
 // Lavapipe also stops any loop after 65535 iterations of an invocation (nested loops add up): the
 // Rust side cuts the weight kernels' slices well below that.
 override WG: u32 = 64u;
+// The backward data's dx: added into (dx += ..., the default), or overwritten (dx = ...) when the
+// tape hands over a fresh, unzeroed gradient buffer (every element is written).
+override ACCUMULATE: bool = true;
 const PX: u32 = 4u; // pixels per thread (general forward, data)
 const TO: u32 = 4u; // output channels per thread (general forward, weight)
 const TC: u32 = 4u; // input channels per thread (general data, weight)
@@ -212,13 +216,18 @@ fn conv_transpose2d_forward_quads(@builtin(workgroup_id) group: vec3<u32>, @buil
     }
 }
 
-// dx quads (n, c, i, q0 + k) += column k of acc, for those that exist.
-fn add_dx_quads(tile: Tile, c: u32, acc: mat4x4<f32>) {
+// dx quads (n, c, i, q0 + k) += column k of acc (= without ACCUMULATE), for those that exist.
+fn store_dx_quads(tile: Tile, c: u32, acc: mat4x4<f32>) {
     if !tile.live || c >= p.ci { return; }
     let quads = p.w / 4u;
     let at = ((tile.n * p.ci + c) * p.h + tile.i) * quads + tile.q0;
     for (var k = 0u; k < 4u; k++) {
-        if tile.q0 + k < quads { dx4[at + k] += acc[k]; }
+        if tile.q0 + k >= quads { continue; }
+        if ACCUMULATE {
+            dx4[at + k] += acc[k];
+        } else {
+            dx4[at + k] = acc[k];
+        }
     }
 }
 
@@ -261,10 +270,10 @@ fn conv_transpose2d_backward_data_quads(@builtin(workgroup_id) group: vec3<u32>,
             a3[m] = combine4_fma(t0, t1, t2, t3, w[min(c0 + 12u + m, last_c) * p.co + o], a3[m]);
         }
     }
-    for (var m = 0u; m < 4u; m++) { add_dx_quads(tile, c0 + m, a0[m]); }
-    for (var m = 0u; m < 4u; m++) { add_dx_quads(tile, c0 + 4u + m, a1[m]); }
-    for (var m = 0u; m < 4u; m++) { add_dx_quads(tile, c0 + 8u + m, a2[m]); }
-    for (var m = 0u; m < 4u; m++) { add_dx_quads(tile, c0 + 12u + m, a3[m]); }
+    for (var m = 0u; m < 4u; m++) { store_dx_quads(tile, c0 + m, a0[m]); }
+    for (var m = 0u; m < 4u; m++) { store_dx_quads(tile, c0 + 4u + m, a1[m]); }
+    for (var m = 0u; m < 4u; m++) { store_dx_quads(tile, c0 + 8u + m, a2[m]); }
+    for (var m = 0u; m < 4u; m++) { store_dx_quads(tile, c0 + 12u + m, a3[m]); }
 }
 
 // partial[base + (c*O + o)*4 + ab] = tap ab of column oo of acc (output channel o = o0 + oo).
@@ -436,7 +445,12 @@ fn conv_transpose2d_backward_data(@builtin(workgroup_id) group: vec3<u32>, @buil
             let c = c0 + cc;
             if c >= p.ci { continue; }
             let v = acc[t * TC + cc];
-            dx[(n * p.ci + c) * hw + px[t]] += (v.x + v.y) + (v.z + v.w);
+            let at = (n * p.ci + c) * hw + px[t];
+            if ACCUMULATE {
+                dx[at] += (v.x + v.y) + (v.z + v.w);
+            } else {
+                dx[at] = (v.x + v.y) + (v.z + v.w);
+            }
         }
     }
 }

@@ -209,11 +209,24 @@ struct UniformArena {
     align: u64,
 }
 
-/// Timestamp queries of one encoder: two per dispatch, named by the kernel.
+/// Timestamp queries of one encoder: two per dispatch (named by the kernel), or per buffer
+/// copy or clear (named `copy_buffer`, `clear_buffer`).
 struct Timer {
     queries: wgpu::QuerySet,
     capacity: u32,
     labels: Vec<String>,
+}
+
+impl Timer {
+    /// The first of the two query indices of the next timed command, named `label`; `None`
+    /// once `capacity` commands are timed.
+    fn next(&mut self, label: &str) -> Option<u32> {
+        let i = self.labels.len() as u32;
+        (i < self.capacity).then(|| {
+            self.labels.push(label.to_string());
+            2 * i
+        })
+    }
 }
 
 /// A command encoder for one step: every dispatch of a step is recorded here
@@ -224,22 +237,57 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Zero a tensor's buffer, in order with the dispatches around it.
+    /// Zero a tensor's buffer, in order with the dispatches around it (and timed like one in a
+    /// timed encoder).
     pub fn clear(&mut self, t: &Tensor) {
+        let slot = self.timestamp_before("clear_buffer");
         self.raw.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
+        self.timestamp_after(slot);
     }
 
-    /// Copy all of `src` into `dst` (same byte size), in order with the dispatches.
+    /// Copy all of `src` into `dst` (same byte size), in order with the dispatches (and timed
+    /// like one in a timed encoder).
     pub fn copy(&mut self, src: &Tensor, dst: &Tensor) {
         assert_eq!(src.bytes(), dst.bytes(), "copy of {:?} into {:?}", src.shape(), dst.shape());
+        let slot = self.timestamp_before("copy_buffer");
         self.raw.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.bytes());
+        self.timestamp_after(slot);
+    }
+
+    /// In a timed encoder with room left: the first timestamp of a transfer named `label`. Core
+    /// wgpu writes timestamps only at the edges of passes, so it closes an empty compute pass.
+    fn timestamp_before(&mut self, label: &str) -> Option<u32> {
+        let timer = self.timer.as_mut()?;
+        let i = timer.next(label)?;
+        self.empty_pass(Some(i), None);
+        Some(i)
+    }
+
+    /// The second timestamp of the transfer that [`Encoder::timestamp_before`] began.
+    fn timestamp_after(&mut self, slot: Option<u32>) {
+        if let Some(i) = slot {
+            self.empty_pass(None, Some(i + 1));
+        }
+    }
+
+    fn empty_pass(&mut self, beginning: Option<u32>, end: Option<u32>) {
+        let queries = &self.timer.as_ref().expect("a timed encoder").queries;
+        let timestamp_writes = wgpu::ComputePassTimestampWrites {
+            query_set: queries,
+            beginning_of_pass_write_index: beginning,
+            end_of_pass_write_index: end,
+        };
+        self.raw.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("transfer timestamp"),
+            timestamp_writes: Some(timestamp_writes),
+        });
     }
 }
 
-/// GPU time of each dispatch of a timed encoder, in submission order.
+/// GPU time of each dispatch (and buffer copy or clear) of a timed encoder, in submission order.
 #[derive(Clone, Debug)]
 pub struct Timings {
-    /// `(kernel name, seconds)` per dispatch.
+    /// `(kernel name, seconds)` per dispatch; `copy_buffer` or `clear_buffer` for a transfer.
     pub dispatches: Vec<(String, f64)>,
 }
 
@@ -469,8 +517,9 @@ impl Gpu {
     }
 
     /// Open an encoder that records a GPU timestamp pair around each of its
-    /// first `capacity` dispatches, at most [`MAX_TIMED_DISPATCHES`] (when the
-    /// adapter supports timestamps; see [`Gpu::submit_timed`]).
+    /// first `capacity` dispatches and buffer copies or clears, at most
+    /// [`MAX_TIMED_DISPATCHES`] (when the adapter supports timestamps; see
+    /// [`Gpu::submit_timed`]).
     pub fn timed_encoder(&self, capacity: u32) -> Encoder {
         let capacity = capacity.min(MAX_TIMED_DISPATCHES);
         let mut enc = self.encoder();
@@ -544,18 +593,14 @@ impl Gpu {
             entries: &entries,
         });
 
-        let timestamp_writes = match &mut enc.timer {
-            Some(t) if (t.labels.len() as u32) < t.capacity => {
-                let i = 2 * t.labels.len() as u32;
-                t.labels.push(kernel.name.clone());
-                Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &t.queries,
-                    beginning_of_pass_write_index: Some(i),
-                    end_of_pass_write_index: Some(i + 1),
-                })
-            }
-            _ => None,
-        };
+        let timestamp_writes = enc.timer.as_mut().and_then(|t| {
+            let i = t.next(&kernel.name)?;
+            Some(wgpu::ComputePassTimestampWrites {
+                query_set: &t.queries,
+                beginning_of_pass_write_index: Some(i),
+                end_of_pass_write_index: Some(i + 1),
+            })
+        });
         let mut pass =
             enc.raw.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.name), timestamp_writes });
         pass.set_pipeline(&kernel.pipeline);

@@ -1,9 +1,12 @@
 //! Channel concatenation of two equal halves (a U-Net decoder's skip and
-//! up-sampled tensors) forward and backward: memory-bound (GB/s).
+//! up-sampled tensors) forward and backward: memory-bound (GB/s). The forward and
+//! the backward into fresh gradients are buffer copies (timed between timestamps
+//! like a dispatch); the backward into gradients that already hold a sum is a kernel.
 
 use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::concat::{concat_backward_a, concat_backward_b, concat_forward, reference};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
+use unet_wgpu::Accumulate;
 
 use crate::{shape_str, unet_levels};
 
@@ -29,8 +32,12 @@ pub fn run(b: &mut Bench) {
         let name = shape_str(&[n, 2 * c, h, w]);
         b.case("concat_forward", &name, None, Some(4.0 * bytes), |gpu, enc| concat_forward(gpu, enc, &a, &bb, &y));
         b.case("concat_backward", &name, None, Some(6.0 * bytes), |gpu, enc| {
-            concat_backward_a(gpu, enc, &y, &a);
-            concat_backward_b(gpu, enc, &y, &bb);
+            concat_backward_a(gpu, enc, &y, &a, Accumulate::Add);
+            concat_backward_b(gpu, enc, &y, &bb, Accumulate::Add);
+        });
+        b.case("concat_backward_fresh", &name, None, Some(4.0 * bytes), |gpu, enc| {
+            concat_backward_a(gpu, enc, &y, &a, Accumulate::Overwrite);
+            concat_backward_b(gpu, enc, &y, &bb, Accumulate::Overwrite);
         });
     }
 }

@@ -1,20 +1,23 @@
 //! 2x2 stride-2 transposed convolution, forward and both backward GEMMs: compute-bound (GFLOP/s,
-//! counting `2*N*I*O*4*H*W` for each). Then the fused up-convolution + concatenation of the
-//! U-Net decoder (GFLOP/s of the convolution only): its forward (the kernel writing into the
-//! concatenation buffer; the skip tensor's buffer copy is not on the GPU clock), and its backward
-//! (every gradient) next to the unfused backward it replaces (`concat`'s backward copying dy's
-//! first channels out, then the convolution's kernels on that copy).
+//! counting `2*N*I*O*4*H*W` for each); the backward data both adding into dx and overwriting a
+//! fresh one (`_fresh`, what the tape runs for the U-Net). Then the fused up-convolution +
+//! concatenation of the U-Net decoder (GFLOP/s of the convolution only, though the times include
+//! the skip tensor's buffer copies): its forward (the kernel writing into the concatenation
+//! buffer, and the copy of the skip tensor), and its backward (every gradient, dx and dskip fresh
+//! as on the tape) next to the unfused backward it replaces (`concat`'s backward copying dy's
+//! halves out, then the convolution's kernels on the first).
 //!
 //! `CT_LEVELS=0,3` times only those levels (0: the output at 16ch@256², ... 3: at 128ch@32²).
 
 use unet_wgpu::bench::Bench;
 use unet_wgpu::ops::concat::{concat_backward_a, concat_backward_b, reference as concat_reference};
 use unet_wgpu::ops::conv_transpose2d::{
-    conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_concat_backward,
-    conv_transpose2d_concat_forward, conv_transpose2d_forward, reference, ConcatGrads,
+    conv_transpose2d_backward_data, conv_transpose2d_backward_data_into, conv_transpose2d_backward_weight,
+    conv_transpose2d_concat_backward, conv_transpose2d_concat_forward, conv_transpose2d_forward, reference,
+    ConcatGrads,
 };
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
-use unet_wgpu::Gpu;
+use unet_wgpu::{Accumulate, Gpu};
 
 use crate::{shape_str, unet_levels};
 
@@ -55,6 +58,9 @@ pub fn run(b: &mut Bench) {
         b.case("conv_transpose2d_backward_data", &shape, flops, None, |gpu, enc| {
             conv_transpose2d_backward_data(gpu, enc, &w, &dy, &dx)
         });
+        b.case("conv_transpose2d_backward_data_fresh", &shape, flops, None, |gpu, enc| {
+            conv_transpose2d_backward_data_into(gpu, enc, &w, &dy, &dx, Accumulate::Overwrite)
+        });
         b.case("conv_transpose2d_backward_weight", &shape, flops, None, |gpu, enc| {
             conv_transpose2d_backward_weight(gpu, enc, &x, &dy, &dw, Some(&db))
         });
@@ -70,17 +76,18 @@ pub fn run(b: &mut Bench) {
         b.case("conv_transpose2d_concat_forward", &shape, flops, None, |gpu, enc| {
             conv_transpose2d_concat_forward(gpu, enc, &x, &w, Some(&bias), &skip, &y2)
         });
-        let grads = ConcatGrads { dx: Some(&dx), dw: Some(&dw), db: Some(&db), dskip: Some(&dskip) };
+        // As on the tape: dx and dskip are fresh (their first contribution), dw and db sums.
+        let fresh = Accumulate::Overwrite;
+        let grads = ConcatGrads { dx: Some((&dx, fresh)), dw: Some(&dw), db: Some(&db), dskip: Some((&dskip, fresh)) };
         b.case("conv_transpose2d_concat_backward", &shape, Some(2.0 * conv_flops), None, |gpu, enc| {
             conv_transpose2d_concat_backward(gpu, enc, &x, &w, &skip, &dmerged, grads)
         });
         b.case("conv_transpose2d_concat_backward_unfused", &shape, Some(2.0 * conv_flops), None, |gpu, enc| {
-            // The unfused tape: concat's backward copies dy's first channels into the
-            // up-convolution's own gradient buffer (cleared first), then its kernels read that.
-            enc.clear(&dup);
-            concat_backward_a(gpu, enc, &dmerged, &dup);
-            concat_backward_b(gpu, enc, &dmerged, &dskip);
-            conv_transpose2d_backward_data(gpu, enc, &w, &dup, &dx);
+            // The unfused tape: concat's backward copies dy's halves out into fresh gradient
+            // buffers, then the up-convolution's kernels read the first.
+            concat_backward_a(gpu, enc, &dmerged, &dup, fresh);
+            concat_backward_b(gpu, enc, &dmerged, &dskip, fresh);
+            conv_transpose2d_backward_data_into(gpu, enc, &w, &dup, &dx, fresh);
             conv_transpose2d_backward_weight(gpu, enc, &x, &dup, &dw, Some(&db));
         });
     }
@@ -124,7 +131,8 @@ fn check_concat(gpu: &Gpu, dims: [usize; 4], co: usize, s: usize) {
         enc.clear(t);
     }
     conv_transpose2d_concat_forward(gpu, &mut enc, &xt, &wt, None, &skipt, &y);
-    let grads = ConcatGrads { dx: Some(&dx), dw: Some(&dw), db: None, dskip: Some(&dskip) };
+    let add = Accumulate::Add;
+    let grads = ConcatGrads { dx: Some((&dx, add)), dw: Some(&dw), db: None, dskip: Some((&dskip, add)) };
     conv_transpose2d_concat_backward(gpu, &mut enc, &xt, &wt, &skipt, &dyt, grads);
     gpu.submit(enc);
     let (xf, wf) = (to_f64(&x), to_f64(&w));

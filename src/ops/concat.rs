@@ -3,7 +3,9 @@
 //! Backward splits dy: `da += dy[:, :C1]`, `db += dy[:, C1:]`.
 //!
 //! The forward copies both inputs into a fresh concat buffer (buffer copies: per
-//! image, each part is one contiguous run of both tensors). The U-Net's
+//! image, each part is one contiguous run of both tensors). So does the backward
+//! when a gradient is fresh ([`Accumulate::Overwrite`]); adding into one takes a
+//! kernel. The U-Net's
 //! up-convolution skips one of them: the fused
 //! [`conv_transpose2d_concat`](crate::ops::conv_transpose2d::conv_transpose2d_concat)
 //! writes its output straight into channels `0..O` of the buffer and copies only
@@ -11,7 +13,7 @@
 
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Step;
+use crate::tape::{Accumulate, Step};
 use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("concat");
@@ -59,22 +61,46 @@ pub fn concat_forward(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, y: &
 /// unused (kept so that every wrapper takes the same leading arguments).
 pub fn concat_forward_part(_gpu: &Gpu, enc: &mut Encoder, part: &Tensor, y: &Tensor, offset: usize) {
     let p = part_params("concat", part, y, offset);
+    copy_runs(enc, part, y, &p, Direction::IntoWhole);
+}
+
+/// Which way [`copy_runs`] copies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// part -> its channels of whole (the forward).
+    IntoWhole,
+    /// whole's channels -> part (the backward into a fresh gradient).
+    OutOfWhole,
+}
+
+/// The N buffer copies between `part` and channels `offset..` of `whole`, as `p` places them:
+/// per image one contiguous run in both tensors.
+fn copy_runs(enc: &mut Encoder, part: &Tensor, whole: &Tensor, p: &Params, direction: Direction) {
     let run = p.len as usize;
+    if run == 0 {
+        return;
+    }
     for n in 0..part.dims4("concat part")[0] {
-        if run == 0 {
-            break;
-        }
         // Views used only by copies, which need 4-byte offsets (bindings would need more).
-        let src = part.view(4 * (n * run) as u64, &[run]);
-        let dst = y.view(4 * ((n * p.total as usize + offset) * p.plane as usize) as u64, &[run]);
-        enc.copy(&src, &dst);
+        let part_run = part.view(4 * (n * run) as u64, &[run]);
+        let at = (n * p.total as usize + p.offset as usize) * p.plane as usize;
+        let whole_run = whole.view(4 * at as u64, &[run]);
+        match direction {
+            Direction::IntoWhole => enc.copy(&part_run, &whole_run),
+            Direction::OutOfWhole => enc.copy(&whole_run, &part_run),
+        }
     }
 }
 
-/// `dpart += dy[:, offset..offset+Cp]`. dy: `[N,Ct,H,W]`; dpart: `[N,Cp,H,W]`.
-fn backward_part(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, dpart: &Tensor, offset: usize) {
+/// `dpart += dy[:, offset..offset+Cp]`, or `=` as `acc` says. dy: `[N,Ct,H,W]`; dpart: `[N,Cp,H,W]`.
+fn backward_part(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, dpart: &Tensor, offset: usize, acc: Accumulate) {
     let mut params = part_params("concat backward", dpart, dy, offset);
     if dpart.is_empty() {
+        return;
+    }
+    if acc == Accumulate::Overwrite {
+        // The forward's copies, the other way: no kernel, and no read of stale values.
+        copy_runs(enc, dpart, dy, &params, Direction::OutOfWhole);
         return;
     }
     let n = dpart.dims4("concat dpart")[0] as u32;
@@ -90,16 +116,19 @@ fn backward_part(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, dpart: &Tensor, offs
     gpu.dispatch(enc, &kernel, &params, &bindings, [gx, gy, n]);
 }
 
-/// `da += dy[:, :C1]`. dy: `[N,C1+C2,H,W]`; da: `[N,C1,H,W]`.
-pub fn concat_backward_a(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, da: &Tensor) {
-    backward_part(gpu, enc, dy, da, 0);
+/// `da += dy[:, :C1]`, or `da = dy[:, :C1]` when `acc` is [`Accumulate::Overwrite`] (a fresh
+/// gradient buffer: see [`crate::tape::BackwardCtx::grad_to_fill`]). dy: `[N,C1+C2,H,W]`;
+/// da: `[N,C1,H,W]`.
+pub fn concat_backward_a(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, da: &Tensor, acc: Accumulate) {
+    backward_part(gpu, enc, dy, da, 0, acc);
 }
 
-/// `db += dy[:, C1:]`. dy: `[N,C1+C2,H,W]`; db: `[N,C2,H,W]` (C1 follows from the two).
-pub fn concat_backward_b(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, db: &Tensor) {
+/// `db += dy[:, C1:]`, or `=` as `acc` says. dy: `[N,C1+C2,H,W]`; db: `[N,C2,H,W]` (C1 follows
+/// from the two).
+pub fn concat_backward_b(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, db: &Tensor, acc: Accumulate) {
     let (ct, c2) = (dy.dims4("concat dy")[1], db.dims4("concat db")[1]);
     assert!(c2 <= ct, "concat backward: db {:?} has more channels than dy {:?}", db.shape(), dy.shape());
-    backward_part(gpu, enc, dy, db, ct - c2);
+    backward_part(gpu, enc, dy, db, ct - c2, acc);
 }
 
 /// Channel concatenation on the tape. a: `[N,C1,H,W]`; b: `[N,C2,H,W]` -> `[N,C1+C2,H,W]`.
@@ -110,11 +139,12 @@ pub fn concat(step: &mut Step, a: &Tensor, b: &Tensor) -> Tensor {
     concat_forward(step.gpu, &mut step.enc, a, b, &y);
     let (a, b) = (a.clone(), b.clone());
     step.record("concat", &y, move |ctx, dy| {
-        if let Some(da) = ctx.grad(&a) {
-            concat_backward_a(ctx.gpu, ctx.enc, dy, &da);
+        // One at a time: with a and b the same tensor, b's half then adds to a's.
+        if let Some((da, acc)) = ctx.grad_to_fill(&a) {
+            concat_backward_a(ctx.gpu, ctx.enc, dy, &da, acc);
         }
-        if let Some(db) = ctx.grad(&b) {
-            concat_backward_b(ctx.gpu, ctx.enc, dy, &db);
+        if let Some((db, acc)) = ctx.grad_to_fill(&b) {
+            concat_backward_b(ctx.gpu, ctx.enc, dy, &db, acc);
         }
     });
     y
@@ -187,11 +217,15 @@ mod tests {
             let (da0, db0) = (random_vec(seed + 300, a.len()), random_vec(seed + 400, b.len()));
             let (at, bt, dyt) = (gpu.upload(&a, &sa), gpu.upload(&b, &sb), gpu.upload(&dy, &sy));
             let (dat, dbt) = (gpu.upload(&da0, &sa), gpu.upload(&db0, &sb));
+            // Overwritten: the stale values must go.
+            let (da_fresh, db_fresh) = (gpu.upload(&da0, &sa), gpu.upload(&db0, &sb));
             let y = gpu.empty(&sy);
             let mut enc = gpu.encoder();
             concat_forward(gpu, &mut enc, &at, &bt, &y);
-            concat_backward_a(gpu, &mut enc, &dyt, &dat);
-            concat_backward_b(gpu, &mut enc, &dyt, &dbt);
+            concat_backward_a(gpu, &mut enc, &dyt, &dat, Accumulate::Add);
+            concat_backward_b(gpu, &mut enc, &dyt, &dbt, Accumulate::Add);
+            concat_backward_a(gpu, &mut enc, &dyt, &da_fresh, Accumulate::Overwrite);
+            concat_backward_b(gpu, &mut enc, &dyt, &db_fresh, Accumulate::Overwrite);
             gpu.submit(enc);
 
             let want = reference::concat_forward(&to_f64(&a), &to_f64(&b), n, c1, c2, plane);
@@ -199,7 +233,28 @@ mod tests {
             let (da, db) = reference::concat_backward(&to_f64(&dy), n, c1, c2, plane);
             assert_close_f32(&format!("concat da {sa:?}"), &gpu.read(&dat), &plus(&da0, &da), 1e-3);
             assert_close_f32(&format!("concat db {sb:?}"), &gpu.read(&dbt), &plus(&db0, &db), 1e-3);
+            assert_close_f32(&format!("concat da (overwritten) {sa:?}"), &gpu.read(&da_fresh), &da, 0.0);
+            assert_close_f32(&format!("concat db (overwritten) {sb:?}"), &gpu.read(&db_fresh), &db, 0.0);
         }
+    }
+
+    #[test]
+    fn tape_sums_both_halves_into_a_tensor_concatenated_with_itself() {
+        // concat(x, x): x's first gradient overwrites, the second half adds to it.
+        let gpu = gpu();
+        let (n, c, h, w) = (2, 3, 4, 5);
+        let plane = h * w;
+        let x = random_vec(11, n * c * plane);
+        let dy = random_vec(12, n * 2 * c * plane);
+        let xt = gpu.upload(&x, &[n, c, h, w]).with_grad();
+        let mut step = Step::train(gpu);
+        let y = concat(&mut step, &xt, &xt);
+        let grads = step.backward(vec![(y.clone(), gpu.upload(&dy, y.shape()))]);
+        let dx = grads.get(&xt).unwrap().clone();
+        step.submit();
+        let (da, db) = reference::concat_backward(&to_f64(&dy), n, c, c, plane);
+        let want: Vec<f64> = da.iter().zip(&db).map(|(a, b)| a + b).collect();
+        assert_close_f32("tape dx of concat(x, x)", &gpu.read(&dx), &want, 1e-6);
     }
 
     #[test]

@@ -24,7 +24,7 @@
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
 use crate::ops::concat::{concat_backward_b, concat_forward_part};
 use crate::shader;
-use crate::tape::Step;
+use crate::tape::{Accumulate, Step};
 use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("conv_transpose2d");
@@ -242,20 +242,56 @@ pub fn conv_transpose2d_backward_data_tiled(
     dx: &Tensor,
     wg: &Workgroups,
 ) {
-    backward_data(gpu, enc, params("conv_transpose2d backward_data", dx, w, dy, false), w, dy, dx, wg);
+    let params = params("conv_transpose2d backward_data", dx, w, dy, false);
+    backward_data(gpu, enc, params, w, dy, dx, Accumulate::Add, wg);
 }
 
-fn backward_data(gpu: &Gpu, enc: &mut Encoder, params: Params, w: &Tensor, dy: &Tensor, dx: &Tensor, wg: &Workgroups) {
+/// [`conv_transpose2d_backward_data`] into dx as `acc` says: added into, or overwritten (every
+/// element is written, so a fresh gradient buffer needs no zeroing first; see
+/// [`crate::tape::BackwardCtx::grad_to_fill`]).
+pub fn conv_transpose2d_backward_data_into(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    w: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    acc: Accumulate,
+) {
+    let params = params("conv_transpose2d backward_data", dx, w, dy, false);
+    backward_data(gpu, enc, params, w, dy, dx, acc, &gpu.tuning().conv_transpose2d);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_data(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    params: Params,
+    w: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    acc: Accumulate,
+    wg: &Workgroups,
+) {
     wg.assert_valid();
-    if dx.is_empty() || params.co == 0 {
-        return; // nothing to add to, or an empty sum
+    if dx.is_empty() {
+        return; // nothing to write
     }
+    if params.co == 0 {
+        // An empty sum: nothing to add, or zeros to write.
+        if acc == Accumulate::Overwrite {
+            enc.clear(dx);
+        }
+        return;
+    }
+    let accumulate = ("ACCUMULATE", if acc == Accumulate::Add { 1.0 } else { 0.0 });
     if params.quads() {
-        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data_quads", &[("WG", wg.quads as f64)]);
+        let constants = [("WG", wg.quads as f64), accumulate];
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data_quads", &constants);
         let groups = [params.ci.div_ceil(DATA_C), quad_threads(&params).div_ceil(wg.quads), 1];
         gpu.dispatch(enc, &kernel, &params, &[(2, w), (11, dy), (12, dx)], groups);
     } else {
-        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data", &[("WG", wg.general as f64)]);
+        let constants = [("WG", wg.general as f64), accumulate];
+        let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data", &constants);
         let groups = [(params.h * params.w).div_ceil(wg.general * PX), params.ci.div_ceil(TC), params.n];
         gpu.dispatch(enc, &kernel, &params, &[(2, w), (5, dy), (6, dx)], groups);
     }
@@ -397,49 +433,54 @@ pub fn conv_transpose2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tens
     conv_transpose2d_forward(step.gpu, &mut step.enc, x, w, b, &y);
     let (x, w, b) = (x.clone(), w.clone(), b.cloned());
     step.record("conv_transpose2d", &y, move |ctx, dy| {
-        let grads =
-            OwnedGrads { dx: ctx.grad(&x), dw: ctx.grad(&w), db: b.as_ref().and_then(|b| ctx.grad(b)), dskip: None };
+        let grads = OwnedGrads {
+            dx: ctx.grad_to_fill(&x),
+            dw: ctx.grad(&w),
+            db: b.as_ref().and_then(|b| ctx.grad(b)),
+            dskip: None,
+        };
         let params = params("conv_transpose2d backward", &x, &w, dy, false);
         backward(ctx.gpu, ctx.enc, params, &x, &w, dy, &grads);
     });
     y
 }
 
-/// Gradient buffers of the fused op, each added into when given (`None`: not wanted).
+/// Gradient buffers of the fused op (`None`: not wanted). dw and db are added into; dx and dskip
+/// are added into or overwritten, as their [`Accumulate`] says.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConcatGrads<'a> {
     /// [N,I,H,W], of x.
-    pub dx: Option<&'a Tensor>,
+    pub dx: Option<(&'a Tensor, Accumulate)>,
     /// [I,O,2,2], of w.
     pub dw: Option<&'a Tensor>,
     /// [O], of b.
     pub db: Option<&'a Tensor>,
     /// [N,S,2H,2W], of the skip tensor.
-    pub dskip: Option<&'a Tensor>,
+    pub dskip: Option<(&'a Tensor, Accumulate)>,
 }
 
 /// Owned gradient buffers, as the tape hands them out.
 struct OwnedGrads {
-    dx: Option<Tensor>,
+    dx: Option<(Tensor, Accumulate)>,
     dw: Option<Tensor>,
     db: Option<Tensor>,
-    dskip: Option<Tensor>,
+    dskip: Option<(Tensor, Accumulate)>,
 }
 
 /// The backward kernels of both tape ops; dy has the channels `params.yc` (O, or O + S).
 fn backward(gpu: &Gpu, enc: &mut Encoder, params: Params, x: &Tensor, w: &Tensor, dy: &Tensor, g: &OwnedGrads) {
     let wg = gpu.tuning().conv_transpose2d;
-    if let Some(dx) = &g.dx {
-        backward_data(gpu, enc, params, w, dy, dx, &wg);
+    if let Some((dx, acc)) = &g.dx {
+        backward_data(gpu, enc, params, w, dy, dx, *acc, &wg);
     }
     match (&g.dw, &g.db) {
         (Some(dw), db) => backward_weight(gpu, enc, params, x, dy, dw, db.as_ref(), &wg),
         (None, Some(db)) => bias(gpu, enc, params, dy, db, &wg),
         (None, None) => {}
     }
-    if let Some(dskip) = &g.dskip {
+    if let Some((dskip, acc)) = &g.dskip {
         // forward: y[:, O..] = skip  =>  dskip += dy[:, O..]
-        concat_backward_b(gpu, enc, dy, dskip);
+        concat_backward_b(gpu, enc, dy, dskip, *acc);
     }
 }
 
@@ -462,8 +503,8 @@ pub fn conv_transpose2d_concat_forward(
     concat_forward_part(gpu, enc, skip, y, params.co as usize);
 }
 
-/// The fused op's backward: from dy [N,O+S,2H,2W] (x, w, skip as in the forward), adds into
-/// each buffer `grads` names; channels 0..O of dy are read in place by the convolution's kernels.
+/// The fused op's backward: from dy [N,O+S,2H,2W] (x, w, skip as in the forward), into each
+/// buffer `grads` names; channels 0..O of dy are read in place by the convolution's kernels.
 pub fn conv_transpose2d_concat_backward(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -474,8 +515,12 @@ pub fn conv_transpose2d_concat_backward(
     grads: ConcatGrads,
 ) {
     let params = concat_params("conv_transpose2d_concat backward", x, w, skip, dy);
-    let owned =
-        OwnedGrads { dx: grads.dx.cloned(), dw: grads.dw.cloned(), db: grads.db.cloned(), dskip: grads.dskip.cloned() };
+    let owned = OwnedGrads {
+        dx: grads.dx.map(|(t, acc)| (t.clone(), acc)),
+        dw: grads.dw.cloned(),
+        db: grads.db.cloned(),
+        dskip: grads.dskip.map(|(t, acc)| (t.clone(), acc)),
+    };
     backward(gpu, enc, params, x, w, dy, &owned);
 }
 
@@ -507,10 +552,10 @@ pub fn conv_transpose2d_concat(step: &mut Step, x: &Tensor, w: &Tensor, b: Optio
     let (x, w, b, skip) = (x.clone(), w.clone(), b.cloned(), skip.clone());
     step.record("conv_transpose2d_concat", &y, move |ctx, dy| {
         let grads = OwnedGrads {
-            dx: ctx.grad(&x),
+            dx: ctx.grad_to_fill(&x),
             dw: ctx.grad(&w),
             db: b.as_ref().and_then(|b| ctx.grad(b)),
-            dskip: ctx.grad(&skip),
+            dskip: ctx.grad_to_fill(&skip),
         };
         let params = concat_params("conv_transpose2d_concat backward", &x, &w, &skip, dy);
         backward(ctx.gpu, ctx.enc, params, &x, &w, dy, &grads);
@@ -647,11 +692,14 @@ mod tests {
         let dyt = gpu.upload(&dy, &big);
         let (dxt, dwt, dbt) = (gpu.upload(&dx0, &dims), gpu.upload(&dw0, &[ci, co, 2, 2]), gpu.upload(&db0, &[co]));
         let db_alone = gpu.upload(&db0, &[co]);
+        let dx_fresh = gpu.upload(&dx0, &dims); // overwritten: its values must go
         let (y, y_nobias) = (gpu.empty(&big), gpu.empty(&big));
         let mut enc = gpu.encoder();
         conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, Some(&bt), &y, wg);
         conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y_nobias, wg);
         conv_transpose2d_backward_data_tiled(gpu, &mut enc, &wt, &dyt, &dxt, wg);
+        let params = params("test", &dx_fresh, &wt, &dyt, false);
+        backward_data(gpu, &mut enc, params, &wt, &dyt, &dx_fresh, Accumulate::Overwrite, wg);
         conv_transpose2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dwt, Some(&dbt), wg);
         conv_transpose2d_backward_bias(gpu, &mut enc, &dyt, &db_alone);
         gpu.submit(enc);
@@ -663,8 +711,9 @@ mod tests {
         assert_close_f32(&format!("y {what}"), &gpu.read(&y), &want_y, 1e-4);
         let want_y = reference::conv_transpose2d_forward(&xf, &wf, None, dims, co);
         assert_close_f32(&format!("y (no bias) {what}"), &gpu.read(&y_nobias), &want_y, 1e-4);
-        let want_dx = plus(&reference::conv_transpose2d_backward_data(&dyf, &wf, dims, co), &dx0);
-        assert_close_f32(&format!("dx {what}"), &gpu.read(&dxt), &want_dx, 1e-3);
+        let dx = reference::conv_transpose2d_backward_data(&dyf, &wf, dims, co);
+        assert_close_f32(&format!("dx {what}"), &gpu.read(&dxt), &plus(&dx, &dx0), 1e-3);
+        assert_close_f32(&format!("dx (overwritten) {what}"), &gpu.read(&dx_fresh), &dx, 1e-3);
         assert_close_f32(&format!("dw {what}"), &gpu.read(&dwt), &plus(&dw, &dw0), 1e-3);
         assert_close_f32(&format!("db {what}"), &gpu.read(&dbt), &plus(&db, &db0), 1e-3);
         assert_close_f32(&format!("db alone {what}"), &gpu.read(&db_alone), &plus(&db, &db0), 1e-3);
@@ -704,6 +753,22 @@ mod tests {
             check_shape_with(seed + 2, [3, 5, 23, 29], 6, wg);
             check_shape_with(seed + 3, [3, 17, 3, 28], 9, wg);
         }
+    }
+
+    #[test]
+    fn no_output_channels_overwrite_dx_with_zeros() {
+        // O = 0: dx is an empty sum. Added into, it keeps its values; overwritten, it is zero.
+        let gpu = gpu();
+        let (dims, big) = ([2, 3, 2, 4], [2, 0, 4, 8]);
+        let start = random_vec(400, 2 * 3 * 2 * 4);
+        let (wt, dyt) = (gpu.upload(&[], &[3, 0, 2, 2]), gpu.upload(&[], &big));
+        let (kept, fresh) = (gpu.upload(&start, &dims), gpu.upload(&start, &dims));
+        let mut enc = gpu.encoder();
+        conv_transpose2d_backward_data_into(gpu, &mut enc, &wt, &dyt, &kept, Accumulate::Add);
+        conv_transpose2d_backward_data_into(gpu, &mut enc, &wt, &dyt, &fresh, Accumulate::Overwrite);
+        gpu.submit(enc);
+        assert_close_f32("dx added into", &gpu.read(&kept), &to_f64(&start), 0.0);
+        assert_close_f32("dx overwritten", &gpu.read(&fresh), &vec![0.0; start.len()], 0.0);
     }
 
     #[test]
@@ -805,11 +870,18 @@ mod tests {
         let (dxt, dwt) = (gpu.upload(&dx0, &dims), gpu.upload(&dw0, &[ci, co, 2, 2]));
         let (dbt, dskipt) = (gpu.upload(&db0, &[co]), gpu.upload(&dskip0, &skip_dims));
         let db_alone = gpu.upload(&db0, &[co]);
+        // Overwritten: their values must go.
+        let (dx_fresh, dskip_fresh) = (gpu.upload(&dx0, &dims), gpu.upload(&dskip0, &skip_dims));
         let y = gpu.empty(&big);
         let mut enc = gpu.encoder();
         conv_transpose2d_concat_forward(gpu, &mut enc, &xt, &wt, Some(&bt), &skipt, &y);
-        let all = ConcatGrads { dx: Some(&dxt), dw: Some(&dwt), db: Some(&dbt), dskip: Some(&dskipt) };
+        let add = Accumulate::Add;
+        let all = ConcatGrads { dx: Some((&dxt, add)), dw: Some(&dwt), db: Some(&dbt), dskip: Some((&dskipt, add)) };
         conv_transpose2d_concat_backward(gpu, &mut enc, &xt, &wt, &skipt, &dyt, all);
+        let fill = Accumulate::Overwrite;
+        let fresh =
+            ConcatGrads { dx: Some((&dx_fresh, fill)), dskip: Some((&dskip_fresh, fill)), ..Default::default() };
+        conv_transpose2d_concat_backward(gpu, &mut enc, &xt, &wt, &skipt, &dyt, fresh);
         let bias_only = ConcatGrads { db: Some(&db_alone), ..Default::default() };
         conv_transpose2d_concat_backward(gpu, &mut enc, &xt, &wt, &skipt, &dyt, bias_only);
         gpu.submit(enc);
@@ -827,6 +899,8 @@ mod tests {
         assert_close_f32(&format!("fused db {what}"), &gpu.read(&dbt), &plus(&db, &db0), 1e-3);
         assert_close_f32(&format!("fused db alone {what}"), &gpu.read(&db_alone), &plus(&db, &db0), 1e-3);
         assert_close_f32(&format!("fused dskip {what}"), &gpu.read(&dskipt), &plus(&dskip, &dskip0), 1e-3);
+        assert_close_f32(&format!("fused dx (overwritten) {what}"), &gpu.read(&dx_fresh), &want_dx, 1e-3);
+        assert_close_f32(&format!("fused dskip (overwritten) {what}"), &gpu.read(&dskip_fresh), &dskip, 0.0);
     }
 
     #[test]
