@@ -243,6 +243,17 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
     let iw0 = i32(org.z * SW) - i32(p.pw);
     for (var i = 0u; i < p.ci; i++) {
         let plane = (org.x * p.ci + i) * p.h * p.w;
+        // VEC_X: columns org.z .. org.z+7 of both rows as aligned vec4s, and the columns on
+        // either side (org.z-1, org.z+8) as scalars; every tap's window is a shuffle of them.
+        // At stride 1 the second row of kernel row kh is the first of kh + 1: loaded once.
+        var va0: vec4<f32>;
+        var vb0: vec4<f32>;
+        var va1: vec4<f32>;
+        var vb1: vec4<f32>;
+        var left0 = 0.0;
+        var left1 = 0.0;
+        var right0 = 0.0;
+        var right1 = 0.0;
         for (var kh = 0u; kh < KH; kh++) {
             let r0 = ih0 + i32(kh);
             let r1 = r0 + i32(SH);
@@ -250,14 +261,6 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
             var xb0: vec4<f32>;
             var xa1: vec4<f32>;
             var xb1: vec4<f32>;
-            // VEC_X: columns org.z .. org.z+7 of both rows as aligned vec4s, and the columns on
-            // either side (org.z-1, org.z+8) as scalars; every tap's window is a shuffle of them.
-            var va0: vec4<f32>;
-            var vb0: vec4<f32>;
-            var va1: vec4<f32>;
-            var vb1: vec4<f32>;
-            var right0 = 0.0;
-            var right1 = 0.0;
             if VEC_X && KW == 1u {
                 // 1x1 kernel, no column padding (the U-Net's head): the 8 columns are the window.
                 xa0 = row4(plane, r0, org.z);
@@ -265,15 +268,24 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
                 xa1 = row4(plane, r1, org.z);
                 xb1 = row4(plane, r1, org.z + 4u);
             } else if VEC_X {
-                va0 = row4(plane, r0, org.z);
-                vb0 = row4(plane, r0, org.z + 4u);
+                if kh > 0u && SH == 1u {
+                    va0 = va1;
+                    vb0 = vb1;
+                    left0 = left1;
+                    right0 = right1;
+                } else {
+                    va0 = row4(plane, r0, org.z);
+                    vb0 = row4(plane, r0, org.z + 4u);
+                    left0 = read_padded(plane, r0, iw0, p.h, p.w);
+                    right0 = read_padded(plane, r0, iw0 + 9, p.h, p.w);
+                }
                 va1 = row4(plane, r1, org.z);
                 vb1 = row4(plane, r1, org.z + 4u);
-                right0 = read_padded(plane, r0, iw0 + 9, p.h, p.w);
+                left1 = read_padded(plane, r1, iw0, p.h, p.w);
                 right1 = read_padded(plane, r1, iw0 + 9, p.h, p.w);
-                xa0 = vec4<f32>(read_padded(plane, r0, iw0, p.h, p.w), va0.xyz);
+                xa0 = vec4<f32>(left0, va0.xyz);
                 xb0 = vec4<f32>(va0.w, vb0.xyz);
-                xa1 = vec4<f32>(read_padded(plane, r1, iw0, p.h, p.w), va1.xyz);
+                xa1 = vec4<f32>(left1, va1.xyz);
                 xb1 = vec4<f32>(va1.w, vb1.xyz);
             } else {
                 xa0 = src4(plane, r0, iw0, SW, p.h, p.w);
