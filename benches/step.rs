@@ -9,7 +9,8 @@
 //! bytes (its peak: a warm step allocates nothing), and then the ceilings
 //! (see `unet_wgpu::ceiling`) and GPU time by category (conv forward,
 //! backward data, backward weight, transposed conv, pool, loss, optimizer,
-//! other) with the convolutions' GFLOP/s as a share of the GEMM ceiling. `--trace` adds
+//! other, which holds the buffer copies and clears) with the convolutions' GFLOP/s as a share
+//! of the GEMM ceiling. `--trace` adds
 //! every dispatch of the timed step, in the order they ran (forward then backward), so
 //! that a kernel's time can be traced to its layer.
 
@@ -122,7 +123,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
         by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
-        println!("GPU time by kernel ({} dispatches, {:.3} s):", dispatches.len(), total);
+        let transfers = dispatches.iter().filter(|d| !d.0.contains("::")).count();
+        println!(
+            "GPU time by kernel ({} dispatches, {transfers} buffer copies and clears, {:.3} s):",
+            dispatches.len() - transfers,
+            total
+        );
         for (name, t, count) in by_kernel {
             println!("  {name:<48} {count:>4} x  {:>9.1} ms  {:>5.1}%", t * 1e3, 100.0 * t / total);
         }

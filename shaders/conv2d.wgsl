@@ -26,19 +26,21 @@
 // Two tilings:
 // * register tiles (default, `*_forward`, `*_backward_data`, `*_backward_weight`): no workgroup
 //   memory and no barriers. In the forward (and backward data at stride 1, which runs the same
-//   tile) a thread owns 2 blocks of 4 output channels x 2 rows x 8 columns (a vec4 per channel,
-//   row and half row). Per input channel and kernel row it loads the 8 input columns under the
-//   tile once per row; with stride 1 each further tap kw shifts that window by one column and
-//   needs one new load per row. With rows read as vec4s (VEC_X) at stride 1, the tile's second
-//   row under kernel row kh is its first under kh + 1, so each of the KH + 1 rows is loaded once
-//   per input channel (5-8% faster than twice at the top levels). The weights are first packed (conv2d_pack_weights) so that the
-//   8 channels' weights at a tap are two vec4 loads, each feeding 16 vec4 FMAs. On lavapipe (CPU
+//   tile) a thread owns 2 blocks of 4 output channels x 4 rows x 8 columns (a vec4 per channel,
+//   row and half row). Per input channel and kernel row it loads the 8 input columns under each
+//   of the tile's rows; with stride 1 each further tap kw shifts that window by one column and
+//   needs one new load per row. With rows read as vec4s (VEC_X) at stride 1, the tile's rows 1-3
+//   under kernel row kh are its rows 0-2 under kh + 1, so each of the KH + 3 input rows is loaded
+//   once per input channel. The weights are first packed (conv2d_pack_weights) so that the 8
+//   channels' weights at a tap are two vec4 loads, each feeding 32 vec4 FMAs. On lavapipe (CPU
 //   SIMD across invocations) every load of a storage buffer is a per-lane loop (a vec4 costs about
 //   twice a scalar) and a barrier is a coroutine switch, so the FMA-per-loaded-value ratio of
-//   register tiles is what sets the speed. Measured there: a channel loop of more than about 4
-//   iterations of this body is not unrolled, and then the accumulator arrays go to memory (3x
-//   slower); hence two blocks of 4 rather than one block of 8. The gather backward data (stride
-//   > 1) keeps scalar weights and blocks of TM input channels.
+//   register tiles is what sets the speed: measured, 4 rows beat 2 by 11-16% from the 128x128
+//   level down (loading rows once instead of per kernel row had given 5-8% before). A channel
+//   loop of more than about 4 iterations of this body is not unrolled, and then the accumulator
+//   arrays go to memory (3x slower); hence two blocks of 4 rather than one block of 8, held in
+//   16 arrays (block x row x half row) of 4 vec4s. The gather backward data (stride > 1) keeps
+//   scalar weights, 2-row tiles and blocks of TM input channels.
 // * workgroup tiles (`conv2d_forward_shared`): the classic GPU GEMM. A workgroup of TX*TY threads
 //   computes a BM x BN block (BM = TY*SM output channels, BN = TX*SN output pixels), stepping
 //   through K in slices of BK: the whole group copies a BM x BK slice of w and a BK x BN slice of
@@ -48,6 +50,7 @@
 // Register tiling.
 override WG: u32 = 64u; // threads a workgroup (1-D over output tiles)
 override TM: u32 = 4u; // gather backward data: input channels a block (2 blocks a thread)
+const ROWS_FWD: u32 = 4u; // rows of the forward tile (the gather backward data's tile has 2)
 // The kernel and stride are pipeline constants: every tap loop has a fixed trip count.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
@@ -86,7 +89,7 @@ struct Params {
     ph: u32, // padding, rows
     pw: u32, // padding, columns
     tiles_w: u32, // column tiles of the thread's output (8 columns each)
-    tiles_h: u32, // row tiles (2 rows each)
+    tiles_h: u32, // row tiles (4 rows each; the gather backward data's: 2)
     tiles: u32, // n * tiles_h * tiles_w (backward weight: o-blocks * I)
     chunks: u32, // backward weight: number of K chunks
     rows_per_chunk: u32, // backward weight: dy rows (n, oh) a chunk
@@ -129,14 +132,14 @@ fn read_padded(plane: u32, r: i32, c: i32, rows: u32, cols: u32) -> f32 {
     return select(0.0, src[idx], inside);
 }
 
-// Which output tile thread `t` owns: (n, first row, first column), tiles of 2 rows x 8 columns.
-// Threads past the end compute a duplicate of the last tile and skip the store, so no lane leaves
-// the loops early.
-fn tile_origin(t: u32) -> vec3<u32> {
+// Which output tile thread `t` owns: (n, first row, first column), tiles of `rows` rows x 8
+// columns. Threads past the end compute a duplicate of the last tile and skip the store, so no
+// lane leaves the loops early.
+fn tile_origin(t: u32, rows: u32) -> vec3<u32> {
     let tile = min(t, p.tiles - 1u);
     let tw = tile % p.tiles_w;
     let th = (tile / p.tiles_w) % p.tiles_h;
-    return vec3<u32>(tile / (p.tiles_w * p.tiles_h), th * 2u, tw * 8u);
+    return vec3<u32>(tile / (p.tiles_w * p.tiles_h), th * rows, tw * 8u);
 }
 
 // src at row r, columns c, c+step, c+2*step, c+3*step of a plane (zero outside).
@@ -224,105 +227,97 @@ fn row4(plane: u32, r: i32, c: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), src_v4[idx], inside);
 }
 
-// The register tile of forward and backward data: TM channels x 2 rows x 8 columns, held as four
-// function-local arrays of TM vec4s (row 0 columns 0-3, row 0 columns 4-7, row 1 ...). They are
-// indexed only by the channel loop, whose trip count is a pipeline constant, so the driver
-// unrolls it and keeps them in registers (a `var<private>` array, or an index that depends on an
-// outer loop, sends them to memory on lavapipe, which costs 3x). `add`: add into dst instead of
-// storing the epilogue's value.
+// The register tile of forward and backward data: 8 channels x ROWS_FWD rows x 8 columns, held as
+// function-local arrays of 4 vec4s, one per (block of 4 channels, row, half row): a<r> and b<r>
+// hold channels o0..o0+3 of row r, columns 0-3 and 4-7; c<r> and d<r> channels o0+4..o0+7. They
+// are indexed only by loops of exactly 4 trips, so the driver unrolls them and keeps them in
+// registers (a `var<private>` array, or an index that depends on an outer loop, sends them to
+// memory on lavapipe, which costs 3x). `add`: add into dst instead of storing the epilogue's value.
 fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
-    let org = tile_origin(id.x);
+    let org = tile_origin(id.x, ROWS_FWD);
     let o0 = wid.y * 8u;
-    var a0: array<vec4<f32>, 16>;
-    var b0: array<vec4<f32>, 16>;
-    var a1: array<vec4<f32>, 16>;
-    var b1: array<vec4<f32>, 16>;
-    var c0: array<vec4<f32>, 16>;
-    var d0: array<vec4<f32>, 16>;
-    var c1: array<vec4<f32>, 16>;
-    var d1: array<vec4<f32>, 16>;
+    var a0: array<vec4<f32>, 4>;
+    var b0: array<vec4<f32>, 4>;
+    var a1: array<vec4<f32>, 4>;
+    var b1: array<vec4<f32>, 4>;
+    var a2: array<vec4<f32>, 4>;
+    var b2: array<vec4<f32>, 4>;
+    var a3: array<vec4<f32>, 4>;
+    var b3: array<vec4<f32>, 4>;
+    var c0: array<vec4<f32>, 4>;
+    var d0: array<vec4<f32>, 4>;
+    var c1: array<vec4<f32>, 4>;
+    var d1: array<vec4<f32>, 4>;
+    var c2: array<vec4<f32>, 4>;
+    var d2: array<vec4<f32>, 4>;
+    var c3: array<vec4<f32>, 4>;
+    var d3: array<vec4<f32>, 4>;
     let ih0 = i32(org.y * SH) - i32(p.ph);
     let iw0 = i32(org.z * SW) - i32(p.pw);
+    let sh = i32(SH);
     for (var i = 0u; i < p.ci; i++) {
         let plane = (org.x * p.ci + i) * p.h * p.w;
-        // VEC_X: columns org.z .. org.z+7 of both rows as aligned vec4s, and the columns on
-        // either side (org.z-1, org.z+8) as scalars; every tap's window is a shuffle of them.
-        // At stride 1 the second row of kernel row kh is the first of kh + 1: loaded once.
-        var va0: vec4<f32>;
-        var vb0: vec4<f32>;
-        var va1: vec4<f32>;
-        var vb1: vec4<f32>;
-        var left0 = 0.0;
-        var left1 = 0.0;
-        var right0 = 0.0;
-        var right1 = 0.0;
+        // VEC_X: the 8 columns under the tile of each of its rows as two aligned vec4s, and the
+        // columns on either side as scalars; every tap's window is a shuffle of them. At stride 1
+        // rows 1-3 under kernel row kh are rows 0-2 under kh + 1: each input row loads once.
+        var r0: Row;
+        var r1: Row;
+        var r2: Row;
+        var r3: Row;
         for (var kh = 0u; kh < KH; kh++) {
-            let r0 = ih0 + i32(kh);
-            let r1 = r0 + i32(SH);
-            var xa0: vec4<f32>;
-            var xb0: vec4<f32>;
-            var xa1: vec4<f32>;
-            var xb1: vec4<f32>;
+            let y0 = ih0 + i32(kh);
+            var x0: Window;
+            var x1: Window;
+            var x2: Window;
+            var x3: Window;
             if VEC_X && KW == 1u {
                 // 1x1 kernel, no column padding (the U-Net's head): the 8 columns are the window.
-                xa0 = row4(plane, r0, org.z);
-                xb0 = row4(plane, r0, org.z + 4u);
-                xa1 = row4(plane, r1, org.z);
-                xb1 = row4(plane, r1, org.z + 4u);
+                x0 = Window(row4(plane, y0, org.z), row4(plane, y0, org.z + 4u));
+                x1 = Window(row4(plane, y0 + sh, org.z), row4(plane, y0 + sh, org.z + 4u));
+                x2 = Window(row4(plane, y0 + 2 * sh, org.z), row4(plane, y0 + 2 * sh, org.z + 4u));
+                x3 = Window(row4(plane, y0 + 3 * sh, org.z), row4(plane, y0 + 3 * sh, org.z + 4u));
             } else if VEC_X {
                 if kh > 0u && SH == 1u {
-                    va0 = va1;
-                    vb0 = vb1;
-                    left0 = left1;
-                    right0 = right1;
+                    r0 = r1;
+                    r1 = r2;
+                    r2 = r3;
                 } else {
-                    va0 = row4(plane, r0, org.z);
-                    vb0 = row4(plane, r0, org.z + 4u);
-                    left0 = read_padded(plane, r0, iw0, p.h, p.w);
-                    right0 = read_padded(plane, r0, iw0 + 9, p.h, p.w);
+                    r0 = load_row(plane, y0, org.z, iw0);
+                    r1 = load_row(plane, y0 + sh, org.z, iw0);
+                    r2 = load_row(plane, y0 + 2 * sh, org.z, iw0);
                 }
-                va1 = row4(plane, r1, org.z);
-                vb1 = row4(plane, r1, org.z + 4u);
-                left1 = read_padded(plane, r1, iw0, p.h, p.w);
-                right1 = read_padded(plane, r1, iw0 + 9, p.h, p.w);
-                xa0 = vec4<f32>(left0, va0.xyz);
-                xb0 = vec4<f32>(va0.w, vb0.xyz);
-                xa1 = vec4<f32>(left1, va1.xyz);
-                xb1 = vec4<f32>(va1.w, vb1.xyz);
+                r3 = load_row(plane, y0 + 3 * sh, org.z, iw0);
+                x0 = first_window(r0);
+                x1 = first_window(r1);
+                x2 = first_window(r2);
+                x3 = first_window(r3);
             } else {
-                xa0 = src4(plane, r0, iw0, SW, p.h, p.w);
-                xb0 = src4(plane, r0, iw0 + 4 * i32(SW), SW, p.h, p.w);
-                xa1 = src4(plane, r1, iw0, SW, p.h, p.w);
-                xb1 = src4(plane, r1, iw0 + 4 * i32(SW), SW, p.h, p.w);
+                x0 = src_window(plane, y0, iw0);
+                x1 = src_window(plane, y0 + sh, iw0);
+                x2 = src_window(plane, y0 + 2 * sh, iw0);
+                x3 = src_window(plane, y0 + 3 * sh, iw0);
             }
             for (var kw = 0u; kw < KW; kw++) {
                 if kw > 0u {
                     if VEC_X {
-                        if kw == 1u {
-                            xa0 = va0;
-                            xb0 = vb0;
-                            xa1 = va1;
-                            xb1 = vb1;
-                        } else {
-                            xa0 = vec4<f32>(va0.yzw, vb0.x);
-                            xb0 = vec4<f32>(vb0.yzw, right0);
-                            xa1 = vec4<f32>(va1.yzw, vb1.x);
-                            xb1 = vec4<f32>(vb1.yzw, right1);
-                        }
+                        x0 = shifted_window(r0, kw);
+                        x1 = shifted_window(r1, kw);
+                        x2 = shifted_window(r2, kw);
+                        x3 = shifted_window(r3, kw);
                     } else if SW == 1u {
                         // Stride 1: the 8 input columns under tap kw are those of kw-1 shifted by
                         // one, so each row needs one new load, not eight.
                         let c = iw0 + 7 + i32(kw);
-                        xa0 = vec4<f32>(xa0.yzw, xb0.x);
-                        xb0 = vec4<f32>(xb0.yzw, read_padded(plane, r0, c, p.h, p.w));
-                        xa1 = vec4<f32>(xa1.yzw, xb1.x);
-                        xb1 = vec4<f32>(xb1.yzw, read_padded(plane, r1, c, p.h, p.w));
+                        x0 = slide(x0, read_padded(plane, y0, c, p.h, p.w));
+                        x1 = slide(x1, read_padded(plane, y0 + sh, c, p.h, p.w));
+                        x2 = slide(x2, read_padded(plane, y0 + 2 * sh, c, p.h, p.w));
+                        x3 = slide(x3, read_padded(plane, y0 + 3 * sh, c, p.h, p.w));
                     } else {
                         let c = iw0 + i32(kw);
-                        xa0 = src4(plane, r0, c, SW, p.h, p.w);
-                        xb0 = src4(plane, r0, c + 4 * i32(SW), SW, p.h, p.w);
-                        xa1 = src4(plane, r1, c, SW, p.h, p.w);
-                        xb1 = src4(plane, r1, c + 4 * i32(SW), SW, p.h, p.w);
+                        x0 = src_window(plane, y0, c);
+                        x1 = src_window(plane, y0 + sh, c);
+                        x2 = src_window(plane, y0 + 2 * sh, c);
+                        x3 = src_window(plane, y0 + 3 * sh, c);
                     }
                 }
                 // The 8 channels' weights at this tap: two vec4 loads from the packed copy.
@@ -331,66 +326,104 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
                 let w_hi = wq[wrow + 1u];
                 for (var m = 0u; m < 4u; m++) {
                     let wv = vec4<f32>(w_lo[m]);
-                    a0[m] = fma(wv, xa0, a0[m]);
-                    b0[m] = fma(wv, xb0, b0[m]);
-                    a1[m] = fma(wv, xa1, a1[m]);
-                    b1[m] = fma(wv, xb1, b1[m]);
+                    a0[m] = fma(wv, x0.lo, a0[m]);
+                    b0[m] = fma(wv, x0.hi, b0[m]);
+                    a1[m] = fma(wv, x1.lo, a1[m]);
+                    b1[m] = fma(wv, x1.hi, b1[m]);
+                    a2[m] = fma(wv, x2.lo, a2[m]);
+                    b2[m] = fma(wv, x2.hi, b2[m]);
+                    a3[m] = fma(wv, x3.lo, a3[m]);
+                    b3[m] = fma(wv, x3.hi, b3[m]);
                 }
                 for (var m = 0u; m < 4u; m++) {
                     let wv = vec4<f32>(w_hi[m]);
-                    c0[m] = fma(wv, xa0, c0[m]);
-                    d0[m] = fma(wv, xb0, d0[m]);
-                    c1[m] = fma(wv, xa1, c1[m]);
-                    d1[m] = fma(wv, xb1, d1[m]);
+                    c0[m] = fma(wv, x0.lo, c0[m]);
+                    d0[m] = fma(wv, x0.hi, d0[m]);
+                    c1[m] = fma(wv, x1.lo, c1[m]);
+                    d1[m] = fma(wv, x1.hi, d1[m]);
+                    c2[m] = fma(wv, x2.lo, c2[m]);
+                    d2[m] = fma(wv, x2.hi, d2[m]);
+                    c3[m] = fma(wv, x3.lo, c3[m]);
+                    d3[m] = fma(wv, x3.hi, d3[m]);
                 }
             }
         }
     }
-    let ok = id.x < p.tiles;
+    let at = Store(org, id.x < p.tiles, dropout_keys(), add);
+    // One call per accumulator array, so each store loop stays small enough to unroll.
+    store_block(a0, at, o0, 0u, 0u);
+    store_block(b0, at, o0, 0u, 4u);
+    store_block(a1, at, o0, 1u, 0u);
+    store_block(b1, at, o0, 1u, 4u);
+    store_block(a2, at, o0, 2u, 0u);
+    store_block(b2, at, o0, 2u, 4u);
+    store_block(a3, at, o0, 3u, 0u);
+    store_block(b3, at, o0, 3u, 4u);
+    store_block(c0, at, o0 + 4u, 0u, 0u);
+    store_block(d0, at, o0 + 4u, 0u, 4u);
+    store_block(c1, at, o0 + 4u, 1u, 0u);
+    store_block(d1, at, o0 + 4u, 1u, 4u);
+    store_block(c2, at, o0 + 4u, 2u, 0u);
+    store_block(d2, at, o0 + 4u, 2u, 4u);
+    store_block(c3, at, o0 + 4u, 3u, 0u);
+    store_block(d3, at, o0 + 4u, 3u, 4u);
+}
+
+// One input row under the tile (VEC_X): columns org.z .. org.z+7 as two aligned vec4s, and the
+// columns org.z-1 (left) and org.z+8 (right) as scalars; zeros outside the image.
+struct Row { lo: vec4<f32>, hi: vec4<f32>, left: f32, right: f32 }
+
+// The 8 input columns under one tap of one output row: lo feeds output columns 0-3, hi 4-7.
+struct Window { lo: vec4<f32>, hi: vec4<f32> }
+
+fn load_row(plane: u32, r: i32, col: u32, iw0: i32) -> Row {
+    return Row(
+        row4(plane, r, col),
+        row4(plane, r, col + 4u),
+        read_padded(plane, r, iw0, p.h, p.w),
+        read_padded(plane, r, iw0 + 9, p.h, p.w),
+    );
+}
+
+// The window of tap kw = 0 (columns org.z-1 .. org.z+6) of a 3-wide kernel with column padding 1.
+fn first_window(r: Row) -> Window {
+    return Window(vec4<f32>(r.left, r.lo.xyz), vec4<f32>(r.lo.w, r.hi.xyz));
+}
+
+// The window of tap kw = 1 or 2 (VEC_X: KW is 3).
+fn shifted_window(r: Row, kw: u32) -> Window {
+    if kw == 1u {
+        return Window(r.lo, r.hi);
+    }
+    return Window(vec4<f32>(r.lo.yzw, r.hi.x), vec4<f32>(r.hi.yzw, r.right));
+}
+
+// The window one column to the right: the old one shifted, and the new column `next`.
+fn slide(x: Window, next: f32) -> Window {
+    return Window(vec4<f32>(x.lo.yzw, x.hi.x), vec4<f32>(x.hi.yzw, next));
+}
+
+// The window of 8 output columns at input row r, starting at input column c (stride SW).
+fn src_window(plane: u32, r: i32, c: i32) -> Window {
+    return Window(src4(plane, r, c, SW, p.h, p.w), src4(plane, r, c + 4 * i32(SW), SW, p.h, p.w));
+}
+
+// Where and how the tile stores: its origin, whether it is a real tile (threads past the end
+// compute a copy of the last one), the dropout keys, and whether it adds (backward data).
+struct Store { org: vec3<u32>, live: bool, keys: vec2<u32>, add: bool }
+
+// Channels o_first .. o_first+3 of the tile's row `row`, columns col .. col+3 (col 0 or 4): bias,
+// epilogue and store (or add), for the channels, row and columns that exist. Backward data binds
+// no bias and sets no epilogue: it adds the plain sums.
+fn store_block(acc: array<vec4<f32>, 4>, at: Store, o_first: u32, row: u32, col: u32) {
     let has_bias = p.has_bias != 0u;
-    let keys = dropout_keys();
-    let row1 = org.y + 1u < p.oh;
-    // One loop per accumulator array, so each stays small enough to unroll (see the header).
-    // Backward data (add) binds no bias and sets no epilogue: it adds the plain sums.
+    let r = at.org.y + row;
+    let ok = at.live && r < p.oh;
     for (var m = 0u; m < 4u; m++) {
-        let c = min(o0 + m, p.co - 1u);
-        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
-        store_tile4(epilogue4(a0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co, add);
-    }
-    for (var m = 0u; m < 4u; m++) {
-        let c = min(o0 + m, p.co - 1u);
-        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
-        store_tile4(epilogue4(b0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co, add);
-    }
-    for (var m = 0u; m < 4u; m++) {
-        let c = min(o0 + m, p.co - 1u);
-        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
-        store_tile4(epilogue4(a1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + m < p.co && row1, add);
-    }
-    for (var m = 0u; m < 4u; m++) {
-        let c = min(o0 + m, p.co - 1u);
-        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
-        store_tile4(epilogue4(b1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + m < p.co && row1, add);
-    }
-    for (var m = 0u; m < 4u; m++) {
-        let c = min(o0 + 4u + m, p.co - 1u);
-        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 0u;
-        store_tile4(epilogue4(c0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + 4u + m < p.co, add);
-    }
-    for (var m = 0u; m < 4u; m++) {
-        let c = min(o0 + 4u + m, p.co - 1u);
-        let base = ((org.x * p.co + c) * p.oh + org.y) * p.ow + org.z + 4u;
-        store_tile4(epilogue4(d0[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + 4u + m < p.co, add);
-    }
-    for (var m = 0u; m < 4u; m++) {
-        let c = min(o0 + 4u + m, p.co - 1u);
-        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 0u;
-        store_tile4(epilogue4(c1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 0u, p.ow, ok && o0 + 4u + m < p.co && row1, add);
-    }
-    for (var m = 0u; m < 4u; m++) {
-        let c = min(o0 + 4u + m, p.co - 1u);
-        let base = ((org.x * p.co + c) * p.oh + org.y + 1u) * p.ow + org.z + 4u;
-        store_tile4(epilogue4(d1[m] + vec4<f32>(select(0.0, bias[c], has_bias)), base, keys), base, org.z + 4u, p.ow, ok && o0 + 4u + m < p.co && row1, add);
+        let c = min(o_first + m, p.co - 1u);
+        let base = ((at.org.x * p.co + c) * p.oh + r) * p.ow + at.org.z + col;
+        let z = acc[m] + vec4<f32>(select(0.0, bias[c], has_bias));
+        store_tile4(epilogue4(z, base, at.keys), base, at.org.z + col, p.ow, ok && o_first + m < p.co, at.add);
     }
 }
 
@@ -455,7 +488,7 @@ fn dy4(plane: u32, nh: i32, nw: i32) -> vec4<f32> {
 // org.x (src = dy here, and tiles_w, tiles_h count dx tiles).
 @compute @workgroup_size(WG)
 fn conv2d_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let org = tile_origin(id.x);
+    let org = tile_origin(id.x, 2u);
     let i0 = wid.y * 2u * TM;
     var a0: array<vec4<f32>, 16>;
     var b0: array<vec4<f32>, 16>;

@@ -46,7 +46,7 @@ use crate::testing::{max_rel_error, random_vec, to_f64};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     /// `conv2d_forward` and `conv2d_forward_fused`. `wg`: threads a workgroup, each computing a
-    /// register tile of 2 rows x 8 columns x 8 output channels (and the weight-packing pass's
+    /// register tile of 4 rows x 8 columns x 8 output channels (and the weight-packing pass's
     /// group size). `tm` and `bw_threads` play no part in the forward.
     pub conv2d_forward: conv2d::Tiling,
     /// `conv2d_backward_data`. At stride 1 (every 3x3 conv of the U-Net) it runs the forward's
@@ -1171,7 +1171,7 @@ mod tests {
         gpu.set_tuning(t);
         assert_eq!((gpu.tuning(), gpu.tuning_source()), (t, TuningSource::Set));
 
-        // Images of 256 output tiles (2 x 16 x 8 of 2 rows x 8 columns): the convolutions'
+        // Images of 128 output tiles (2 x 8 x 8 of 4 rows x 8 columns): the convolutions'
         // workgroups shrink to the tiles an image has, and these have enough for 128 threads.
         let p = Conv2d::new(1, 1);
         let (xd, wd, yd) = ([2, 3, 32, 64], [4, 3, 3, 3], [2, 4, 32, 64]);

@@ -256,8 +256,10 @@ fn register_constants(t: &Tiling) -> [(&'static str, f64); 2] {
 /// [`conv2d_backward_weight_tiled`]); leaves room for 16 loop iterations a pixel.
 const MAX_CHUNK_PIXELS: u32 = 4096;
 
-/// Rows and columns of the register tile of forward and backward data (fixed by the shader's code).
-const TILE_ROWS: u32 = 2;
+/// Rows and columns of the register tiles (fixed by the shader's code): the forward's (which
+/// backward data at stride 1 runs too) and the gather backward data's.
+const FORWARD_TILE_ROWS: u32 = 4;
+const GATHER_TILE_ROWS: u32 = 2;
 const TILE_COLS: u32 = 8;
 
 /// `y = conv(x, w) + b`. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
@@ -319,7 +321,7 @@ fn dispatch_tile(
     t: &Tiling,
 ) {
     params.tiles_w = params.ow.div_ceil(TILE_COLS);
-    params.tiles_h = params.oh.div_ceil(TILE_ROWS);
+    params.tiles_h = params.oh.div_ceil(FORWARD_TILE_ROWS);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
     params.co_pad = params.co.div_ceil(8) * 8;
     params.len = params.ci * params.co_pad * (d.w[2] * d.w[3]) as u32;
@@ -474,7 +476,7 @@ fn backward_data(
     }
     let mut params = d.params(&p);
     params.tiles_w = params.w.div_ceil(TILE_COLS);
-    params.tiles_h = params.h.div_ceil(TILE_ROWS);
+    params.tiles_h = params.h.div_ceil(GATHER_TILE_ROWS);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
     let t = &t.for_tiles(params.tiles);
     let constants: Vec<_> = register_constants(t).into_iter().chain(d.kernel_constants(&p)).collect();
@@ -788,8 +790,8 @@ mod tests {
     fn workgroups_shrink_to_the_tiles() {
         let t = Tiling::default();
         assert_eq!(t.wg, 64);
-        // The 16x16 level at batch 2: 2 x 8 x 2 tiles of 2 rows x 8 columns.
-        assert_eq!(t.for_tiles(32), Tiling { wg: 32, ..t });
+        // The 16x16 level at batch 2: 2 x 4 x 2 tiles of 4 rows x 8 columns.
+        assert_eq!(t.for_tiles(16), Tiling { wg: 16, ..t });
         assert_eq!(t.for_tiles(5).wg, 8);
         assert_eq!(t.for_tiles(1000).wg, 64);
     }
