@@ -26,21 +26,23 @@
 // Two tilings:
 // * register tiles (default, `*_forward`, `*_backward_data`, `*_backward_weight`): no workgroup
 //   memory and no barriers. In the forward (and backward data at stride 1, which runs the same
-//   tile) a thread owns 2 blocks of 4 output channels x 4 rows x 8 columns (a vec4 per channel,
-//   row and half row). Per input channel and kernel row it loads the 8 input columns under each
-//   of the tile's rows; with stride 1 each further tap kw shifts that window by one column and
-//   needs one new load per row. With rows read as vec4s (VEC_X) at stride 1, the tile's rows 1-3
-//   under kernel row kh are its rows 0-2 under kh + 1, so each of the KH + 3 input rows is loaded
-//   once per input channel. The weights are first packed (conv2d_pack_weights) so that the 8
-//   channels' weights at a tap are two vec4 loads, each feeding 32 vec4 FMAs. On lavapipe (CPU
-//   SIMD across invocations) every load of a storage buffer is a per-lane loop (a vec4 costs about
-//   twice a scalar) and a barrier is a coroutine switch, so the FMA-per-loaded-value ratio of
-//   register tiles is what sets the speed: measured, 4 rows beat 2 by 11-16% from the 128x128
-//   level down (loading rows once instead of per kernel row had given 5-8% before). A channel
-//   loop of more than about 4 iterations of this body is not unrolled, and then the accumulator
-//   arrays go to memory (3x slower); hence two blocks of 4 rather than one block of 8, held in
-//   16 arrays (block x row x half row) of 4 vec4s. The gather backward data (stride > 1) keeps
-//   scalar weights, 2-row tiles and blocks of TM input channels.
+//   tile) a thread owns 2 blocks of 4 output channels x ROWS rows x 8 columns (a vec4 per
+//   channel, row and half row). Per input channel and kernel row it loads the 8 input columns
+//   under each of the tile's rows; with stride 1 each further tap kw shifts that window by one
+//   column and needs one new load per row. With rows read as vec4s (VEC_X) at stride 1, the
+//   tile's rows 1.. under kernel row kh are its rows ..ROWS-2 under kh + 1, so each of the
+//   KH + ROWS - 1 input rows is loaded once per input channel. The weights are first packed
+//   (conv2d_pack_weights) so that the 8 channels' weights at a tap are two vec4 loads, each
+//   feeding 8 * ROWS vec4 FMAs. On lavapipe (CPU SIMD across invocations) every load of a storage
+//   buffer is a per-lane loop (a vec4 costs about twice a scalar) and a barrier is a coroutine
+//   switch, so the FMA-per-loaded-value ratio of register tiles is what sets the speed: measured
+//   there, 4 rows beat 2 by 11-26% at the 128x128 and 32x32 levels and 1-2% at the top one
+//   (loading rows once, not per kernel row: 6-9%). But 4 rows hold 256 sums a thread, more than
+//   a GPU thread's registers: the tuning picks ROWS (4 on CPU drivers, 2 on GPUs). A channel loop
+//   of more than about 4 iterations of this body is not unrolled, and then the accumulator arrays
+//   go to memory (3x slower); hence two blocks of 4 rather than one block of 8, held in 16 arrays
+//   (block x row x half row) of 4 vec4s. The gather backward data (stride > 1) keeps scalar
+//   weights, 2-row tiles and blocks of TM input channels.
 // * workgroup tiles (`conv2d_forward_shared`): the classic GPU GEMM. A workgroup of TX*TY threads
 //   computes a BM x BN block (BM = TY*SM output channels, BN = TX*SN output pixels), stepping
 //   through K in slices of BK: the whole group copies a BM x BK slice of w and a BK x BN slice of
@@ -50,7 +52,9 @@
 // Register tiling.
 override WG: u32 = 64u; // threads a workgroup (1-D over output tiles)
 override TM: u32 = 4u; // gather backward data: input channels a block (2 blocks a thread)
-const ROWS_FWD: u32 = 4u; // rows of the forward tile (the gather backward data's tile has 2)
+// Rows of the forward tile: 4 (lavapipe's choice) or 2 (where registers are scarce: a GPU). The
+// gather backward data's tile always has 2.
+override ROWS: u32 = 4u;
 // The kernel and stride are pipeline constants: every tap loop has a fixed trip count.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
@@ -89,7 +93,7 @@ struct Params {
     ph: u32, // padding, rows
     pw: u32, // padding, columns
     tiles_w: u32, // column tiles of the thread's output (8 columns each)
-    tiles_h: u32, // row tiles (4 rows each; the gather backward data's: 2)
+    tiles_h: u32, // row tiles (ROWS rows each; the gather backward data's: 2)
     tiles: u32, // n * tiles_h * tiles_w (backward weight: o-blocks * I)
     chunks: u32, // backward weight: number of K chunks
     rows_per_chunk: u32, // backward weight: dy rows (n, oh) a chunk
@@ -227,14 +231,17 @@ fn row4(plane: u32, r: i32, c: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), src_v4[idx], inside);
 }
 
-// The register tile of forward and backward data: 8 channels x ROWS_FWD rows x 8 columns, held as
+// The register tile of forward and backward data: 8 channels x ROWS rows x 8 columns, held as
 // function-local arrays of 4 vec4s, one per (block of 4 channels, row, half row): a<r> and b<r>
 // hold channels o0..o0+3 of row r, columns 0-3 and 4-7; c<r> and d<r> channels o0+4..o0+7. They
 // are indexed only by loops of exactly 4 trips, so the driver unrolls them and keeps them in
 // registers (a `var<private>` array, or an index that depends on an outer loop, sends them to
-// memory on lavapipe, which costs 3x). `add`: add into dst instead of storing the epilogue's value.
+// memory on lavapipe, which costs 3x). Rows 2 and 3 exist only when ROWS is 4: a pipeline
+// constant, so with 2 their code is gone. `add`: add into dst instead of storing the epilogue's
+// value.
 fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
-    let org = tile_origin(id.x, ROWS_FWD);
+    let org = tile_origin(id.x, ROWS);
+    let four = ROWS == 4u;
     let o0 = wid.y * 8u;
     var a0: array<vec4<f32>, 4>;
     var b0: array<vec4<f32>, 4>;
@@ -259,7 +266,8 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
         let plane = (org.x * p.ci + i) * p.h * p.w;
         // VEC_X: the 8 columns under the tile of each of its rows as two aligned vec4s, and the
         // columns on either side as scalars; every tap's window is a shuffle of them. At stride 1
-        // rows 1-3 under kernel row kh are rows 0-2 under kh + 1: each input row loads once.
+        // the tile's rows 1.. under kernel row kh are its rows ..ROWS-2 under kh + 1, so each
+        // input row loads once: kernel row kh > 0 loads only the tile's last row.
         var r0: Row;
         var r1: Row;
         var r2: Row;
@@ -274,19 +282,30 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
                 // 1x1 kernel, no column padding (the U-Net's head): the 8 columns are the window.
                 x0 = Window(row4(plane, y0, org.z), row4(plane, y0, org.z + 4u));
                 x1 = Window(row4(plane, y0 + sh, org.z), row4(plane, y0 + sh, org.z + 4u));
-                x2 = Window(row4(plane, y0 + 2 * sh, org.z), row4(plane, y0 + 2 * sh, org.z + 4u));
-                x3 = Window(row4(plane, y0 + 3 * sh, org.z), row4(plane, y0 + 3 * sh, org.z + 4u));
+                if four {
+                    x2 = Window(row4(plane, y0 + 2 * sh, org.z), row4(plane, y0 + 2 * sh, org.z + 4u));
+                    x3 = Window(row4(plane, y0 + 3 * sh, org.z), row4(plane, y0 + 3 * sh, org.z + 4u));
+                }
             } else if VEC_X {
                 if kh > 0u && SH == 1u {
                     r0 = r1;
-                    r1 = r2;
-                    r2 = r3;
+                    if four {
+                        r1 = r2;
+                        r2 = r3;
+                    }
                 } else {
                     r0 = load_row(plane, y0, org.z, iw0);
-                    r1 = load_row(plane, y0 + sh, org.z, iw0);
-                    r2 = load_row(plane, y0 + 2 * sh, org.z, iw0);
+                    if four {
+                        r1 = load_row(plane, y0 + sh, org.z, iw0);
+                        r2 = load_row(plane, y0 + 2 * sh, org.z, iw0);
+                    }
                 }
-                r3 = load_row(plane, y0 + 3 * sh, org.z, iw0);
+                // The tile's last row.
+                if four {
+                    r3 = load_row(plane, y0 + 3 * sh, org.z, iw0);
+                } else {
+                    r1 = load_row(plane, y0 + sh, org.z, iw0);
+                }
                 x0 = first_window(r0);
                 x1 = first_window(r1);
                 x2 = first_window(r2);
@@ -294,8 +313,10 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
             } else {
                 x0 = src_window(plane, y0, iw0);
                 x1 = src_window(plane, y0 + sh, iw0);
-                x2 = src_window(plane, y0 + 2 * sh, iw0);
-                x3 = src_window(plane, y0 + 3 * sh, iw0);
+                if four {
+                    x2 = src_window(plane, y0 + 2 * sh, iw0);
+                    x3 = src_window(plane, y0 + 3 * sh, iw0);
+                }
             }
             for (var kw = 0u; kw < KW; kw++) {
                 if kw > 0u {
@@ -310,14 +331,18 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
                         let c = iw0 + 7 + i32(kw);
                         x0 = slide(x0, read_padded(plane, y0, c, p.h, p.w));
                         x1 = slide(x1, read_padded(plane, y0 + sh, c, p.h, p.w));
-                        x2 = slide(x2, read_padded(plane, y0 + 2 * sh, c, p.h, p.w));
-                        x3 = slide(x3, read_padded(plane, y0 + 3 * sh, c, p.h, p.w));
+                        if four {
+                            x2 = slide(x2, read_padded(plane, y0 + 2 * sh, c, p.h, p.w));
+                            x3 = slide(x3, read_padded(plane, y0 + 3 * sh, c, p.h, p.w));
+                        }
                     } else {
                         let c = iw0 + i32(kw);
                         x0 = src_window(plane, y0, c);
                         x1 = src_window(plane, y0 + sh, c);
-                        x2 = src_window(plane, y0 + 2 * sh, c);
-                        x3 = src_window(plane, y0 + 3 * sh, c);
+                        if four {
+                            x2 = src_window(plane, y0 + 2 * sh, c);
+                            x3 = src_window(plane, y0 + 3 * sh, c);
+                        }
                     }
                 }
                 // The 8 channels' weights at this tap: two vec4 loads from the packed copy.
@@ -330,10 +355,12 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
                     b0[m] = fma(wv, x0.hi, b0[m]);
                     a1[m] = fma(wv, x1.lo, a1[m]);
                     b1[m] = fma(wv, x1.hi, b1[m]);
-                    a2[m] = fma(wv, x2.lo, a2[m]);
-                    b2[m] = fma(wv, x2.hi, b2[m]);
-                    a3[m] = fma(wv, x3.lo, a3[m]);
-                    b3[m] = fma(wv, x3.hi, b3[m]);
+                    if four {
+                        a2[m] = fma(wv, x2.lo, a2[m]);
+                        b2[m] = fma(wv, x2.hi, b2[m]);
+                        a3[m] = fma(wv, x3.lo, a3[m]);
+                        b3[m] = fma(wv, x3.hi, b3[m]);
+                    }
                 }
                 for (var m = 0u; m < 4u; m++) {
                     let wv = vec4<f32>(w_hi[m]);
@@ -341,10 +368,12 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
                     d0[m] = fma(wv, x0.hi, d0[m]);
                     c1[m] = fma(wv, x1.lo, c1[m]);
                     d1[m] = fma(wv, x1.hi, d1[m]);
-                    c2[m] = fma(wv, x2.lo, c2[m]);
-                    d2[m] = fma(wv, x2.hi, d2[m]);
-                    c3[m] = fma(wv, x3.lo, c3[m]);
-                    d3[m] = fma(wv, x3.hi, d3[m]);
+                    if four {
+                        c2[m] = fma(wv, x2.lo, c2[m]);
+                        d2[m] = fma(wv, x2.hi, d2[m]);
+                        c3[m] = fma(wv, x3.lo, c3[m]);
+                        d3[m] = fma(wv, x3.hi, d3[m]);
+                    }
                 }
             }
         }
@@ -355,18 +384,20 @@ fn conv_tile(id: vec3<u32>, wid: vec3<u32>, add: bool) {
     store_block(b0, at, o0, 0u, 4u);
     store_block(a1, at, o0, 1u, 0u);
     store_block(b1, at, o0, 1u, 4u);
-    store_block(a2, at, o0, 2u, 0u);
-    store_block(b2, at, o0, 2u, 4u);
-    store_block(a3, at, o0, 3u, 0u);
-    store_block(b3, at, o0, 3u, 4u);
     store_block(c0, at, o0 + 4u, 0u, 0u);
     store_block(d0, at, o0 + 4u, 0u, 4u);
     store_block(c1, at, o0 + 4u, 1u, 0u);
     store_block(d1, at, o0 + 4u, 1u, 4u);
-    store_block(c2, at, o0 + 4u, 2u, 0u);
-    store_block(d2, at, o0 + 4u, 2u, 4u);
-    store_block(c3, at, o0 + 4u, 3u, 0u);
-    store_block(d3, at, o0 + 4u, 3u, 4u);
+    if four {
+        store_block(a2, at, o0, 2u, 0u);
+        store_block(b2, at, o0, 2u, 4u);
+        store_block(a3, at, o0, 3u, 0u);
+        store_block(b3, at, o0, 3u, 4u);
+        store_block(c2, at, o0 + 4u, 2u, 0u);
+        store_block(d2, at, o0 + 4u, 2u, 4u);
+        store_block(c3, at, o0 + 4u, 3u, 0u);
+        store_block(d3, at, o0 + 4u, 3u, 4u);
+    }
 }
 
 // One input row under the tile (VEC_X): columns org.z .. org.z+7 as two aligned vec4s, and the

@@ -46,12 +46,12 @@ use crate::testing::{max_rel_error, random_vec, to_f64};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     /// `conv2d_forward` and `conv2d_forward_fused`. `wg`: threads a workgroup, each computing a
-    /// register tile of 4 rows x 8 columns x 8 output channels (and the weight-packing pass's
+    /// register tile of `rows` rows x 8 columns x 8 output channels (and the weight-packing pass's
     /// group size). `tm` and `bw_threads` play no part in the forward.
     pub conv2d_forward: conv2d::Tiling,
     /// `conv2d_backward_data`. At stride 1 (every 3x3 conv of the U-Net) it runs the forward's
-    /// tile on the flipped weights, so only `wg` matters; at stride > 1 the gather kernel also
-    /// uses `tm`, the input channels of a block (a thread owns 2 blocks).
+    /// tile on the flipped weights, so only `wg` and `rows` matter; at stride > 1 the gather
+    /// kernel uses `wg` and `tm`, the input channels of a block (a thread owns 2 blocks).
     pub conv2d_backward_data: conv2d::Tiling,
     /// `conv2d_backward_weight`. `wg`: threads a workgroup of the first pass and of the two
     /// reductions; `bw_threads`: how many threads the first pass aims for (the `N*OH` rows of dy
@@ -78,7 +78,8 @@ impl Tuning {
         // Not measured: no GPU was at hand when these were chosen. They follow the usual shape
         // of GPU kernels (groups of 128-256 threads, tens of thousands of threads in flight,
         // tiles in workgroup memory); `unet-wgpu tune` measures them on the actual GPU.
-        let conv = conv2d::Tiling { wg: 128, ..conv2d::Tiling::default() };
+        // 2-row forward tiles: 4 rows would hold 256 sums a thread, more than a GPU's registers.
+        let conv = conv2d::Tiling { wg: 128, rows: 2, ..conv2d::Tiling::default() };
         Tuning {
             conv2d_forward: conv,
             conv2d_backward_data: conv,
@@ -135,7 +136,7 @@ impl Tuning {
 }
 
 impl fmt::Display for Tuning {
-    /// One line: `conv2d forward wg 64; backward data wg 64 tm 4; ...`.
+    /// One line: `conv2d forward wg 64 rows 4; backward data wg 64 rows 4 tm 4; ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -160,11 +161,11 @@ pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
 }
 
 fn label_forward(t: &conv2d::Tiling) -> String {
-    format!("wg {}", t.wg)
+    format!("wg {} rows {}", t.wg, t.rows)
 }
 
 fn label_data(t: &conv2d::Tiling) -> String {
-    format!("wg {} tm {}", t.wg, t.tm)
+    format!("wg {} rows {} tm {}", t.wg, t.rows, t.tm)
 }
 
 fn label_weight(t: &conv2d::Tiling) -> String {
@@ -279,8 +280,9 @@ pub enum CacheError {
     NoPath,
 }
 
-/// Version of the cache format; a file with another one is ignored (with a warning).
-pub const CACHE_VERSION: u64 = 1;
+/// Version of the cache format; a file with another one is ignored (with a warning). 2: the
+/// convolutions' tilings have `rows` (version 1's sizes were measured with 2-row tiles).
+pub const CACHE_VERSION: u64 = 2;
 /// The `format` field of a cache file.
 const CACHE_FORMAT: &str = "unet-wgpu tuning cache";
 
@@ -425,7 +427,7 @@ fn entry_key(entry: &Value) -> Result<[&str; 4], String> {
 }
 
 fn tuning_to_json(t: &Tuning) -> Value {
-    let conv = |t: &conv2d::Tiling| json!({ "wg": t.wg, "tm": t.tm, "bw_threads": t.bw_threads });
+    let conv = |t: &conv2d::Tiling| json!({ "wg": t.wg, "rows": t.rows, "tm": t.tm, "bw_threads": t.bw_threads });
     let matmul = match t.matmul {
         Tiles::Register(r) => json!({ "register": { "wg": r.wg, "tm": r.tm, "tn": r.tn } }),
         Tiles::Shared(s) => json!({ "shared": { "tx": s.tx, "ty": s.ty, "sm": s.sm, "sn": s.sn, "bk": s.bk } }),
@@ -451,7 +453,12 @@ fn tuning_from_json(v: &Value) -> Result<Tuning, String> {
     }
     let conv = |name: &str| -> Result<conv2d::Tiling, String> {
         let o = object(v, name)?;
-        Ok(conv2d::Tiling { wg: int(o, name, "wg")?, tm: int(o, name, "tm")?, bw_threads: int(o, name, "bw_threads")? })
+        Ok(conv2d::Tiling {
+            wg: int(o, name, "wg")?,
+            rows: int(o, name, "rows")?,
+            tm: int(o, name, "tm")?,
+            bw_threads: int(o, name, "bw_threads")?,
+        })
     };
     let ct = object(v, "conv_transpose2d")?;
     let mm = object(v, "matmul")?;
@@ -513,19 +520,21 @@ impl Candidates {
             f(&mut t);
             t.check(limits).is_ok()
         };
-        let conv = |wg| conv2d::Tiling { wg, ..builtin.conv2d_forward };
-        let data = |wg| conv2d::Tiling { wg, ..builtin.conv2d_backward_data };
+        let conv = |wg, rows| conv2d::Tiling { wg, rows, ..builtin.conv2d_forward };
+        let data = |wg, rows| conv2d::Tiling { wg, rows, ..builtin.conv2d_backward_data };
         let weight = |wg, bw_threads| conv2d::Tiling { wg, bw_threads, ..builtin.conv2d_backward_weight };
         let groups = |general, quads| Workgroups { general, quads };
         let register = |wg, tm, tn| Tiles::Register(matmul::Tiling { wg, tm, tn });
         let shared = |tx, ty, sm, sn, bk| Tiles::Shared(SharedTiling { tx, ty, sm, sn, bk });
         Candidates {
-            conv2d_forward: keep(builtin.conv2d_forward, &[conv(32), conv(64), conv(128), conv(256)], |c| {
-                with(&|t| t.conv2d_forward = c)
-            }),
+            conv2d_forward: keep(
+                builtin.conv2d_forward,
+                &[conv(32, 4), conv(64, 4), conv(64, 2), conv(128, 2), conv(256, 2)],
+                |c| with(&|t| t.conv2d_forward = c),
+            ),
             conv2d_backward_data: keep(
                 builtin.conv2d_backward_data,
-                &[data(32), data(64), data(128), data(256)],
+                &[data(32, 4), data(64, 4), data(64, 2), data(128, 2), data(256, 2)],
                 |c| with(&|t| t.conv2d_backward_data = c),
             ),
             conv2d_backward_weight: keep(
@@ -1060,9 +1069,9 @@ mod tests {
     /// A tuning that differs from the builtin in every field.
     fn unusual() -> Tuning {
         Tuning {
-            conv2d_forward: conv2d::Tiling { wg: 32, tm: 4, bw_threads: 512 },
-            conv2d_backward_data: conv2d::Tiling { wg: 128, tm: 2, bw_threads: 512 },
-            conv2d_backward_weight: conv2d::Tiling { wg: 16, tm: 4, bw_threads: 96 },
+            conv2d_forward: conv2d::Tiling { wg: 32, rows: 2, tm: 4, bw_threads: 512 },
+            conv2d_backward_data: conv2d::Tiling { wg: 128, rows: 4, tm: 2, bw_threads: 512 },
+            conv2d_backward_weight: conv2d::Tiling { wg: 16, rows: 4, tm: 4, bw_threads: 96 },
             conv_transpose2d: Workgroups { general: 48, quads: 8 },
             matmul: Tiles::Shared(SharedTiling { tx: 8, ty: 4, sm: 3, sn: 2, bk: 16 }),
         }
@@ -1134,9 +1143,10 @@ mod tests {
         let cases = [
             ("garbage", "{ not json".to_string()),
             ("truncated", text[..text.len() / 2].to_string()),
-            ("foreign version", text.replace("\"version\": 1", "\"version\": 2")),
+            ("foreign version", text.replace(&format!("\"version\": {CACHE_VERSION}"), "\"version\": 1")),
             ("not a cache", "{\"adapters\": []}".to_string()),
             ("missing field", text.replace("\"bw_threads\"", "\"threads\"")),
+            ("rows out of range", text.replacen("\"rows\": 2", "\"rows\": 3", 1)),
             ("workgroup over the limit", too_big),
         ];
         for (what, contents) in cases {
@@ -1215,7 +1225,9 @@ mod tests {
             all.iter().map(|c| c.iter().find(|(k, _)| *k == name).expect("constant").1).collect()
         };
         assert_eq!(wg_of("conv2d", "conv2d_forward", "WG"), [32.0]);
+        assert_eq!(wg_of("conv2d", "conv2d_forward", "ROWS"), [2.0]);
         assert_eq!(wg_of("conv2d", "conv2d_backward_data_stride1", "WG"), [128.0]);
+        assert_eq!(wg_of("conv2d", "conv2d_backward_data_stride1", "ROWS"), [4.0]);
         assert_eq!(wg_of("conv2d", "conv2d_backward_data_stride1", "TM"), [2.0]);
         assert_eq!(wg_of("conv2d", "conv2d_backward_weight", "WG"), [16.0]);
         assert_eq!(wg_of("conv_transpose2d", "conv_transpose2d_forward_quads", "WG"), [8.0]);
@@ -1237,8 +1249,10 @@ mod tests {
         assert!(!report.complete && report.rows.iter().all(|r| r.ms.is_none()), "{}", report.table());
         assert_eq!(report.rows.iter().filter(|r| r.chosen).count(), 5, "{}", report.table());
 
-        // A small budget: some candidates are timed, every choice is one of them.
-        let budget = Duration::from_secs(3);
+        // A small budget: some candidates are timed, every choice is one of them. (Each family
+        // gets a fifth of it, and compiling a candidate's pipelines counts: with 3 s, a run beside
+        // the other tests once timed nothing.)
+        let budget = Duration::from_secs(6);
         let (t, report) = Tuning::autotune_on(gpu, budget, &shapes);
         let table = report.table();
         assert!(report.elapsed < budget + Duration::from_secs(5), "overran the budget:\n{table}");

@@ -3,8 +3,8 @@
 //! `2*N*O*OH*OW*I*KH*KW` for each of the three).
 //!
 //! The register tilings are the GPU's tuning (`gpu.tuning()`: the tuning cache's entry for the
-//! adapter, else the builtin one), one per kernel; `CONV_TILING=wg,tm,bw_threads` sets all three
-//! (for sweeps); `CONV_LEVELS=0,5` times
+//! adapter, else the builtin one), one per kernel; `CONV_TILING=wg,rows,tm,bw_threads` sets all
+//! three (for sweeps); `CONV_LEVELS=0,5` times
 //! only those cases (0..=4: the 3x3 levels from 16ch@256² down, 5: the 1x1 head). The
 //! workgroup-memory forward is timed only when the filter names it (`conv2d_forward_shared`):
 //! it takes tens of seconds on a CPU driver.
@@ -25,9 +25,10 @@ fn tilings(gpu: &Gpu) -> [Tiling; 3] {
         let t = gpu.tuning();
         return [t.conv2d_forward, t.conv2d_backward_data, t.conv2d_backward_weight];
     };
-    let v: Vec<u32> = s.split(',').map(|t| t.trim().parse().expect("CONV_TILING=wg,tm,bw_threads")).collect();
-    assert_eq!(v.len(), 3, "CONV_TILING=wg,tm,bw_threads");
-    [Tiling { wg: v[0], tm: v[1], bw_threads: v[2] }; 3]
+    let usage = "CONV_TILING=wg,rows,tm,bw_threads";
+    let v: Vec<u32> = s.split(',').map(|t| t.trim().parse().expect(usage)).collect();
+    assert_eq!(v.len(), 4, "{usage}");
+    [Tiling { wg: v[0], rows: v[1], tm: v[2], bw_threads: v[3] }; 3]
 }
 
 pub fn run(b: &mut Bench) {

@@ -113,6 +113,11 @@ impl Epilogue {
 pub struct Tiling {
     /// Threads a workgroup.
     pub wg: u32,
+    /// Rows of the forward tile (which backward data at stride 1 runs too): 4 or 2. A thread
+    /// keeps 8 output channels x `rows` rows x 8 columns of sums, so 4 rows hold 256 accumulators:
+    /// the fastest on lavapipe (where they live in the stack and loads cost most), more registers
+    /// than a GPU thread has (255 on NVIDIA), where 2 rows (128) fit.
+    pub rows: u32,
     /// Backward data at stride > 1 (the gather kernel): input channels a block; a thread owns 2
     /// blocks, each over 2 rows x 8 columns of pixels. At most 16; above 4 lavapipe stops
     /// unrolling the channel loop and slows down 3x. (The forward tile, which backward data at
@@ -126,15 +131,16 @@ pub struct Tiling {
 
 impl Default for Tiling {
     fn default() -> Tiling {
-        Tiling { wg: 64, tm: 4, bw_threads: 512 }
+        Tiling { wg: 64, rows: 4, tm: 4, bw_threads: 512 }
     }
 }
 
 impl Tiling {
     /// `Err(why)` when the shader cannot run this tiling (adapter limits aside).
     pub fn check(&self) -> Result<(), String> {
-        let ok = self.wg > 0 && (1..=16).contains(&self.tm) && self.bw_threads > 0;
-        ok.then_some(()).ok_or_else(|| format!("tiling {self:?} out of range (wg > 0, tm 1..=16, bw_threads > 0)"))
+        let ok = self.wg > 0 && [2, 4].contains(&self.rows) && (1..=16).contains(&self.tm) && self.bw_threads > 0;
+        ok.then_some(())
+            .ok_or_else(|| format!("tiling {self:?} out of range (wg > 0, rows 2 or 4, tm 1..=16, bw_threads > 0)"))
     }
 
     /// This tiling for a grid of `tiles` threads along x (one per output tile): the workgroup
@@ -245,20 +251,19 @@ impl Dims {
     }
 }
 
-fn register_constants(t: &Tiling) -> [(&'static str, f64); 2] {
+fn register_constants(t: &Tiling) -> [(&'static str, f64); 3] {
     if let Err(e) = t.check() {
         panic!("conv2d: {e}");
     }
-    [("WG", t.wg as f64), ("TM", t.tm as f64)]
+    [("WG", t.wg as f64), ("ROWS", t.rows as f64), ("TM", t.tm as f64)]
 }
 
 /// Most dy pixels one thread of the weight gradient's first pass walks (see the loop guard in
 /// [`conv2d_backward_weight_tiled`]); leaves room for 16 loop iterations a pixel.
 const MAX_CHUNK_PIXELS: u32 = 4096;
 
-/// Rows and columns of the register tiles (fixed by the shader's code): the forward's (which
-/// backward data at stride 1 runs too) and the gather backward data's.
-const FORWARD_TILE_ROWS: u32 = 4;
+/// Rows of the gather backward data's register tile and columns of every register tile (fixed by
+/// the shader's code; the forward tile's rows are [`Tiling::rows`]).
 const GATHER_TILE_ROWS: u32 = 2;
 const TILE_COLS: u32 = 8;
 
@@ -321,7 +326,7 @@ fn dispatch_tile(
     t: &Tiling,
 ) {
     params.tiles_w = params.ow.div_ceil(TILE_COLS);
-    params.tiles_h = params.oh.div_ceil(FORWARD_TILE_ROWS);
+    params.tiles_h = params.oh.div_ceil(t.rows);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
     params.co_pad = params.co.div_ceil(8) * 8;
     params.len = params.ci * params.co_pad * (d.w[2] * d.w[3]) as u32;
@@ -915,9 +920,12 @@ mod tests {
     #[test]
     fn gpu_matches_reference_with_other_tilings() {
         // Odd block sizes, so edge blocks of channels are partly empty.
-        let tilings = [Tiling { wg: 16, tm: 3, bw_threads: 4096 }];
+        let tilings =
+            [Tiling { wg: 16, rows: 2, tm: 3, bw_threads: 4096 }, Tiling { wg: 24, rows: 4, tm: 5, bw_threads: 64 }];
         for (k, t) in tilings.iter().enumerate() {
             check_gpu(300 + k as u64, [2, 5, 11, 6], [7, 5, 3, 3], Conv2d::new(1, 1), true, t);
+            // W % 4 == 0: rows read as vec4s, and 9 rows: a last tile of 1 row (of 2 or 4).
+            check_gpu(305 + k as u64, [2, 5, 9, 8], [7, 5, 3, 3], Conv2d::new(1, 1), true, t);
             check_gpu(310 + k as u64, [1, 6, 9, 13], [3, 6, 1, 1], Conv2d::new(1, 0), false, t);
         }
     }
