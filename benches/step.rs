@@ -3,7 +3,8 @@
 //! fused Dice + CE loss + backward + Adam, one submit per step.
 //!
 //! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10 --batch-norm --trace]` prints the
-//! adapter, GPU time by kernel (one extra timed step), the first (cold) step,
+//! adapter, GPU time by kernel (one extra timed step), the first (cold) step
+//! (with the pipelines it compiled and the time that took),
 //! the warm steps' median / min / max, images per second, submits and
 //! blocking readbacks per warm step (1 and 0), the pool's allocations and
 //! bytes (its peak: a warm step allocates nothing), and then the ceilings
@@ -59,7 +60,8 @@ fn main() -> anyhow::Result<()> {
     let out = LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(&[batch, classes, size, size]) };
     let mut times = Vec::new();
     let mut allocations = Vec::new();
-    let mut counters_after_first = gpu.counters();
+    let counters_before = gpu.counters();
+    let mut counters_after_first = counters_before;
     for s in 0..=steps {
         let start = Instant::now();
         let mut step = Step::train(&gpu);
@@ -138,7 +140,12 @@ fn main() -> anyhow::Result<()> {
     let mut warm = times.clone();
     warm.sort_by(f64::total_cmp);
     let median = warm[warm.len() / 2];
-    println!("first step: {:.3} s (pipelines compiled, buffers allocated)", first);
+    println!(
+        "first step: {:.3} s ({} pipelines compiled in {:.3} s, buffers allocated)",
+        first,
+        counters_after_first.pipelines - counters_before.pipelines,
+        (counters_after_first.pipeline_nanos - counters_before.pipeline_nanos) as f64 * 1e-9
+    );
     println!(
         "warm steps ({}): median {:.3} s, min {:.3} s, max {:.3} s, {:.2} images/s, {:.2} GFLOP/s",
         warm.len(),

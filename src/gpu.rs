@@ -320,7 +320,8 @@ pub struct Gpu {
     tuning_source: RefCell<TuningSource>,
 }
 
-/// How often the CPU handed work to the GPU and waited for data from it.
+/// How often the CPU handed work to the GPU and waited for data from it, and what compiling
+/// the pipelines cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// [`Gpu::submit`] calls (including those inside reads and timed submits).
@@ -328,6 +329,12 @@ pub struct Counters {
     /// Blocking readbacks: [`Gpu::read`], [`Gpu::read_u32`], and the timestamp read of
     /// [`Gpu::submit_timed`] (each submits, then waits for the GPU to finish).
     pub readbacks: u64,
+    /// Compute pipelines created ([`Gpu::kernel`] compiles each entry point and set of
+    /// constants once).
+    pub pipelines: u64,
+    /// Nanoseconds spent creating them (the driver's compilation: most of a first step's
+    /// extra cost on a CPU driver).
+    pub pipeline_nanos: u64,
 }
 
 impl fmt::Debug for Gpu {
@@ -483,6 +490,7 @@ impl Gpu {
             .collect();
         bindings.sort_unstable();
 
+        let started = std::time::Instant::now();
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: None, // derived from the entry point's own bindings
@@ -491,6 +499,8 @@ impl Gpu {
             compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         });
+        let nanos = started.elapsed().as_nanos() as u64;
+        self.count(|c| (c.pipelines, c.pipeline_nanos) = (c.pipelines + 1, c.pipeline_nanos + nanos));
         let layout = pipeline.get_bind_group_layout(0);
         let kernel = Rc::new(Kernel { name: format!("{}::{entry}", shader.name), pipeline, layout, bindings });
         self.kernels.borrow_mut().insert(key, kernel.clone());
@@ -777,8 +787,8 @@ impl Gpu {
         Readback { slots, next: 0, bytes }
     }
 
-    /// Submits and blocking readbacks since the start (a training step should make one
-    /// submit and no blocking readback).
+    /// Submits, blocking readbacks and pipeline compilations since the start (a training step
+    /// should make one submit and no blocking readback).
     pub fn counters(&self) -> Counters {
         self.counters.get()
     }

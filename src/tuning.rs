@@ -1086,6 +1086,8 @@ mod tests {
         let gpu = wgpu::AdapterInfo { name: "NVIDIA H100".into(), device_type: wgpu::DeviceType::DiscreteGpu, ..cpu };
         let t = Tuning::builtin(&gpu);
         assert!(t.conv2d_forward.wg > Tuning::cpu().conv2d_forward.wg && matches!(t.matmul, Tiles::Shared(_)));
+        // 2-row convolution tiles where registers are scarce; 4 rows on the CPU driver.
+        assert_eq!((t.conv2d_forward.rows, t.conv2d_backward_data.rows, Tuning::cpu().conv2d_forward.rows), (2, 2, 4));
         for info in [gpu, cpu_info()] {
             Tuning::builtin(&info).check(&wgpu::Limits::default()).unwrap();
         }

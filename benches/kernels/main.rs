@@ -7,7 +7,8 @@
 //! (memory-bound), that rate as a percentage of the GEMM's or the copy's, and
 //! whether GPU timestamps or the wall clock timed it. Each case first checks
 //! the kernel against its reference on a small shape, so a fast wrong kernel
-//! cannot post a number.
+//! cannot post a number. The ceilings are measured again at the end: on a
+//! shared machine whose speed drifts, the two show by how much.
 
 use unet_wgpu::bench::Bench;
 use unet_wgpu::{Gpu, GpuOptions};
@@ -53,6 +54,14 @@ fn main() -> anyhow::Result<()> {
     relu::run(&mut bench);
     softmax::run(&mut bench);
     upsample::run(&mut bench);
+    if !bench.results.is_empty() {
+        let first = bench.ceilings.expect("measured above");
+        let last = bench.measure_ceilings();
+        println!(
+            "ceilings again after the rows: GEMM {:.2} GFLOP/s, copy {:.2} GB/s (the rows' % used the first: {:.2}, {:.2})",
+            last.gemm_gflops, last.copy_gbs, first.gemm_gflops, first.copy_gbs
+        );
+    }
     Ok(())
 }
 

@@ -472,7 +472,11 @@ fn backward_data(
             Accumulate::Add => "conv2d_backward_data_stride1",
             Accumulate::Overwrite => "conv2d_forward",
         };
-        dispatch_tile(gpu, enc, entry, &fd, params, &[], &flipped, dy, w, None, dx, t);
+        // The identity epilogue spelled out, so that the overwrite shares its pipeline with a
+        // forward of the same shape and tiling (the head's 1x1, for one) instead of compiling
+        // the same code again under another key.
+        let epilogue = Epilogue::Identity.constants();
+        dispatch_tile(gpu, enc, entry, &fd, params, &epilogue, &flipped, dy, w, None, dx, t);
         return;
     }
     // The gather kernel only adds: overwriting is adding into zeros.
