@@ -3,7 +3,7 @@
 //! loss, and weighted sums of any of them. `shaders/loss.wgsl` holds the exact
 //! formulas (repeated on [`LossConfig`] and [`Term`]).
 //!
-//! Inputs: `logits` [N,C,H,W] f32 (C <= 16), `labels` [N,H,W] u32. Pixels whose
+//! Inputs: `logits` `[N,C,H,W]` f32 (C <= 16), `labels` `[N,H,W]` u32. Pixels whose
 //! label is the ignore label, or any value >= C, count in neither the loss nor
 //! the gradient. If every pixel is ignored, every term is a defined zero and so
 //! is the gradient.
@@ -275,12 +275,12 @@ fn stats_grid(pixels: usize) -> (usize, usize) {
 pub struct LossOutput {
     /// [`VALUES_LEN`] floats, see [`LossValues`].
     pub values: Tensor,
-    /// Gradient of the total w.r.t. the logits, [N,C,H,W] (assigned, not accumulated).
+    /// Gradient of the total w.r.t. the logits, `[N,C,H,W]` (assigned, not accumulated).
     pub dlogits: Tensor,
 }
 
-/// The fused loss of `logits` [N,C,H,W] against `labels` [N,H,W] (u32), with
-/// `class_weights` [C] (all ones when the config has none), into `out`.
+/// The fused loss of `logits` `[N,C,H,W]` against `labels` `[N,H,W]` (u32), with
+/// `class_weights` `[C]` (all ones when the config has none), into `out`.
 pub fn loss_forward_backward(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -399,7 +399,7 @@ fn dispatch(
     );
 }
 
-/// The loss of `logits` [N,C,H,W] against `labels` [N,H,W], allocating its
+/// The loss of `logits` `[N,C,H,W]` against `labels` `[N,H,W]`, allocating its
 /// outputs (from the pool). Seed the backward walk with `(logits, out.dlogits)`.
 pub fn loss(gpu: &Gpu, enc: &mut Encoder, cfg: &LossConfig, logits: &Tensor, labels: &Tensor) -> LossOutput {
     let c = logits.dims4("loss logits")[1];

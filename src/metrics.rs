@@ -30,8 +30,8 @@ struct Params {
     pixels_per_thread: u32,
 }
 
-/// Add the argmax predictions of `logits` [N,C,H,W] against `labels` [N,H,W]
-/// (u32) into `confusion` [C,C] (u32, row = truth, column = prediction).
+/// Add the argmax predictions of `logits` `[N,C,H,W]` against `labels` `[N,H,W]`
+/// (u32) into `confusion` `[C,C]` (u32, row = truth, column = prediction).
 /// Zero `confusion` (`enc.clear`) at the start of an epoch.
 pub fn confusion_update(
     gpu: &Gpu,
@@ -136,7 +136,7 @@ impl Confusion {
 pub mod reference {
     use super::Confusion;
 
-    /// Count argmax predictions of `logits` [N,C,H,W] against `labels` [N,H,W].
+    /// Count argmax predictions of `logits` `[N,C,H,W]` against `labels` `[N,H,W]`.
     pub fn confusion(logits: &[f32], labels: &[u32], [n, c, h, w]: [usize; 4], ignore: Option<u32>) -> Confusion {
         let mut m = Confusion::new(c);
         let hw = h * w;

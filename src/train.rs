@@ -336,7 +336,7 @@ impl<'g> Trainer<'g> {
         self.out.as_ref().unwrap()
     }
 
-    /// The batch in GPU tensors: images [N,3,P,P], labels [N,P,P]. The writes
+    /// The batch in GPU tensors: images `[N,3,P,P]`, labels `[N,P,P]`. The writes
     /// land at the next submit, after the steps already submitted have read
     /// the previous batch (queue order).
     pub fn upload(&mut self, batch: &Batch) -> (Tensor, Tensor) {
@@ -361,7 +361,7 @@ impl<'g> Trainer<'g> {
         }
     }
 
-    /// One training step on a batch (images [N,3,P,P], labels [N,P,P]),
+    /// One training step on a batch (images `[N,3,P,P]`, labels `[N,P,P]`),
     /// adding its loss values and confusion counts into `acc`. Returns the
     /// loss of the newest earlier step whose values have arrived, if any.
     fn train_step(&mut self, x: &Tensor, y: &Tensor, lr: f32, acc: &Accumulators, first: bool) -> Option<f32> {
@@ -413,7 +413,7 @@ impl<'g> Trainer<'g> {
         self.throttle(index);
     }
 
-    /// Predicted class ids [N,P,P] of a batch, in eval mode (for pictures).
+    /// Predicted class ids `[N,P,P]` of a batch, in eval mode (for pictures).
     pub fn predict(&self, x: &Tensor) -> Vec<u8> {
         let mut step = Step::eval(self.gpu);
         let logits = self.model.forward(&mut step, x, 0);

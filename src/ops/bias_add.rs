@@ -2,7 +2,7 @@
 //!
 //! Backward: `dx += dy` (the elementwise accumulate kernel) and
 //! `db[c] += sum_{n,h,w} dy[n,c,h,w]` (the deterministic per-channel tree sum of
-//! [`reduce`](crate::ops::reduce)), so only the forward has a shader of its own.
+//! [`reduce`]), so only the forward has a shader of its own.
 
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
 use crate::ops::{elementwise, reduce};

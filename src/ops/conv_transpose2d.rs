@@ -1,8 +1,8 @@
 //! 2x2 transposed convolution with stride 2: the U-Net decoder's up-convolution, which
 //! doubles height and width and (usually) halves the channels.
 //!
-//! x: [N,I,H,W], w: [I,O,2,2] (PyTorch `ConvTranspose2d` layout), b: [O] (optional),
-//! y: [N,O,2H,2W]:
+//! x: `[N,I,H,W]`, w: `[I,O,2,2]` (PyTorch `ConvTranspose2d` layout), b: `[O]` (optional),
+//! y: `[N,O,2H,2W]`:
 //! ```text
 //! y[n,o,2i+a,2j+b] = b[o] + sum_c x[n,c,i,j] w[c,o,a,b]
 //! dx[n,c,i,j]  += sum_{o,a,b} dy[n,o,2i+a,2j+b] w[c,o,a,b]
@@ -150,8 +150,8 @@ impl Params {
     }
 }
 
-/// Check x (or dx) [N,I,H,W], w [I,O,2,2] and the tensor `big` (y or dy), which must be
-/// [N,O,2H,2W], or [N,C,2H,2W] with C >= O when `concat` (channels 0..O are the op's).
+/// Check x (or dx) `[N,I,H,W]`, w `[I,O,2,2]` and the tensor `big` (y or dy), which must be
+/// `[N,O,2H,2W]`, or `[N,C,2H,2W]` with C >= O when `concat` (channels 0..O are the op's).
 fn params(what: &str, x: &Tensor, w: &Tensor, big: &Tensor, concat: bool) -> Params {
     let [n, ci, h, wd] = x.dims4(what);
     let [wi, co, kh, kw] = w.dims4(what);
@@ -173,7 +173,7 @@ fn params(what: &str, x: &Tensor, w: &Tensor, big: &Tensor, concat: bool) -> Par
     Params::new([n, ci, h, wd], co, yc)
 }
 
-/// `y = conv_transpose2d(x, w) + b`. x: [N,I,H,W], w: [I,O,2,2], b: [O], y: [N,O,2H,2W].
+/// `y = conv_transpose2d(x, w) + b`. x: `[N,I,H,W]`, w: `[I,O,2,2]`, b: `[O]`, y: `[N,O,2H,2W]`.
 pub fn conv_transpose2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
     conv_transpose2d_forward_tiled(gpu, enc, x, w, b, y, &gpu.tuning().conv_transpose2d);
 }
@@ -228,7 +228,7 @@ fn quad_threads(p: &Params) -> u32 {
     p.n * p.h * (p.w / 4).div_ceil(QUADS_PER_THREAD)
 }
 
-/// `dx += conv_transpose2d^T(dy)`. w: [I,O,2,2], dy: [N,O,2H,2W], dx: [N,I,H,W].
+/// `dx += conv_transpose2d^T(dy)`. w: `[I,O,2,2]`, dy: `[N,O,2H,2W]`, dx: `[N,I,H,W]`.
 pub fn conv_transpose2d_backward_data(gpu: &Gpu, enc: &mut Encoder, w: &Tensor, dy: &Tensor, dx: &Tensor) {
     conv_transpose2d_backward_data_tiled(gpu, enc, w, dy, dx, &gpu.tuning().conv_transpose2d);
 }
@@ -297,8 +297,8 @@ fn backward_data(
     }
 }
 
-/// `dw += x (*) dy` and, when given, `db += sum dy`. x: [N,I,H,W], dy: [N,O,2H,2W],
-/// dw: [I,O,2,2], db: [O].
+/// `dw += x (*) dy` and, when given, `db += sum dy`. x: `[N,I,H,W]`, dy: `[N,O,2H,2W]`,
+/// dw: `[I,O,2,2]`, db: `[O]`.
 pub fn conv_transpose2d_backward_weight(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -385,7 +385,7 @@ fn backward_weight(
     }
 }
 
-/// `db += sum dy` over batch and pixels. dy: [N,O,2H,2W], db: [O].
+/// `db += sum dy` over batch and pixels. dy: `[N,O,2H,2W]`, db: `[O]`.
 pub fn conv_transpose2d_backward_bias(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, db: &Tensor) {
     let [n, co, h2, w2] = dy.dims4("conv_transpose2d backward_bias dy");
     assert!(h2 % 2 == 0 && w2 % 2 == 0, "conv_transpose2d backward_bias: dy {:?} must have even H, W", dy.shape());
@@ -407,7 +407,7 @@ fn bias(gpu: &Gpu, enc: &mut Encoder, params: Params, dy: &Tensor, db: &Tensor, 
     sum_partials(gpu, enc, params, &partial, 0, db, wg);
 }
 
-/// `dst += sum over slices of partial[base..]` ([slices, len] -> [len]), in slice order.
+/// `dst += sum over slices of partial[base..]` (`[slices, len]` -> `[len]`), in slice order.
 #[allow(clippy::too_many_arguments)]
 fn sum_partials(
     gpu: &Gpu,
@@ -423,8 +423,8 @@ fn sum_partials(
     gpu.dispatch(enc, &kernel, &params, &[(7, partial), (8, dst)], groups_1d(dst.len(), wg.general));
 }
 
-/// Transposed 2x2 stride-2 convolution on the tape. x: [N,I,H,W], w: [I,O,2,2],
-/// b: [O] or `None`; returns y: [N,O,2H,2W].
+/// Transposed 2x2 stride-2 convolution on the tape. x: `[N,I,H,W]`, w: `[I,O,2,2]`,
+/// b: `[O]` or `None`; returns y: `[N,O,2H,2W]`.
 pub fn conv_transpose2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     let [n, _, h, wd] = x.dims4("conv_transpose2d x");
     let co = w.dims4("conv_transpose2d w")[1];
@@ -449,13 +449,13 @@ pub fn conv_transpose2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tens
 /// are added into or overwritten, as their [`Accumulate`] says.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConcatGrads<'a> {
-    /// [N,I,H,W], of x.
+    /// `[N,I,H,W]`, of x.
     pub dx: Option<(&'a Tensor, Accumulate)>,
-    /// [I,O,2,2], of w.
+    /// `[I,O,2,2]`, of w.
     pub dw: Option<&'a Tensor>,
-    /// [O], of b.
+    /// `[O]`, of b.
     pub db: Option<&'a Tensor>,
-    /// [N,S,2H,2W], of the skip tensor.
+    /// `[N,S,2H,2W]`, of the skip tensor.
     pub dskip: Option<(&'a Tensor, Accumulate)>,
 }
 
@@ -486,8 +486,8 @@ fn backward(gpu: &Gpu, enc: &mut Encoder, params: Params, x: &Tensor, w: &Tensor
 
 /// The fused up-convolution and concatenation, forward:
 /// `y = [conv_transpose2d(x, w) + b, skip]` along channels, the convolution written straight into
-/// channels 0..O of y and the skip tensor copied after it. x: [N,I,H,W], w: [I,O,2,2], b: [O],
-/// skip: [N,S,2H,2W], y: [N,O+S,2H,2W].
+/// channels 0..O of y and the skip tensor copied after it. x: `[N,I,H,W]`, w: `[I,O,2,2]`, b: `[O]`,
+/// skip: `[N,S,2H,2W]`, y: `[N,O+S,2H,2W]`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_concat_forward(
     gpu: &Gpu,
@@ -503,7 +503,7 @@ pub fn conv_transpose2d_concat_forward(
     concat_forward_part(gpu, enc, skip, y, params.co as usize);
 }
 
-/// The fused op's backward: from dy [N,O+S,2H,2W] (x, w, skip as in the forward), into each
+/// The fused op's backward: from dy `[N,O+S,2H,2W]` (x, w, skip as in the forward), into each
 /// buffer `grads` names; channels 0..O of dy are read in place by the convolution's kernels.
 pub fn conv_transpose2d_concat_backward(
     gpu: &Gpu,
@@ -524,7 +524,7 @@ pub fn conv_transpose2d_concat_backward(
     backward(gpu, enc, params, x, w, dy, &owned);
 }
 
-/// Params of the fused op: checks skip [N,S,2H,2W] and y / dy [N,O+S,2H,2W] against x and w.
+/// Params of the fused op: checks skip `[N,S,2H,2W]` and y / dy `[N,O+S,2H,2W]` against x and w.
 fn concat_params(what: &str, x: &Tensor, w: &Tensor, skip: &Tensor, big: &Tensor) -> Params {
     let params = params(what, x, w, big, true);
     let [n, s, sh, sw] = skip.dims4(what);
@@ -540,8 +540,8 @@ fn concat_params(what: &str, x: &Tensor, w: &Tensor, skip: &Tensor, big: &Tensor
 
 /// The U-Net's up-convolution and skip connection in one op on the tape (Keras'
 /// `concatenate([Conv2DTranspose(x), skip])`): equal to `concat(conv_transpose2d(x, w, b), skip)`
-/// without the copy of the convolution's output. x: [N,I,H,W], w: [I,O,2,2], b: [O] or `None`,
-/// skip: [N,S,2H,2W]; returns [N,O+S,2H,2W].
+/// without the copy of the convolution's output. x: `[N,I,H,W]`, w: `[I,O,2,2]`, b: `[O]` or `None`,
+/// skip: `[N,S,2H,2W]`; returns `[N,O+S,2H,2W]`.
 pub fn conv_transpose2d_concat(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tensor>, skip: &Tensor) -> Tensor {
     let [n, _, h, wd] = x.dims4("conv_transpose2d_concat x");
     let co = w.dims4("conv_transpose2d_concat w")[1];

@@ -1,5 +1,5 @@
 //! 2x upsampling, the decoder's alternative to a transposed convolution.
-//! x: [N,C,H,W] -> y: [N,C,2H,2W].
+//! x: `[N,C,H,W]` -> y: `[N,C,2H,2W]`.
 //!
 //! Both modes are separable, `y[Y,X] = sum_{r,s} a(Y,r) a(X,s) x[r,s]`, with 1-D weights:
 //! - [`Upsample::Nearest`]: `a(Y,r) = (r == Y/2)`, so `y[Y,X] = x[Y/2, X/2]`;
@@ -59,21 +59,21 @@ fn params(small: &Tensor, large: &Tensor, what: &str) -> Params {
     Params { n: small.len() as u32, h: h as u32, w: w as u32 }
 }
 
-/// `y = upsample(x)`. x: [N,C,H,W], y: [N,C,2H,2W].
+/// `y = upsample(x)`. x: `[N,C,H,W]`, y: `[N,C,2H,2W]`.
 pub fn upsample_forward(gpu: &Gpu, enc: &mut Encoder, mode: Upsample, x: &Tensor, y: &Tensor) {
     let p = params(x, y, "upsample");
     let kernel = gpu.kernel(&SHADER, mode.entry(false), &[("WG", WG as f64)]);
     gpu.dispatch(enc, &kernel, &p, &[(1, x), (2, y)], groups_1d(x.len(), WG));
 }
 
-/// `dx += upsample^T(dy)`. dy: [N,C,2H,2W], dx: [N,C,H,W].
+/// `dx += upsample^T(dy)`. dy: `[N,C,2H,2W]`, dx: `[N,C,H,W]`.
 pub fn upsample_backward(gpu: &Gpu, enc: &mut Encoder, mode: Upsample, dy: &Tensor, dx: &Tensor) {
     let p = params(dx, dy, "upsample backward");
     let kernel = gpu.kernel(&SHADER, mode.entry(true), &[("WG", WG as f64)]);
     gpu.dispatch(enc, &kernel, &p, &[(1, dy), (2, dx)], groups_1d(dx.len(), WG));
 }
 
-/// 2x upsampling on the tape. x: [N,C,H,W] -> [N,C,2H,2W].
+/// 2x upsampling on the tape. x: `[N,C,H,W]` -> `[N,C,2H,2W]`.
 pub fn upsample(step: &mut Step, x: &Tensor, mode: Upsample) -> Tensor {
     let [n, c, h, w] = x.dims4("upsample input");
     let y = step.output(&[n, c, 2 * h, 2 * w], &[x]);
@@ -107,7 +107,7 @@ pub mod reference {
         }
     }
 
-    /// `y = upsample(x)`. x: [n,c,h,w] -> [n,c,2h,2w].
+    /// `y = upsample(x)`. x: `[n,c,h,w]` -> `[n,c,2h,2w]`.
     pub fn upsample_forward(mode: Upsample, x: &[f64], [n, c, h, w]: [usize; 4]) -> Vec<f64> {
         let (oh, ow) = (2 * h, 2 * w);
         let mut y = vec![0.0; n * c * oh * ow];
@@ -126,7 +126,7 @@ pub mod reference {
         y
     }
 
-    /// `dx = upsample^T(dy)` (not accumulated). dy: [n,c,2h,2w] -> [n,c,h,w].
+    /// `dx = upsample^T(dy)` (not accumulated). dy: `[n,c,2h,2w]` -> `[n,c,h,w]`.
     pub fn upsample_backward(mode: Upsample, dy: &[f64], [n, c, h, w]: [usize; 4]) -> Vec<f64> {
         let (oh, ow) = (2 * h, 2 * w);
         let mut dx = vec![0.0; n * c * h * w];
