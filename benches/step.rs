@@ -3,15 +3,13 @@
 //! fused Dice + CE loss + backward + Adam, one submit per step.
 //!
 //! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10 --batch-norm --trace]` prints the
-//! adapter, GPU time by kernel (one extra timed step), the first (cold) step
-//! (with the pipelines it compiled and the time that took),
-//! the warm steps' median / min / max, images per second, submits and
-//! blocking readbacks per warm step (1 and 0), the pool's allocations and
-//! bytes (its peak: a warm step allocates nothing), and then the ceilings
-//! (see `unet_wgpu::ceiling`) and GPU time by category (conv forward,
-//! backward data, backward weight, transposed conv, pool, loss, optimizer,
-//! other, which holds the buffer copies and clears) with the convolutions' GFLOP/s as a share
-//! of the GEMM ceiling. `--trace` adds
+//! adapter, GPU time by kernel (one extra timed step), the first (cold) step with the
+//! pipelines it compiled and the time that took, the warm steps' median / min / max, images
+//! per second, submits and blocking readbacks per warm step (1 and 0), the pool's allocations
+//! and bytes (its peak: a warm step allocates nothing), and then the ceilings (see
+//! `unet_wgpu::ceiling`) and GPU time by category (conv forward, backward data, backward
+//! weight, transposed conv, pool, loss, optimizer, other, which holds the buffer copies and
+//! clears) with the convolutions' GFLOP/s as a share of the GEMM ceiling. `--trace` adds
 //! every dispatch of the timed step, in the order they ran (forward then backward), so
 //! that a kernel's time can be traced to its layer.
 
