@@ -40,6 +40,13 @@ pub enum Accumulate {
     Overwrite,
 }
 
+impl Accumulate {
+    /// The `ACCUMULATE` pipeline constant of the shaders that take either (true: `+=`).
+    pub(crate) fn constant(self) -> (&'static str, f64) {
+        ("ACCUMULATE", if self == Accumulate::Add { 1.0 } else { 0.0 })
+    }
+}
+
 /// Whether a step records gradients and runs layers in training mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -389,10 +389,7 @@ pub fn batchnorm2d_backward_fused(
     let [relu, dropout] = p.epilogue(epilogue);
     let partial_constants = [("WG", p.partial_threads() as f64), relu, dropout];
     // The dx passes: elementwise workgroups, and dx added into or overwritten.
-    let data_constants = |acc: Accumulate| {
-        let accumulate = if acc == Accumulate::Add { 1.0 } else { 0.0 };
-        [("WG", p.plane_threads() as f64), relu, dropout, ("ACCUMULATE", accumulate)]
-    };
+    let data_constants = |acc: Accumulate| [("WG", p.plane_threads() as f64), relu, dropout, acc.constant()];
     let groups = plane_groups(&p);
     let v = Views::of(&p);
 

@@ -283,7 +283,7 @@ fn backward_data(
         }
         return;
     }
-    let accumulate = ("ACCUMULATE", if acc == Accumulate::Add { 1.0 } else { 0.0 });
+    let accumulate = acc.constant();
     if params.quads() {
         let constants = [("WG", wg.quads as f64), accumulate];
         let kernel = gpu.kernel(&SHADER, "conv_transpose2d_backward_data_quads", &constants);
