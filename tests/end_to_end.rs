@@ -1,5 +1,5 @@
-//! End to end on the real Dubai aerial dataset (read from `../shared`, beside
-//! the checkout): a small U-Net trains for a few steps on patches of Tile 2,
+//! End to end on real Dubai aerial tiles (the slice in `tests/fixtures/dubai-slice`):
+//! a small U-Net trains for a few steps on patches of its two Tile 2 images,
 //! the loss falls, and the checkpoint it writes loads back into a model that
 //! computes the same logits.
 
@@ -13,8 +13,7 @@ use unet_wgpu::Step;
 
 #[test]
 fn a_small_unet_learns_on_dubai_tiles_and_its_checkpoint_round_trips() {
-    let dataset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/dubai-aerial");
-    assert!(dataset.join("Tile 2").is_dir(), "the Dubai dataset is expected at {}", dataset.display());
+    let dataset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dubai-slice");
     let out = std::env::temp_dir().join(format!("unet-wgpu-e2e-{}", std::process::id()));
     let options = TrainOptions {
         data: DataSource::Dir { path: dataset, palette: None, unknown_as_ignore: false, groups: vec!["Tile 2".into()] },
