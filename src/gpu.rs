@@ -36,6 +36,9 @@ pub enum GpuError {
     /// `--backend` or `WGPU_BACKEND` named something we do not know.
     #[error("unknown backend {0:?}: expected one of vulkan, metal, dx12, gl")]
     UnknownBackend(String),
+    /// `--limits` or `UNET_WGPU_LIMITS` named something we do not know.
+    #[error("unknown limits {0:?}: expected adapter (everything the adapter offers) or webgpu (WebGPU's defaults)")]
+    UnknownLimits(String),
     /// The adapter cannot give a limit the kernels rely on.
     #[error(
         "adapter {adapter:?} offers {limit} = {have}, but unet-wgpu needs at least {need}; \
@@ -110,10 +113,36 @@ pub struct GpuOptions {
     /// Where the kernels' tile sizes come from: by default the tuning cache's entry for the
     /// adapter (written by `unet-wgpu tune`), else [`Tuning::builtin`]. See [`crate::tuning`].
     pub tuning: TuningFrom,
+    /// Which limits to ask the device for. When `None`, the `UNET_WGPU_LIMITS` environment
+    /// variable is read (`adapter` or `webgpu`), and if that is unset too, [`Limits::Adapter`].
+    pub limits: Option<Limits>,
 }
 
-/// The limits our kernels rely on. We request everything the adapter offers,
-/// but refuse to start (with a clear error) below these.
+/// Which limits the device is requested with. Every alignment and size the program uses comes
+/// from what the device was granted, so a program that passes its tests with
+/// [`Limits::WebGpu`] runs on any WebGPU implementation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Limits {
+    /// Everything the adapter offers (the default: larger buffers, finer uniform alignment).
+    #[default]
+    Adapter,
+    /// WebGPU's defaults (`wgpu::Limits::default()`): what every WebGPU implementation grants.
+    WebGpu,
+}
+
+impl std::str::FromStr for Limits {
+    type Err = GpuError;
+    fn from_str(s: &str) -> Result<Self, GpuError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "adapter" => Ok(Limits::Adapter),
+            "webgpu" | "default" => Ok(Limits::WebGpu),
+            _ => Err(GpuError::UnknownLimits(s.to_string())),
+        }
+    }
+}
+
+/// The limits our kernels rely on: we refuse to start (with a clear error) below these. Each is
+/// at most WebGPU's default, so every WebGPU implementation grants them.
 /// A limit we check: its name, how to read it, and the least we accept.
 type NeededLimit = (&'static str, fn(&wgpu::Limits) -> u64, u64);
 
@@ -343,8 +372,9 @@ impl fmt::Debug for Gpu {
     }
 }
 
-fn backend_from_env() -> Result<Option<Backend>, GpuError> {
-    match std::env::var("WGPU_BACKEND") {
+/// The value of the environment variable `name`, parsed, or `None` when it is unset or blank.
+fn from_env<T: std::str::FromStr<Err = GpuError>>(name: &str) -> Result<Option<T>, GpuError> {
+    match std::env::var(name) {
         Ok(s) if !s.trim().is_empty() => s.parse().map(Some),
         _ => Ok(None),
     }
@@ -372,7 +402,11 @@ impl Gpu {
     pub fn new(options: &GpuOptions) -> Result<Gpu, GpuError> {
         let backend = match options.backend {
             Some(b) => Some(b),
-            None => backend_from_env()?,
+            None => from_env("WGPU_BACKEND")?,
+        };
+        let limits = match options.limits {
+            Some(l) => l,
+            None => from_env("UNET_WGPU_LIMITS")?.unwrap_or_default(),
         };
         let backends = backend.map_or(wgpu::Backends::all(), Backend::to_wgpu);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -394,21 +428,27 @@ impl Gpu {
         }
         let has_timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let required_features = if has_timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let required_limits = match limits {
+            Limits::Adapter => offered,
+            Limits::WebGpu => wgpu::Limits::default(),
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("unet-wgpu"),
             required_features,
-            required_limits: offered.clone(),
+            required_limits,
             ..Default::default()
         }))
         .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
 
-        let align = offered.min_uniform_buffer_offset_alignment as u64;
-        let (tuning, tuning_source) = crate::tuning::initial(&info, &offered, &options.tuning);
+        // From here on, only what the device was granted counts: the adapter may offer more.
+        let granted = device.limits();
+        let align = granted.min_uniform_buffer_offset_alignment as u64;
+        let (tuning, tuning_source) = crate::tuning::initial(&info, &granted, &options.tuning);
         let gpu = Gpu {
             device,
             queue,
             info,
-            limits: offered,
+            limits: granted,
             has_timestamps,
             id: NEXT_GPU_ID.fetch_add(1, Ordering::Relaxed),
             modules: RefCell::default(),

@@ -15,7 +15,7 @@ use unet_wgpu::report::plot_comparison;
 use unet_wgpu::score::score_dirs;
 use unet_wgpu::train::{train, DataSource, LossName, TrainOptions};
 use unet_wgpu::tuning::{default_cache_path, save_cache, AdapterKey, CacheError, Tuning};
-use unet_wgpu::{Backend, Gpu, GpuOptions};
+use unet_wgpu::{Backend, Gpu, GpuOptions, Limits};
 
 /// A U-Net trainer for semantic segmentation whose every kernel is a WGSL
 /// compute shader (Vulkan, Metal, DX12 or GL through wgpu).
@@ -26,6 +26,10 @@ struct Cli {
     /// the WGPU_BACKEND variable does the same).
     #[arg(long, global = true)]
     backend: Option<Backend>,
+    /// Device limits to request: adapter (everything it offers) or webgpu (WebGPU's defaults,
+    /// what a browser grants). Default: adapter, or the UNET_WGPU_LIMITS variable.
+    #[arg(long, global = true)]
+    limits: Option<Limits>,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +88,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         losses: Vec<LossName>,
     },
+    /// Print the adapter in use, the limits its device was granted, and the tile sizes.
+    Info,
     /// Measure the kernels' tile sizes on this adapter and save them in the tuning cache.
     ///
     /// Times a few candidate tilings of each kernel family (conv2d forward, backward data,
@@ -276,6 +282,29 @@ fn palette(path: &Option<PathBuf>) -> anyhow::Result<Palette> {
     })
 }
 
+/// `unet-wgpu info`: the adapter, the limits our kernels depend on, and the tile sizes.
+fn info(gpu: &Gpu) {
+    let l = &gpu.limits;
+    println!("adapter: {}", gpu.describe());
+    println!("device type: {:?}", gpu.info.device_type);
+    println!("timestamp queries: {}", if gpu.has_timestamps { "yes" } else { "no" });
+    println!("limits granted:");
+    let rows: [(&str, u64); 8] = [
+        ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup.into()),
+        ("max_compute_workgroup_size_x", l.max_compute_workgroup_size_x.into()),
+        ("max_compute_workgroup_storage_size", l.max_compute_workgroup_storage_size.into()),
+        ("max_compute_workgroups_per_dimension", l.max_compute_workgroups_per_dimension.into()),
+        ("max_storage_buffers_per_shader_stage", l.max_storage_buffers_per_shader_stage.into()),
+        ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size),
+        ("max_buffer_size", l.max_buffer_size),
+        ("min_uniform_buffer_offset_alignment", l.min_uniform_buffer_offset_alignment.into()),
+    ];
+    for (name, value) in rows {
+        println!("  {name:<40} {value}");
+    }
+    println!("tile sizes: {} (from: {})", gpu.tuning(), gpu.tuning_source());
+}
+
 /// `unet-wgpu tune`: measure and save the tile sizes, or (`print`) show those in use.
 fn tune(gpu: &Gpu, budget: f64, print: bool) -> anyhow::Result<()> {
     let path = default_cache_path();
@@ -315,7 +344,8 @@ fn main() -> anyhow::Result<()> {
         println!("{}", if *json { report.to_json() } else { report.to_table() });
         return Ok(()); // scoring needs no GPU
     }
-    let gpu = Gpu::new(&GpuOptions { backend: cli.backend, verbose: true, ..GpuOptions::default() })?;
+    let gpu =
+        Gpu::new(&GpuOptions { backend: cli.backend, limits: cli.limits, verbose: true, ..GpuOptions::default() })?;
     match cli.command {
         Command::Score { .. } => unreachable!("handled above"),
         Command::Predict { checkpoint, inputs, out, patch, overlap, palette: palette_file } => {
@@ -326,6 +356,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Tune { budget, print } => tune(&gpu, budget, print)?,
+        Command::Info => info(&gpu),
         Command::Train(args) => {
             let summary = train(&gpu, &args.options()?)?;
             if summary.best.is_finite() {
