@@ -8,23 +8,55 @@
 //! relative to the RMS instead, because there f32 rounding of the large terms,
 //! not of the tiny result, sets the error.
 
+use std::sync::Mutex;
+
 use crate::gpu::{Gpu, GpuOptions};
 use crate::rng::Rng;
 use crate::tuning::TuningFrom;
 
-thread_local! {
-    static GPU: &'static Gpu = Box::leak(Box::new(
-        // The builtin tile sizes, whatever `unet-wgpu tune` left in the cache: tests that do
-        // not depend on the machine's history.
-        Gpu::new(&GpuOptions { tuning: TuningFrom::Builtin, ..GpuOptions::default() }).unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}")),
-    ));
+/// Devices that no running test holds. The test harness runs each test on a thread of its own:
+/// a thread takes a device from here (or opens one) and hands it back when it ends, so a test
+/// binary opens at most one device per test thread and closes none while its tests run. (On an
+/// NVIDIA H200, Vulkan driver 580, a binary that opened one device per test could not open more
+/// after about a hundred: "Parent device is lost".)
+static IDLE: Mutex<Vec<Idle>> = Mutex::new(Vec::new());
+
+/// A test device that no thread uses.
+struct Idle(&'static Gpu);
+
+// SAFETY: `Gpu` is not `Send` because of its `Rc`/`RefCell` caches, which two threads must not
+// touch at once. An `Idle` device is touched by no thread: the thread that used it has ended, its
+// test and that test's tensors with it, and the mutex orders its last use before the next
+// thread's first.
+unsafe impl Send for Idle {}
+
+/// This thread's test device; dropped when the thread ends, which hands the device back.
+struct Held(&'static Gpu);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        IDLE.lock().unwrap_or_else(|e| e.into_inner()).push(Idle(self.0));
+    }
 }
 
-/// This thread's GPU, opened on first use (tests run on several threads), with
-/// [`crate::tuning::Tuning::builtin`]'s tile sizes.
+thread_local! {
+    static GPU: Held = Held(match IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        Some(Idle(gpu)) => gpu,
+        // The builtin tile sizes, whatever `unet-wgpu tune` left in the cache: tests that do
+        // not depend on the machine's history.
+        None => Box::leak(Box::new(
+            Gpu::new(&GpuOptions { tuning: TuningFrom::Builtin, ..GpuOptions::default() })
+                .unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}")),
+        )),
+    });
+}
+
+/// This thread's GPU (tests run on several threads), with
+/// [`crate::tuning::Tuning::builtin`]'s tile sizes. Tests that ran earlier on other threads
+/// may have used it: compare its counters before and after, not their absolute values.
 /// Panics with the reason when there is no adapter: GPU tests never skip.
 pub fn gpu() -> &'static Gpu {
-    GPU.with(|g| *g)
+    GPU.with(|held| held.0)
 }
 
 /// `n` values uniform in `[-1, 1)`, from `seed`.
