@@ -3,7 +3,11 @@ U-Net (base 16, depth 4, 6 classes, dropout as the Keras tutorial), a batch of
 4 x 3 x 256 x 256, forward + soft Dice + CE + backward + Adam, timed over warm
 steps. Run by hand, never by CI:
 
-    python3 benches/reference/unet_step.py [--batch 4] [--size 256] [--steps 10] [--device cpu|cuda]
+    python3 benches/reference/unet_step.py [--batch 4] [--size 256] [--steps 10] [--device cpu|cuda] [--tf32]
+
+On CUDA, float32 convolutions and matrix products run in true fp32 (TF32 off)
+unless `--tf32` allows the tensor cores' 10-bit-mantissa mode, as PyTorch does
+for convolutions by default.
 
 It prints the same FLOP count as the Rust benchmark (convolutions and transposed
 convolutions only: 2 per multiply-add, forward, backward-data except for the
@@ -58,10 +62,13 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (default: fp32)")
     args = ap.parse_args()
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.manual_seed(0)
     model = UNet().to(args.device).train()
-    flops = conv_flops(model, args.batch, args.size) if args.device == "cpu" else None
+    flops = conv_flops(UNet(), args.batch, args.size)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(args.batch, 3, args.size, args.size, device=args.device)
     y = torch.randint(0, 6, (args.batch, args.size, args.size), device=args.device)
@@ -77,10 +84,11 @@ def main():
         times.append(time.perf_counter() - start)
     first, warm = times[0], sorted(times[1:])
     median = statistics.median(warm)
-    print(f"torch {torch.__version__} on {args.device} ({torch.get_num_threads()} threads); batch {args.batch} x 3 x {args.size}^2")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    mode = (" TF32" if args.tf32 else " fp32 (TF32 off)") if args.device == "cuda" else ""
+    print(f"torch {torch.__version__} on {args.device} ({where}){mode}; batch {args.batch} x 3 x {args.size}^2")
     print(f"first step {first:.3f} s; warm median {median:.3f} s, min {warm[0]:.3f} s, max {warm[-1]:.3f} s; {args.batch / median:.2f} images/s")
-    if flops:
-        print(f"convolution FLOPs per step: {flops / 1e9:.2f} GFLOP; {flops / median / 1e9:.1f} GFLOP/s")
+    print(f"convolution FLOPs per step: {flops / 1e9:.2f} GFLOP; {flops / median / 1e9:.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
