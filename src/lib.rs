@@ -22,6 +22,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod predict;
+pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod score;

@@ -26,6 +26,7 @@ use crate::metrics::{confusion_update, Confusion};
 use crate::nn::{UNet, UNetConfig};
 use crate::ops::elementwise::accumulate;
 use crate::optim::{Method, OptimConfig, Optimizer, Schedule};
+use crate::progress::{Progress, RunShape};
 use crate::report::{overlay_grid, plot_history, ReportError, Sample};
 use crate::rng::Rng;
 use crate::tape::Step;
@@ -669,7 +670,11 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         };
         let batches = train_patches.batches(&batch_options)?;
         let steps = batches.len().min(options.max_steps.unwrap_or(usize::MAX));
-        let bar = progress_bar(options.progress, steps);
+        let mut progress = Progress::epoch(options.progress, steps);
+        let run = (epoch == start_epoch).then_some(RunShape {
+            later_epochs: options.epochs - epoch - 1,
+            val_batches: val_patches.len().div_ceil(options.batch),
+        });
         let (mut seen, mut seen_sum) = (0, 0.0);
         let mut lr = options.lr;
         for (i, batch) in batches.take(steps).enumerate() {
@@ -678,11 +683,10 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
             let (x, y) = trainer.upload(&batch);
             if let Some(loss) = trainer.train_step(&x, &y, lr, &train_acc, i == 0) {
                 (seen, seen_sum) = (seen + 1, seen_sum + loss as f64);
-                bar.set_message(format!("loss: {:.4}", seen_sum / seen as f64));
             }
-            bar.inc(1);
+            progress.step(i + 1, (seen > 0).then(|| seen_sum / seen as f64), run);
         }
-        bar.finish_and_clear();
+        progress.finish();
         let (train_values, train_confusion) = train_acc.read(gpu, steps);
 
         let mut metrics = EpochMetrics {
@@ -745,21 +749,6 @@ fn per_class_table(confusion: &Confusion, palette: &Palette) -> String {
         };
     }
     table
-}
-
-fn progress_bar(show: bool, steps: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} ({per_sec})",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    bar
 }
 
 #[cfg(test)]

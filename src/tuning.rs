@@ -313,18 +313,18 @@ pub struct Resolved {
 
 /// The tuning for an adapter, following `from` (see the module doc); never fails.
 pub fn resolve(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, from: &TuningFrom) -> Resolved {
-    let builtin = Tuning::builtin(info);
+    let (builtin, unfit) = builtin_within(info, limits);
     let path = match from {
         TuningFrom::Builtin => None,
         TuningFrom::Cache(path) => Some(path.clone()),
         TuningFrom::DefaultCache => default_cache_path(),
     };
     let Some(path) = path else {
-        return Resolved { tuning: builtin, source: TuningSource::Builtin { cache: None }, warning: None };
+        return Resolved { tuning: builtin, source: TuningSource::Builtin { cache: None }, warning: unfit };
     };
     match load_cache(&path, &AdapterKey::of(info), limits) {
         Ok(Some(tuning)) => Resolved { tuning, source: TuningSource::Cache(path), warning: None },
-        Ok(None) => Resolved { tuning: builtin, source: TuningSource::Builtin { cache: Some(path) }, warning: None },
+        Ok(None) => Resolved { tuning: builtin, source: TuningSource::Builtin { cache: Some(path) }, warning: unfit },
         Err(e) => Resolved {
             tuning: builtin,
             source: TuningSource::Builtin { cache: Some(path.clone()) },
@@ -337,13 +337,30 @@ pub fn resolve(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, from: &TuningFro
     }
 }
 
-/// [`resolve`], printing its warning to stderr once per cache file and process.
+/// [`Tuning::builtin`] when it fits the device's `limits`; else the CPU drivers' tiling (the
+/// smallest workgroups), with the warning that says why.
+fn builtin_within(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> (Tuning, Option<String>) {
+    let builtin = Tuning::builtin(info);
+    match builtin.check(limits) {
+        Ok(()) => (builtin, None),
+        Err(why) => (
+            Tuning::cpu(),
+            Some(format!(
+                "warning: the builtin tile sizes for {} do not fit the device's limits ({why}); using the \
+                 smaller ones of CPU drivers",
+                info.name
+            )),
+        ),
+    }
+}
+
+/// [`resolve`], printing its warning to stderr once per process.
 pub(crate) fn initial(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, from: &TuningFrom) -> (Tuning, TuningSource) {
-    static WARNED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    static WARNED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let r = resolve(info, limits, from);
-    if let (Some(warning), TuningSource::Builtin { cache: Some(path) }) = (&r.warning, &r.source) {
+    if let Some(warning) = &r.warning {
         let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-        if warned.get_or_insert_with(HashSet::new).insert(path.clone()) {
+        if warned.get_or_insert_with(HashSet::new).insert(warning.clone()) {
             eprintln!("{warning}");
         }
     }
@@ -1091,6 +1108,20 @@ mod tests {
         for info in [gpu, cpu_info()] {
             Tuning::builtin(&info).check(&wgpu::Limits::default()).unwrap();
         }
+    }
+
+    #[test]
+    fn a_builtin_that_does_not_fit_the_limits_falls_back_with_a_warning() {
+        let gpu =
+            wgpu::AdapterInfo { name: "Small GPU".into(), device_type: wgpu::DeviceType::IntegratedGpu, ..cpu_info() };
+        let small = wgpu::Limits { max_compute_invocations_per_workgroup: 64, ..wgpu::Limits::default() };
+        let r = resolve(&gpu, &small, &TuningFrom::Builtin);
+        assert_eq!(r.tuning, Tuning::cpu());
+        r.tuning.check(&small).unwrap();
+        let warning = r.warning.expect("a warning");
+        assert!(warning.contains("Small GPU") && warning.contains("the adapter allows 64"), "{warning}");
+        let fits = resolve(&gpu, &wgpu::Limits::default(), &TuningFrom::Builtin);
+        assert_eq!((fits.tuning, fits.warning), (Tuning::builtin(&gpu), None));
     }
 
     #[test]
