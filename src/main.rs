@@ -99,7 +99,8 @@ enum Command {
     /// entry per adapter; train, predict and the benches read it at startup.
     Tune {
         /// Seconds the measurements may take; each family gets an equal share of what is left,
-        /// and keeps the builtin choice where its share ran out first.
+        /// and keeps the builtin choice where its share ran out first (the builtin itself is
+        /// always timed once, so a slow machine may run past the budget by that much).
         #[arg(long, default_value_t = 60.0)]
         budget: f64,
         /// Print the tile sizes in use and where they come from; measure and write nothing.
