@@ -22,6 +22,7 @@ use anyhow::Context;
 
 use crate::gpu::Gpu;
 use crate::history::{Goal, History};
+use crate::nn::UNetConfig;
 use crate::report::plot_comparison;
 use crate::train::{train, LossName, TrainOptions};
 
@@ -136,7 +137,7 @@ pub fn compare_losses(gpu: &Gpu, options: &CompareOptions) -> anyhow::Result<Str
                 println!("== {}, seed {seed} (split seed {split_seed})", loss.as_str());
             }
             let out = run_dir(&base.out, loss, seed, options.seeds);
-            let model = crate::nn::UNetConfig { seed, ..base.model.clone() };
+            let model = UNetConfig { seed, ..base.model.clone() };
             let run =
                 TrainOptions { loss, seed, split_seed: Some(split_seed), model, out: out.clone(), ..base.clone() };
             train(gpu, &run).with_context(|| format!("training with {} from seed {seed}", loss.as_str()))?;
@@ -160,84 +161,112 @@ pub fn compare_losses(gpu: &Gpu, options: &CompareOptions) -> anyhow::Result<Str
 /// of each column in bold, `≈` on the losses within the spread of the best (their range
 /// overlaps the best loss's), a footnote saying so per metric, then every run's values.
 pub fn table(runs: &[LossRuns]) -> String {
-    let header = format!(
-        "| loss | {} |\n|---|{}\n",
-        METRICS.map(|m| format!("best {m}")).join(" | "),
-        "---|".repeat(METRICS.len())
-    );
     if runs.iter().all(|r| r.histories.len() <= 1) {
-        let mut text = header;
-        for run in runs {
-            let cells: Vec<String> =
-                METRICS.iter().map(|m| format!("{:.4}", run.bests(m).first().copied().unwrap_or(f64::NAN))).collect();
-            let _ = writeln!(text, "| {} | {} |", run.name, cells.join(" | "));
-        }
-        return text;
+        one_run_table(runs)
+    } else {
+        seeds_table(runs)
     }
-    // spreads[metric][loss]
-    let spreads: Vec<Vec<Option<Spread>>> =
-        METRICS.iter().map(|m| runs.iter().map(|r| Spread::of(&r.bests(m))).collect()).collect();
-    let best: Vec<Option<usize>> = METRICS.iter().zip(&spreads).map(|(m, s)| best_of(s, Goal::of(m))).collect();
-    let seed_list = runs[0].seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+}
+
+/// `| loss | best val_jacard_coef | ... |` and its rule.
+fn header() -> String {
+    let names = METRICS.map(|m| format!("best {m}"));
+    format!("| loss | {} |\n|---|{}\n", names.join(" | "), "---|".repeat(METRICS.len()))
+}
+
+/// One row per loss: the best value of each metric in its one run.
+fn one_run_table(runs: &[LossRuns]) -> String {
+    let mut text = header();
+    for run in runs {
+        let best = |m: &&str| format!("{:.4}", run.bests(m).first().copied().unwrap_or(f64::NAN));
+        let _ = writeln!(text, "| {} | {} |", run.name, METRICS.iter().map(best).collect::<Vec<_>>().join(" | "));
+    }
+    text
+}
+
+/// One metric over the losses: the spread of each loss's best values, and the best loss.
+struct Column {
+    spreads: Vec<Option<Spread>>,
+    best: Option<usize>,
+}
+
+impl Column {
+    fn of(metric: &str, runs: &[LossRuns]) -> Column {
+        let spreads: Vec<Option<Spread>> = runs.iter().map(|r| Spread::of(&r.bests(metric))).collect();
+        let better = |a: f64, b: f64| match Goal::of(metric) {
+            Goal::Max => a > b,
+            Goal::Min => a < b,
+        };
+        let mut best: Option<usize> = None; // the first on ties
+        for (l, spread) in spreads.iter().enumerate() {
+            if let Some(s) = spread {
+                if best.is_none_or(|b| better(s.mean, spreads[b].expect("the best has values").mean)) {
+                    best = Some(l);
+                }
+            }
+        }
+        Column { spreads, best }
+    }
+
+    /// Whether loss `l` is not the best but its range overlaps the best loss's.
+    fn within_spread_of_best(&self, l: usize) -> bool {
+        match (self.best, self.spreads[l]) {
+            (Some(b), Some(s)) if b != l => self.spreads[b].is_some_and(|best| s.overlaps(&best)),
+            _ => false,
+        }
+    }
+
+    /// `0.4300 ± 0.0300 [0.4000–0.4600]`, the mean in bold for the best loss, `≈` after it
+    /// within the spread of the best, `–` without values.
+    fn cell(&self, l: usize) -> String {
+        let Some(s) = self.spreads[l] else {
+            return "–".to_string();
+        };
+        let mean = if self.best == Some(l) { format!("**{:.4}**", s.mean) } else { format!("{:.4}", s.mean) };
+        let near = if self.within_spread_of_best(l) { " ≈" } else { "" };
+        format!("{mean} ± {:.4} [{:.4}–{:.4}]{near}", s.std, s.min, s.max)
+    }
+}
+
+/// The table over several seeds per loss (see [`table`]).
+fn seeds_table(runs: &[LossRuns]) -> String {
+    let columns: Vec<Column> = METRICS.iter().map(|m| Column::of(m, runs)).collect();
+    let seeds = &runs[0].seeds;
+    let seed_list: Vec<String> = seeds.iter().map(u64::to_string).collect();
     let mut text = format!(
-        "Best value of each metric over a run's epochs, summarised over {} seeds per loss ({seed_list}): \
-         mean ± standard deviation [min–max].\n\n{header}",
-        runs[0].seeds.len()
+        "Best value of each metric over a run's epochs, summarised over {} seeds per loss ({}): \
+         mean ± standard deviation [min–max].\n\n{}",
+        seeds.len(),
+        seed_list.join(", "),
+        header()
     );
     for (l, run) in runs.iter().enumerate() {
-        let cells: Vec<String> = (0..METRICS.len())
-            .map(|m| match (spreads[m][l], best[m]) {
-                (None, _) => "–".to_string(),
-                (Some(s), Some(b)) if b == l => format!("**{:.4}** ± {:.4} [{:.4}–{:.4}]", s.mean, s.std, s.min, s.max),
-                (Some(s), b) => {
-                    let near = b.and_then(|b| spreads[m][b]).is_some_and(|b| s.overlaps(&b));
-                    format!("{:.4} ± {:.4} [{:.4}–{:.4}]{}", s.mean, s.std, s.min, s.max, if near { " ≈" } else { "" })
-                }
-            })
-            .collect();
+        let cells: Vec<String> = columns.iter().map(|c| c.cell(l)).collect();
         let _ = writeln!(text, "| {} | {} |", run.name, cells.join(" | "));
     }
     text += "\n**Bold**: the best mean of the column. ≈: within the spread of the best: the loss's range over \
              the seeds overlaps the best loss's range, so these seeds do not tell the two apart. Standard \
              deviation: sample (n − 1).\n\nWithin the spread of the best:\n";
-    for (m, metric) in METRICS.iter().enumerate() {
-        let Some(b) = best[m] else {
+    for (metric, column) in METRICS.iter().zip(&columns) {
+        let Some(b) = column.best else {
             let _ = writeln!(text, "- {metric}: no run has a value");
             continue;
         };
-        let best_spread = spreads[m][b].expect("the best has a spread");
-        let near: Vec<&str> = (0..runs.len())
-            .filter(|&l| l != b && spreads[m][l].is_some_and(|s| s.overlaps(&best_spread)))
-            .map(|l| runs[l].name.as_str())
-            .collect();
+        let near: Vec<&str> =
+            (0..runs.len()).filter(|&l| column.within_spread_of_best(l)).map(|l| runs[l].name.as_str()).collect();
         let near = if near.is_empty() { "no other loss".to_string() } else { near.join(", ") };
         let _ = writeln!(text, "- {metric}: {} (best); {near}", runs[b].name);
     }
-    text += &format!("\nEvery run:\n\n| loss | seed | {} |\n|---|---|{}\n", METRICS.join(" | "), "---|".repeat(3));
+    let _ = write!(text, "\nEvery run:\n\n| loss | seed | {} |\n|---|---|{}\n", METRICS.join(" | "), "---|".repeat(3));
     for run in runs {
+        let bests: Vec<Vec<f64>> = METRICS.iter().map(|m| run.bests(m)).collect();
         for (i, seed) in run.seeds.iter().enumerate() {
-            let cells: Vec<String> = METRICS.iter().map(|m| format!("{:.4}", run.bests(m)[i])).collect();
+            let cells: Vec<String> =
+                bests.iter().map(|b| format!("{:.4}", b.get(i).copied().unwrap_or(f64::NAN))).collect();
             let _ = writeln!(text, "| {} | {seed} | {} |", run.name, cells.join(" | "));
         }
     }
     text
-}
-
-/// The index of the best mean by `goal` (the first on ties); `None` if no loss has one.
-fn best_of(spreads: &[Option<Spread>], goal: Goal) -> Option<usize> {
-    let better = |a: f64, b: f64| match goal {
-        Goal::Max => a > b,
-        Goal::Min => a < b,
-    };
-    let mut best: Option<(usize, f64)> = None;
-    for (i, s) in spreads.iter().enumerate() {
-        if let Some(s) = s {
-            if best.is_none_or(|(_, mean)| better(s.mean, mean)) {
-                best = Some((i, s.mean));
-            }
-        }
-    }
-    best.map(|(i, _)| i)
 }
 
 #[cfg(test)]

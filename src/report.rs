@@ -432,7 +432,7 @@ mod tests {
         let e2 = spread[1];
         assert_eq!((e2.epoch, e2.max, e2.min), (2.0, 0.7 - 0.25, 0.7 - 0.25 - 0.1));
         assert!((e2.mean - (0.7 - 0.25 - 0.05)).abs() < 1e-12, "{e2:?}");
-        // A run one epoch short leaves the others to make up its last epoch.
+        // At an epoch that only some runs reached, the spread is over those runs.
         let short = spread_by_epoch(&[a.clone(), history(4, 0.1)], "val_jacard_coef");
         assert_eq!((short[4].min, short[4].max), (0.7 - 0.1, 0.7 - 0.1));
         if let Err(e) = ensure_font() {
