@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod ceiling;
 pub mod checkpoint;
+pub mod compare;
 pub mod data;
 pub mod gpu;
 pub mod history;

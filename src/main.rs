@@ -3,15 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use unet_wgpu::data::{Palette, Unknown};
-use unet_wgpu::history::History;
-use unet_wgpu::nn::{UNetConfig, Upsampling};
+use unet_wgpu::compare::{compare_losses, CompareOptions};
+use unet_wgpu::data::{InputScaling, Palette, SplitLevel, Unknown};
+use unet_wgpu::nn::{Init, UNetConfig, Upsampling};
 use unet_wgpu::optim::{Method, OptimConfig, Schedule};
 use unet_wgpu::predict::{predict_files, PredictOptions};
-use unet_wgpu::report::plot_comparison;
 use unet_wgpu::score::score_dirs;
 use unet_wgpu::train::{train, DataSource, LossName, TrainOptions};
 use unet_wgpu::tuning::{default_cache_path, save_cache, AdapterKey, CacheError, Tuning};
@@ -80,13 +78,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Train the same model from the same seed with several losses and compare them.
+    /// Train the same model with several losses, each from one or more seeds, and compare them.
+    ///
+    /// Every run sees the same tiles and train/validation split (--split-seed, default
+    /// --seed). Each loss trains from --seeds K seeds, --seed, --seed + 1, ..., which move
+    /// the initialisation, dropout, batch order and augmentation. Runs go to OUT/<loss>/
+    /// (one seed) or OUT/<loss>/seed-<s>/. OUT/compare.md (also printed) gives per loss the
+    /// best validation Jaccard, mean IoU and accuracy of its runs: with several seeds their
+    /// mean ± standard deviation and min-max, marking the losses whose range overlaps the
+    /// best loss's ("within the spread of the best"). OUT/compare.png draws each loss's
+    /// validation Jaccard per epoch: the mean over the seeds, in a band from min to max.
     CompareLosses {
         #[command(flatten)]
         train: TrainArgs,
         /// Losses to compare, comma-separated (default: all).
         #[arg(long, value_delimiter = ',')]
         losses: Vec<LossName>,
+        /// Seeds per loss, from --seed on (1: one run per loss, as without this flag).
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
     },
     /// Print the adapter in use, the limits its device was granted, and the tile sizes.
     Info,
@@ -164,9 +174,22 @@ struct TrainArgs {
     /// Epochs (fractions allowed) of linear learning-rate warm-up at the start.
     #[arg(long, default_value_t = 0.0)]
     warmup: f64,
-    /// Seed of initialisation, split, order, augmentation and dropout.
+    /// Seed of the initialisation, batch order, augmentation and dropout; also of the
+    /// synthetic tiles and the train/validation split unless --split-seed is given.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Seed of the synthetic tiles and the train/validation split (default: --seed).
+    /// compare-losses keeps it for every seed, so that all its runs see the same data.
+    #[arg(long)]
+    split_seed: Option<u64>,
+    /// How the validation patches are chosen: image (the default) holds out whole images;
+    /// patch holds out single patches, with the sizes of the Keras tutorial's
+    /// train_test_split(test_size=--validation): ceil(share x patches) for validation.
+    /// Split by patch, neighbouring patches of one image (same light, same roofs, objects
+    /// cut in two by the patch border) land on both sides, so validation measures
+    /// recognition of near-copies and scores higher than on unseen images.
+    #[arg(long, default_value = "image")]
+    split: SplitLevel,
     /// Output directory (checkpoints, history.csv, pictures).
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
@@ -183,6 +206,12 @@ struct TrainArgs {
     /// faster a step).
     #[arg(long)]
     no_batch_norm: bool,
+    /// Weight initialisation: default (a He normal truncated at 2 standard deviations
+    /// without Keras' correction, for every layer) or keras (the Keras tutorial's:
+    /// he_normal with Keras' truncation correction for the 3x3 convolutions, glorot_uniform
+    /// for the transposed and 1x1 convolutions). Biases start at 0 either way.
+    #[arg(long, default_value = "default")]
+    init: Init,
     /// Upsample with bilinear interpolation + 1x1 conv instead of transposed convs.
     #[arg(long)]
     bilinear: bool,
@@ -191,8 +220,13 @@ struct TrainArgs {
     /// overfitting, and turned images (shadows falling the other way) slow its learning.
     #[arg(long)]
     augment: bool,
-    /// Feed pixels as v/255 instead of standardising them per channel with the
-    /// training patches' mean and standard deviation.
+    /// Input scaling: standardize (per channel, with the training patches' mean and
+    /// standard deviation; the default), unit (v/255) or minmax-per-patch (each patch's
+    /// channels stretched to [0, 1] by that patch's own min and max: scikit-learn's
+    /// MinMaxScaler per patch, as the Keras tutorial scales; prediction scales each window so).
+    #[arg(long, conflicts_with = "no_standardize")]
+    scaling: Option<InputScaling>,
+    /// The same as --scaling unit: feed pixels as v/255.
     #[arg(long)]
     no_standardize: bool,
     /// Dropout probability per level, from the top level down to the bottleneck,
@@ -247,6 +281,7 @@ impl TrainArgs {
             batch_norm: !self.no_batch_norm,
             dropout,
             upsampling: if self.bilinear { Upsampling::Bilinear } else { Upsampling::Transposed },
+            init: self.init,
             seed: self.seed,
             ..UNetConfig::default()
         };
@@ -264,11 +299,13 @@ impl TrainArgs {
             schedule,
             warmup: self.warmup,
             seed: self.seed,
+            split_seed: self.split_seed,
+            split: self.split,
             out: self.out.clone(),
             resume: self.resume,
             model,
             augment: self.augment,
-            standardize: !self.no_standardize,
+            scaling: if self.no_standardize { InputScaling::Unit } else { self.scaling.unwrap_or_default() },
             validation: self.validation,
             max_steps: self.max_steps,
             progress: true,
@@ -366,34 +403,9 @@ fn main() -> anyhow::Result<()> {
                 println!("no epoch was trained (--epochs {})", args.epochs);
             }
         }
-        Command::CompareLosses { train: args, losses } => {
+        Command::CompareLosses { train: args, losses, seeds } => {
             let losses = if losses.is_empty() { LossName::ALL.to_vec() } else { losses };
-            let base = args.options()?;
-            let mut runs = Vec::new();
-            let mut table = String::from(
-                "| loss | best val_jacard_coef | best val_mean_iou | best val_accuracy |\n|---|---|---|---|\n",
-            );
-            for loss in losses {
-                println!("== {}", loss.as_str());
-                let out = base.out.join(loss.as_str().replace('+', "-"));
-                let summary = train(&gpu, &TrainOptions { loss, out: out.clone(), ..base.clone() })
-                    .with_context(|| format!("training with {}", loss.as_str()))?;
-                runs.push((loss.as_str().to_string(), History::read(&out.join("history.csv"))?));
-                let best = |f: fn(&unet_wgpu::train::EpochMetrics) -> Option<f64>| {
-                    summary.history.iter().filter_map(f).fold(f64::NAN, f64::max)
-                };
-                table += &format!(
-                    "| {} | {:.4} | {:.4} | {:.4} |\n",
-                    loss.as_str(),
-                    best(|m| m.val_jacard_coef),
-                    best(|m| m.val_mean_iou),
-                    best(|m| m.val_accuracy)
-                );
-            }
-            std::fs::write(base.out.join("compare.md"), &table)?;
-            if let Err(e) = plot_comparison(&runs, "val_jacard_coef", &base.out.join("compare.png")) {
-                eprintln!("warning: no comparison plot: {e}");
-            }
+            let table = compare_losses(&gpu, &CompareOptions { base: args.options()?, losses, seeds })?;
             println!("{table}");
         }
     }

@@ -36,7 +36,7 @@
 //! # Scaling
 //! Inputs must be scaled exactly as in training: checkpoints record their
 //! [`Scaling`] under `data.scaling` ([`Scaling::to_metadata`]); [`predict_files`]
-//! reads it (`unit` when absent).
+//! reads it (`unit` when absent). Per-patch min-max scaling scales each window alone.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -323,13 +323,13 @@ pub fn predict_image(
     let row_bytes = across.padded * (k + 1) * 4;
     let band = ((options.max_band_bytes / row_bytes).saturating_sub(p) / stride + 1).max(1);
     let window = window(p);
-    let table = options.scaling.table();
     // Source column of each padded column: reflection is computed once.
     let source_x: Vec<usize> =
         (0..across.padded).map(|x| reflect(x as isize - across.margin as isize, width)).collect();
 
     let mut acc = Accumulator::new(across.padded, k);
     let mut input = Vec::with_capacity(options.batch * 3 * p * p);
+    let mut patch = Vec::with_capacity(3 * p * p);
     for first in (0..down.count).step_by(band) {
         let last = (first + band).min(down.count);
         acc.extend_to((last - 1) * stride + p);
@@ -338,12 +338,14 @@ pub fn predict_image(
         for chunk in windows.chunks(options.batch) {
             input.clear();
             for &(y0, x0) in chunk {
-                for (c, table) in table.iter().enumerate() {
-                    for y in y0..y0 + p {
-                        let sy = reflect(y as isize - down.margin as isize, height);
-                        let row = &rgb[sy * width * 3..(sy + 1) * width * 3];
-                        input.extend(source_x[x0..x0 + p].iter().map(|&sx| table[row[sx * 3 + c] as usize]));
-                    }
+                patch.clear(); // the window's RGB bytes, [P,P,3], then scaled as a training patch is
+                for y in y0..y0 + p {
+                    let sy = reflect(y as isize - down.margin as isize, height);
+                    let row = &rgb[sy * width * 3..(sy + 1) * width * 3];
+                    patch.extend(source_x[x0..x0 + p].iter().flat_map(|&sx| &row[sx * 3..sx * 3 + 3]));
+                }
+                for (c, table) in options.scaling.table(&patch).iter().enumerate() {
+                    input.extend(patch.chunks_exact(3).map(|px| table[px[c] as usize]));
                 }
             }
             let probs = probabilities(gpu, model, &input, chunk.len(), p);

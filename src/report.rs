@@ -18,8 +18,10 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 
 use crate::checkpoint::write_atomically;
-use crate::data::{Palette, IGNORE};
 use crate::history::{Goal, History};
+
+mod grid;
+pub use grid::{blend, colour_labels, overlay_grid, Sample, SEPARATOR};
 
 /// Where fonts are looked for, in order (after `UNET_WGPU_FONT`): Debian and
 /// Ubuntu, Fedora, Arch, other Linux fonts, macOS, Windows.
@@ -108,6 +110,9 @@ struct Line {
     points: Vec<(f64, f64)>,
     colour: RGBColor,
     dashed: bool,
+    /// `(x, low, high)`: a band shaded in a light tint of the line's colour behind
+    /// it (the spread over seeds); empty for none.
+    band: Vec<(f64, f64, f64)>,
 }
 
 /// Ten distinguishable line colours: `compare-losses` draws eight runs at once.
@@ -123,6 +128,9 @@ const COLOURS: [RGBColor; 10] = [
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
 ];
+
+/// Opacity of the bands of [`plot_comparison`] (over white: a light tint of the line colour).
+const BAND_OPACITY: f64 = 0.18;
 
 /// A range holding every value, padded by 5% (and widened around a single value).
 fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -149,7 +157,8 @@ fn panel(
 ) -> Result<(), ReportError> {
     let err = draw_err(path);
     let (x0, x1) = padded_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)));
-    let (y0, y1) = padded_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
+    let bands = lines.iter().flat_map(|l| l.band.iter().flat_map(|&(_, lo, hi)| [lo, hi]));
+    let (y0, y1) = padded_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).chain(bands));
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 22))
         .margin(12)
@@ -168,6 +177,15 @@ fn panel(
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(|e| err(e.to_string()))?;
+    // Bands first, so that every line is drawn over every band.
+    for line in lines.iter().filter(|l| !l.band.is_empty()) {
+        let upper = line.band.iter().map(|&(x, _, hi)| (x, hi));
+        let lower = line.band.iter().rev().map(|&(x, lo, _)| (x, lo));
+        let outline: Vec<(f64, f64)> = upper.chain(lower).collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(outline, line.colour.mix(BAND_OPACITY).filled())))
+            .map_err(|e| err(e.to_string()))?;
+    }
     for line in lines {
         let style = line.colour.stroke_width(2);
         let anno = if line.dashed {
@@ -240,7 +258,7 @@ pub fn plot_history(history: &History, path: &Path) -> Result<(), ReportError> {
                 let label = format!("{prefix}{metric}");
                 let points = history.series(&label);
                 if !points.is_empty() {
-                    lines.push(Line { label, points, colour: COLOURS[i % COLOURS.len()], dashed });
+                    lines.push(Line { label, points, colour: COLOURS[i % COLOURS.len()], dashed, band: Vec::new() });
                 }
             }
         }
@@ -259,117 +277,76 @@ pub fn plot_history(history: &History, path: &Path) -> Result<(), ReportError> {
     })
 }
 
-/// The compare-losses picture: one panel with `column` (e.g.
-/// `val_jacard_coef`) per epoch, one line per run, labelled with the run's
-/// name (e.g. the loss it trained with).
-pub fn plot_comparison(runs: &[(String, History)], column: &str, path: &Path) -> Result<(), ReportError> {
+/// The compare-losses picture: one panel with `column` (e.g. `val_jacard_coef`) per
+/// epoch, one line per loss, labelled with its name. Each loss has the histories of its
+/// runs (one per seed): its line is their mean at each epoch, and where it has more
+/// than one run, a band in a light tint of its colour spans their minimum to maximum.
+/// With one run per loss, the lines are the runs' own values.
+pub fn plot_comparison(runs: &[(String, Vec<History>)], column: &str, path: &Path) -> Result<(), ReportError> {
     let lines: Vec<Line> = runs
         .iter()
         .enumerate()
-        .map(|(i, (name, h))| Line {
-            label: name.clone(),
-            points: h.series(column),
-            colour: COLOURS[i % COLOURS.len()],
-            dashed: false,
+        .map(|(i, (name, histories))| {
+            let by_epoch = spread_by_epoch(histories, column);
+            Line {
+                label: name.clone(),
+                points: by_epoch.iter().map(|e| (e.epoch, e.mean)).collect(),
+                colour: COLOURS[i % COLOURS.len()],
+                dashed: false,
+                band: if histories.len() > 1 {
+                    by_epoch.iter().map(|e| (e.epoch, e.min, e.max)).collect()
+                } else {
+                    vec![]
+                },
+            }
         })
         .filter(|l| !l.points.is_empty())
         .collect();
     if lines.is_empty() {
         return Err(ReportError::Empty { path: path.to_path_buf(), reason: format!("no run has a `{column}` value") });
     }
+    let seeds = runs.iter().map(|(_, h)| h.len()).max().unwrap_or(0);
+    let caption = match seeds {
+        0 | 1 => format!("{column} by loss"),
+        n => format!("{column} by loss: mean of {n} seeds, band from min to max"),
+    };
     render(path, (900, 560), |root| {
         root.fill(&WHITE).map_err(|e| draw_err(path)(e.to_string()))?;
         let legend = match Goal::of(column) {
             Goal::Min => SeriesLabelPosition::UpperRight,
             Goal::Max => SeriesLabelPosition::LowerRight,
         };
-        panel(root, &format!("{column} by loss"), column, &lines, legend, path)
+        panel(root, &caption, column, &lines, legend, path)
     })
 }
 
-/// One picture of [`overlay_grid`]: an image with its true and predicted labels.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sample {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// Interleaved RGB, `[H,W,3]`.
-    pub rgb: Vec<u8>,
-    /// Ground-truth class ids, `[H,W]`; [`IGNORE`] for no class.
-    pub truth: Vec<u8>,
-    /// Predicted class ids, `[H,W]`.
-    pub prediction: Vec<u8>,
+/// One epoch of [`spread_by_epoch`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct EpochSpread {
+    epoch: f64,
+    mean: f64,
+    min: f64,
+    max: f64,
 }
 
-/// Interleaved RGB `[H,W,3]` of class ids `labels` `[H,W]` in the palette's
-/// colours; [`IGNORE`] and ids beyond the palette are black.
-pub fn colour_labels(labels: &[u8], palette: &Palette) -> Vec<u8> {
-    let colours = palette.colours();
-    labels.iter().flat_map(|&l| colours.get(l as usize).copied().unwrap_or([0, 0, 0])).collect()
-}
-
-/// Pixels between the pictures of [`overlay_grid`].
-pub const SEPARATOR: usize = 4;
-const SEPARATOR_GREY: u8 = 128;
-
-/// Draw rows of image | ground truth | prediction (masks in palette
-/// colours, ignore pixels black), separated by thin grey lines, and write
-/// the grid as PNG. Samples may differ in size; each cell is as wide as the
-/// widest sample.
-pub fn overlay_grid(samples: &[Sample], palette: &Palette, path: &Path) -> Result<(), ReportError> {
-    if samples.is_empty() {
-        return Err(ReportError::Empty { path: path.to_path_buf(), reason: "no sample to show".into() });
-    }
-    for (i, s) in samples.iter().enumerate() {
-        let pixels = s.width * s.height;
-        assert!(
-            s.rgb.len() == 3 * pixels && s.truth.len() == pixels && s.prediction.len() == pixels,
-            "sample {i} is {}x{} but has {} RGB bytes, {} truth and {} predicted labels",
-            s.width,
-            s.height,
-            s.rgb.len(),
-            s.truth.len(),
-            s.prediction.len()
-        );
-    }
-    let cell = samples.iter().map(|s| s.width).max().unwrap_or(0);
-    let width = 3 * cell + 4 * SEPARATOR;
-    let height = samples.iter().map(|s| s.height).sum::<usize>() + (samples.len() + 1) * SEPARATOR;
-    let mut canvas = vec![SEPARATOR_GREY; width * height * 3];
-    let mut top = SEPARATOR;
-    for s in samples {
-        let pictures = [s.rgb.clone(), colour_labels(&s.truth, palette), colour_labels(&s.prediction, palette)];
-        for (k, picture) in pictures.iter().enumerate() {
-            let left = SEPARATOR + k * (cell + SEPARATOR);
-            for y in 0..s.height {
-                let dst = ((top + y) * width + left) * 3;
-                canvas[dst..dst + s.width * 3].copy_from_slice(&picture[y * s.width * 3..(y + 1) * s.width * 3]);
-            }
-        }
-        top += s.height + SEPARATOR;
-    }
-    write_png(path, &canvas, width, height)
-}
-
-/// The image `rgb` `[H,W,3]` with the mask `labels` `[H,W]` laid over it:
-/// `(1 - alpha) * image + alpha * class colour` per pixel; pixels with
-/// [`IGNORE`] (or an id beyond the palette) keep the image's colour.
-pub fn blend(rgb: &[u8], labels: &[u8], palette: &Palette, alpha: f32) -> Vec<u8> {
-    assert_eq!(rgb.len(), 3 * labels.len(), "blend: {} RGB bytes for {} labels", rgb.len(), labels.len());
-    let alpha = alpha.clamp(0.0, 1.0);
-    let mut out = rgb.to_vec();
-    for (px, &l) in out.chunks_exact_mut(3).zip(labels) {
-        if l as u32 == IGNORE {
-            continue;
-        }
-        if let Some(colour) = palette.colours().get(l as usize) {
-            for (v, &c) in px.iter_mut().zip(colour) {
-                *v = ((1.0 - alpha) * *v as f32 + alpha * c as f32).round() as u8;
-            }
+/// The mean, minimum and maximum of `column` at each epoch over the runs that have a
+/// value there, in epoch order.
+fn spread_by_epoch(histories: &[History], column: &str) -> Vec<EpochSpread> {
+    let mut by_epoch: Vec<(f64, Vec<f64>)> = Vec::new();
+    for (epoch, value) in histories.iter().flat_map(|h| h.series(column)) {
+        match by_epoch.iter_mut().find(|(e, _)| *e == epoch) {
+            Some((_, values)) => values.push(value),
+            None => by_epoch.push((epoch, vec![value])),
         }
     }
-    out
+    by_epoch.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let spread = |(epoch, values): (f64, Vec<f64>)| EpochSpread {
+        epoch,
+        mean: values.iter().sum::<f64>() / values.len() as f64,
+        min: values.iter().copied().fold(f64::INFINITY, f64::min),
+        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    };
+    by_epoch.into_iter().map(spread).collect()
 }
 
 #[cfg(test)]
@@ -428,57 +405,49 @@ mod tests {
         plot_history(&history(1, 0.0), &curves).unwrap();
 
         let cmp = tmp.0.join("compare.png");
-        let runs = vec![("dice".to_string(), history(4, 0.0)), ("focal".to_string(), history(4, 0.1))];
+        let runs = vec![("dice".to_string(), vec![history(4, 0.0)]), ("focal".to_string(), vec![history(4, 0.1)])];
         plot_comparison(&runs, "val_jacard_coef", &cmp).unwrap();
         assert!(has_colour(&cmp, COLOURS[0]) && has_colour(&cmp, COLOURS[1]));
         assert!(!has_colour(&cmp, COLOURS[2]), "only two runs, two line colours");
+        assert!(tinted(&cmp, COLOURS[0]) < 500, "one run per loss: no band");
         let err = plot_comparison(&runs, "nope", &cmp).unwrap_err().to_string();
         assert!(err.contains("`nope`"), "{err}");
         let err = plot_history(&History::new(), &curves).unwrap_err().to_string();
         assert!(err.contains("no epoch"), "{err}");
     }
 
-    #[test]
-    fn grid_puts_image_truth_and_prediction_side_by_side() {
-        let palette = Palette::dubai();
-        let (w, h) = (5, 3);
-        let sample = Sample {
-            width: w,
-            height: h,
-            rgb: (0..w * h * 3).map(|i| i as u8).collect(),
-            truth: vec![1, 1, 255, 2, 2, 0, 0, 0, 0, 0, 3, 3, 3, 3, 3],
-            prediction: vec![4; w * h],
-        };
-        let small = Sample { width: 2, height: 2, rgb: vec![7; 12], truth: vec![0; 4], prediction: vec![5; 4] };
-        let tmp = TempDir::new("grid");
-        let path = tmp.0.join("grid.png");
-        overlay_grid(&[sample.clone(), small], &palette, &path).unwrap();
-        let img = image::open(&path).unwrap().into_rgb8();
-        assert_eq!(img.dimensions(), ((3 * w + 4 * SEPARATOR) as u32, (h + 2 + 3 * SEPARATOR) as u32));
-        let at = |x: usize, y: usize| img.get_pixel(x as u32, y as u32).0;
-        let s = SEPARATOR;
-        assert_eq!(at(0, 0), [SEPARATOR_GREY; 3]);
-        assert_eq!(at(s, s), [0, 1, 2], "image first");
-        assert_eq!(at(s + 1, s + 1), [18, 19, 20]);
-        assert_eq!(at(2 * s + w, s), palette.colours()[1], "truth second");
-        assert_eq!(at(2 * s + w + 2, s), [0, 0, 0], "ignore is black");
-        assert_eq!(at(3 * s + 2 * w + 4, s + 2), palette.colours()[4], "prediction third");
-        assert_eq!(at(3 * s + 2 * w + 1, 2 * s + h + 1), palette.colours()[5], "second row");
-        assert_eq!(at(3 * s + 2 * w + 3, 2 * s + h + 1), [SEPARATOR_GREY; 3], "narrow sample leaves grey");
-        assert!(overlay_grid(&[], &palette, &path).is_err());
+    /// Pixels lighter than colour `c` but of its hue: the tint of a band over white.
+    fn tinted(path: &Path, c: RGBColor) -> usize {
+        let mix = |a: u8, t: f64| (t * a as f64 + (1.0 - t) * 255.0).round() as i32;
+        let close = |p: &[u8; 3], t: f64| (0..3).all(|k| (p[k] as i32 - mix([c.0, c.1, c.2][k], t)).abs() <= 3);
+        let img = image::open(path).unwrap().into_rgb8();
+        img.pixels().filter(|p| close(&p.0, BAND_OPACITY)).count()
     }
 
     #[test]
-    fn blend_mixes_colours_and_leaves_ignore_alone() {
-        let palette = Palette::dubai();
-        let rgb = [100, 100, 100, 10, 20, 30, 0, 0, 0];
-        let out = blend(&rgb, &[3, 255, 0], &palette, 0.5);
-        let [r, g, b] = palette.colours()[3];
-        let mix = |a: u8, c: u8| ((a as f32 + c as f32) / 2.0).round() as u8;
-        assert_eq!(&out[..3], [mix(100, r), mix(100, g), mix(100, b)]);
-        assert_eq!(&out[3..6], [10, 20, 30]);
-        assert_eq!(&out[6..], palette.colours()[0].map(|c| mix(0, c)));
-        assert_eq!(blend(&rgb, &[3, 255, 0], &palette, 0.0), rgb);
-        assert_eq!(&blend(&rgb, &[3, 255, 0], &palette, 1.0)[..3], palette.colours()[3]);
+    fn comparison_over_seeds_draws_mean_lines_over_min_max_bands() {
+        let (a, b, c) = (history(5, 0.0), history(5, 0.05), history(5, 0.1));
+        let spread = spread_by_epoch(&[a.clone(), b.clone(), c.clone()], "val_jacard_coef");
+        assert_eq!(spread.len(), 5);
+        let e2 = spread[1];
+        assert_eq!((e2.epoch, e2.max, e2.min), (2.0, 0.7 - 0.25, 0.7 - 0.25 - 0.1));
+        assert!((e2.mean - (0.7 - 0.25 - 0.05)).abs() < 1e-12, "{e2:?}");
+        // At an epoch that only some runs reached, the spread is over those runs.
+        let short = spread_by_epoch(&[a.clone(), history(4, 0.1)], "val_jacard_coef");
+        assert_eq!((short[4].min, short[4].max), (0.7 - 0.1, 0.7 - 0.1));
+        if let Err(e) = ensure_font() {
+            eprintln!("skipping the band picture: {e}");
+            return;
+        }
+        let tmp = TempDir::new("bands");
+        let cmp = tmp.0.join("compare.png");
+        let runs = vec![("dice".to_string(), vec![a, b, c]), ("focal".to_string(), vec![history(5, 0.2)])];
+        plot_comparison(&runs, "val_jacard_coef", &cmp).unwrap();
+        let (colours, size) = colours_of(&cmp);
+        assert_eq!(size, (900, 560));
+        assert!(colours > 20, "{colours}");
+        assert!(has_colour(&cmp, COLOURS[0]) && has_colour(&cmp, COLOURS[1]), "both mean lines");
+        assert!(tinted(&cmp, COLOURS[0]) > 2000, "the band of dice's three seeds: {}", tinted(&cmp, COLOURS[0]));
+        assert!(tinted(&cmp, COLOURS[1]) < 500, "focal has one seed: no band");
     }
 }

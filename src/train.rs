@@ -17,11 +17,12 @@ use anyhow::{bail, Context};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{
-    Batch, BatchOptions, Dataset, LoadOptions, Palette, Patches, Scaling, SplitOptions, Unknown, IGNORE,
+    Batch, BatchOptions, Dataset, InputScaling, LoadOptions, Palette, Patches, Scaling, SplitLevel, SplitOptions,
+    Unknown, IGNORE,
 };
 use crate::gpu::{Gpu, Readback};
 use crate::history::History;
-use crate::loss::{loss_forward_backward, LossConfig, LossOutput, LossValues, Term, VALUES_LEN};
+use crate::loss::{loss_forward_backward, LossConfig, LossOutput, LossValues, VALUES_LEN};
 use crate::metrics::{confusion_update, Confusion};
 use crate::nn::{UNet, UNetConfig};
 use crate::ops::elementwise::accumulate;
@@ -32,82 +33,8 @@ use crate::rng::Rng;
 use crate::tape::Step;
 use crate::tensor::Tensor;
 
-/// The losses the command line offers by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LossName {
-    /// Categorical cross-entropy.
-    Ce,
-    /// Soft Dice (per class, averaged).
-    Dice,
-    /// Focal loss (alpha 0.25, gamma 2).
-    Focal,
-    /// Dice + cross-entropy.
-    DiceCe,
-    /// Dice + focal (the Keras tutorial's `total_loss`).
-    DiceFocal,
-    /// Tversky (alpha 0.3, beta 0.7).
-    Tversky,
-    /// Focal Tversky (alpha 0.3, beta 0.7, gamma 4/3).
-    FocalTversky,
-    /// Symmetric Unified Focal loss (lambda 0.5, delta 0.6, gamma 0.5).
-    UnifiedFocal,
-}
-
-impl LossName {
-    /// Every loss, in the order `compare-losses` runs them.
-    pub const ALL: [LossName; 8] = [
-        LossName::Ce,
-        LossName::Dice,
-        LossName::Focal,
-        LossName::DiceCe,
-        LossName::DiceFocal,
-        LossName::Tversky,
-        LossName::FocalTversky,
-        LossName::UnifiedFocal,
-    ];
-
-    /// The command-line name (`dice+ce`).
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            LossName::Ce => "ce",
-            LossName::Dice => "dice",
-            LossName::Focal => "focal",
-            LossName::DiceCe => "dice+ce",
-            LossName::DiceFocal => "dice+focal",
-            LossName::Tversky => "tversky",
-            LossName::FocalTversky => "focal-tversky",
-            LossName::UnifiedFocal => "unified-focal",
-        }
-    }
-
-    /// The loss to train with: ignored pixels skipped, classes absent from a
-    /// batch's target and prediction left out of Dice-type class means (a
-    /// 256x256 patch often lacks some classes), smoothing 1.
-    pub fn config(&self, class_weights: Option<Vec<f32>>) -> LossConfig {
-        let dice = Term::Dice { pooled: false };
-        let terms = match self {
-            LossName::Ce => vec![(1.0, Term::CrossEntropy)],
-            LossName::Dice => vec![(1.0, dice)],
-            LossName::Focal => vec![(1.0, Term::FOCAL)],
-            LossName::DiceCe => vec![(1.0, dice), (1.0, Term::CrossEntropy)],
-            LossName::DiceFocal => vec![(1.0, dice), (1.0, Term::FOCAL)],
-            LossName::Tversky => vec![(1.0, Term::TVERSKY)],
-            LossName::FocalTversky => vec![(1.0, Term::FOCAL_TVERSKY)],
-            LossName::UnifiedFocal => vec![(1.0, Term::UNIFIED_FOCAL)],
-        };
-        LossConfig { terms, class_weights, ignore_index: Some(IGNORE), smooth: 1.0, skip_absent: true }
-    }
-}
-
-impl std::str::FromStr for LossName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        LossName::ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = LossName::ALL.iter().map(|l| l.as_str()).collect();
-            format!("unknown loss {s:?}; choose one of {}", names.join(", "))
-        })
-    }
-}
+mod losses;
+pub use losses::LossName;
 
 /// Where the tiles come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -153,8 +80,14 @@ pub struct TrainOptions {
     pub schedule: Schedule,
     /// Epochs of linear learning-rate warm-up at the start ([`crate::optim::warmup`]).
     pub warmup: f64,
-    /// Seed of the split, order, augmentation, dropout (the model's init seed is in `model`).
+    /// Seed of the batch order, augmentation and dropout (the model's init seed is in
+    /// `model`); also of the data, as `split_seed` says.
     pub seed: u64,
+    /// Seed of the synthetic tiles and of the train/validation split; `None`: `seed`.
+    /// `compare-losses` fixes it, so that every seed of a comparison sees the same data.
+    pub split_seed: Option<u64>,
+    /// Split by image (the default) or by patch (the Keras tutorial's, optimistic).
+    pub split: SplitLevel,
     /// Output directory (checkpoints, history, pictures).
     pub out: PathBuf,
     /// Continue from `out/last.safetensors`.
@@ -163,15 +96,21 @@ pub struct TrainOptions {
     pub model: UNetConfig,
     /// Random flips and rotations of training patches.
     pub augment: bool,
-    /// Standardise inputs per channel with the training patches' mean and
-    /// standard deviation ([`Scaling::Standardize`]) instead of `v / 255`.
-    pub standardize: bool,
+    /// How input bytes are scaled ([`InputScaling`]; statistics from the training patches).
+    pub scaling: InputScaling,
     /// Share of the data for validation.
     pub validation: f64,
     /// Stop each epoch after this many steps (quick runs and tests).
     pub max_steps: Option<usize>,
     /// Print progress (the Keras-like lines go to stdout either way).
     pub progress: bool,
+}
+
+impl TrainOptions {
+    /// The seed of the synthetic tiles and of the split: `split_seed`, else `seed`.
+    pub fn data_seed(&self) -> u64 {
+        self.split_seed.unwrap_or(self.seed)
+    }
 }
 
 impl Default for TrainOptions {
@@ -194,11 +133,13 @@ impl Default for TrainOptions {
             schedule: Schedule::Cosine { epochs: 5, min_lr: 2e-5 },
             warmup: 0.0,
             seed: 0,
+            split_seed: None,
+            split: SplitLevel::Image,
             out: PathBuf::from("runs/latest"),
             resume: false,
             model: UNetConfig { batch_norm: true, ..UNetConfig::default() },
             augment: false,
-            standardize: true,
+            scaling: InputScaling::Standardize,
             validation: 0.2,
             max_steps: None,
             progress: true,
@@ -443,7 +384,7 @@ impl<'g> Trainer<'g> {
 /// Load or synthesise the tiles and cut them into training and validation patches.
 pub fn load_patches(options: &TrainOptions) -> anyhow::Result<(Palette, Patches, Patches)> {
     let dataset = match &options.data {
-        DataSource::Synthetic { tiles, size } => Dataset::synthetic(options.seed, *tiles, *size),
+        DataSource::Synthetic { tiles, size } => Dataset::synthetic(options.data_seed(), *tiles, *size),
         DataSource::Dir { path, palette, unknown_as_ignore, groups } => {
             let palette = match palette {
                 Some(p) => Palette::load(p)?,
@@ -457,7 +398,7 @@ pub fn load_patches(options: &TrainOptions) -> anyhow::Result<(Palette, Patches,
     if patches.is_empty() {
         bail!("the dataset gave no {0}x{0} patches; use a smaller --patch", options.patch);
     }
-    let split = SplitOptions { seed: options.seed, validation: options.validation, ..SplitOptions::default() };
+    let split = SplitOptions { seed: options.data_seed(), validation: options.validation, level: options.split };
     let (train, val) =
         if options.validation > 0.0 { patches.split(&split)? } else { (patches.clone(), patches.select(&[])) };
     Ok((dataset.palette.clone(), train, val))
@@ -481,6 +422,7 @@ fn run_metadata(
         ("train.best".to_string(), best.to_string()),
         ("train.loss".to_string(), options.loss.as_str().to_string()),
         ("train.seed".to_string(), options.seed.to_string()),
+        ("train.split".to_string(), format!("{} (seed {})", options.split, options.data_seed())),
         ("train.lr".to_string(), options.lr.to_string()),
         ("train.batch".to_string(), options.batch.to_string()),
         ("train.patch".to_string(), options.patch.to_string()),
@@ -605,7 +547,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         (options.out.join("last.safetensors"), options.out.join("best.safetensors"), options.out.join("history.csv"));
     let curves_path = options.out.join("curves.png");
     // Measured on the training patches only, and the same on resume (same patches).
-    let scaling = if options.standardize { Scaling::Standardize(train_patches.channel_stats()) } else { Scaling::Unit };
+    let scaling = options.scaling.fit(&train_patches);
 
     let mut trainer =
         Trainer::new(gpu, options.model.clone(), options.optimizer, options.loss.config(None), options.seed);
@@ -627,10 +569,9 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         let saved_scaling =
             Scaling::from_metadata(&ck.metadata).map_err(|e| anyhow::anyhow!("{}: {e}", ck.path.display()))?;
         if saved_scaling != scaling {
-            let fix = match (saved_scaling, scaling) {
-                (Scaling::Unit, _) => "add --no-standardize",
-                (_, Scaling::Unit) => "drop --no-standardize",
-                _ => "the training patches differ: use the same --data, --tiles, --patch and --seed",
+            let fix = match saved_scaling.kind() {
+                kind if kind != scaling.kind() => format!("use --scaling {kind}"),
+                _ => "the training patches differ: use the same --data, --tiles, --patch, --seed, --split-seed and --split".into(),
             };
             bail!("{} was trained on inputs scaled as {saved_scaling:?}, not {scaling:?}; {fix}", ck.path.display());
         }
@@ -798,8 +739,8 @@ mod tests {
         let err = train(gpu, &TrainOptions { resume: true, ..tiny(&root.join("c"), 1) }).unwrap_err();
         assert!(format!("{err:#}").contains("nothing to resume"), "{err:#}");
         // The inputs of a resumed run must be scaled as the checkpoint's were.
-        let err = train(gpu, &TrainOptions { resume: true, standardize: false, ..tiny(&b, 4) }).unwrap_err();
-        assert!(format!("{err:#}").contains("drop --no-standardize"), "{err:#}");
+        let err = train(gpu, &TrainOptions { resume: true, scaling: InputScaling::Unit, ..tiny(&b, 4) }).unwrap_err();
+        assert!(format!("{err:#}").contains("use --scaling standardize"), "{err:#}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -821,10 +762,7 @@ mod tests {
     }
 
     #[test]
-    fn loss_names_and_the_keras_line() {
-        assert_eq!("dice+ce".parse::<LossName>(), Ok(LossName::DiceCe));
-        let err = "dice-ce".parse::<LossName>().unwrap_err();
-        assert!(err.contains("dice+ce") && err.contains("unified-focal"), "{err}");
+    fn the_keras_line() {
         let m = EpochMetrics {
             epoch: 1,
             loss: 0.5,

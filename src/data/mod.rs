@@ -22,16 +22,17 @@
 
 pub mod palette;
 pub mod patches;
+pub mod scaling;
+pub mod split;
 pub mod synthetic;
 pub mod tiles;
 
 use std::path::{Path, PathBuf};
 
 pub use palette::{Palette, Unknown, IGNORE};
-pub use patches::{
-    Augment, Batch, BatchOptions, Batches, ChannelStats, ClassFrequencies, Origin, Patches, Scaling, SplitLevel,
-    SplitOptions,
-};
+pub use patches::{Augment, Batch, BatchOptions, Batches, ClassFrequencies, Origin, Patches};
+pub use scaling::{ChannelStats, InputScaling, Scaling};
+pub use split::{SplitLevel, SplitOptions};
 pub use tiles::{Pair, Tile};
 
 /// The patch side the Keras tutorial for the Dubai dataset uses.

@@ -1,5 +1,6 @@
-//! Patches: cutting tiles into square training samples, the train/validation
-//! split, per-channel statistics, class frequencies, and batches.
+//! Patches: cutting tiles into square training samples, class frequencies, and
+//! batches. The train/validation split is in [`super::split`], the input scaling
+//! in [`super::scaling`].
 //!
 //! # Cutting (the Keras tutorial's way)
 //! Each tile is cropped to the largest multiple of the patch side in each
@@ -8,21 +9,14 @@
 //! patches row by row (`patchify` with step = patch). A 797x644 tile gives
 //! 3x2 patches of 256; the right 29 and bottom 132 pixels are dropped.
 //!
-//! # Scaling
-//! Pixels become `f32` in [0, 1] (`/255`). The tutorial min-max scales each
-//! patch on its own instead; a fixed `/255` keeps a dark patch dark, which is
-//! information, and gives validation and inference the very same mapping.
-//! [`Scaling::Standardize`] further subtracts a per-channel mean and divides
-//! by a standard deviation, both measured on the *training* patches only
-//! ([`Patches::channel_stats`]) so no validation pixel leaks into training.
-//!
 //! # Batch layout
 //! `images`: `f32` `[N,3,P,P]` (NCHW, what the conv kernels read);
 //! `labels`: `u32` `[N,P,P]`, class ids or [`IGNORE`](super::IGNORE).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
+use super::scaling::Scaling;
+use super::split::shuffle;
 use super::tiles::Tile;
 use super::DataError;
 use crate::rng::Rng;
@@ -94,133 +88,6 @@ pub fn patchify(tiles: &[Tile], patch: usize, classes: &[String]) -> Result<Patc
         }
     }
     Ok(Patches { size: patch, classes: classes.to_vec(), rgb, labels, origins })
-}
-
-/// Which unit the train/validation split assigns to one side.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SplitLevel {
-    /// Whole images go to one side (the default). Neighbouring patches of one
-    /// image share lighting, texture and objects cut in two by the patch
-    /// border; splitting patches would put such near-duplicates on both
-    /// sides and make validation scores look better than they are.
-    #[default]
-    Image,
-    /// Patches are assigned one by one, as the Keras tutorial's
-    /// `train_test_split` does: exact proportions, optimistic validation.
-    Patch,
-}
-
-/// How to split patches into training and validation.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SplitOptions {
-    /// Seed of the assignment: the same seed gives the same split.
-    pub seed: u64,
-    /// Share of patches for validation, in [0, 1); 0.2 by default.
-    pub validation: f64,
-    /// Split by image or by patch.
-    pub level: SplitLevel,
-}
-
-impl Default for SplitOptions {
-    /// 80/20 by image, seed 0.
-    fn default() -> SplitOptions {
-        SplitOptions { seed: 0, validation: 0.2, level: SplitLevel::Image }
-    }
-}
-
-/// Fisher-Yates shuffle with our seeded generator.
-pub fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.below(i + 1));
-    }
-}
-
-/// Per-channel mean and standard deviation of pixels scaled to [0, 1].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ChannelStats {
-    /// Mean of R, G, B.
-    pub mean: [f32; 3],
-    /// Standard deviation of R, G, B.
-    pub std: [f32; 3],
-}
-
-/// How bytes become the network's input values.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum Scaling {
-    /// `v / 255`, in [0, 1].
-    #[default]
-    Unit,
-    /// `(v / 255 - mean) / std` per channel, with the training set's stats.
-    Standardize(ChannelStats),
-}
-
-impl Scaling {
-    /// The checkpoint metadata key that records the scaling a model was trained with.
-    pub const METADATA_KEY: &'static str = "data.scaling";
-
-    /// The scaling as checkpoint metadata: `data.scaling` = `unit`, or
-    /// `standardize:<m0>,<m1>,<m2>:<s0>,<s1>,<s2>` (means, then standard
-    /// deviations of R, G, B; written so that they read back exactly).
-    pub fn to_metadata(&self) -> BTreeMap<String, String> {
-        let value = match self {
-            Scaling::Unit => "unit".to_string(),
-            Scaling::Standardize(s) => {
-                let list = |v: &[f32; 3]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
-                format!("standardize:{}:{}", list(&s.mean), list(&s.std))
-            }
-        };
-        BTreeMap::from([(Scaling::METADATA_KEY.to_string(), value)])
-    }
-
-    /// Read the scaling back from checkpoint metadata. A checkpoint without
-    /// the key was trained on [`Scaling::Unit`] inputs (the default); an
-    /// unreadable value is an error naming it.
-    pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<Scaling, String> {
-        let Some(value) = meta.get(Scaling::METADATA_KEY) else {
-            return Ok(Scaling::Unit);
-        };
-        let bad = |why: &str| {
-            format!(
-                "{} = {value:?} {why}: expected `unit` or `standardize:<m0>,<m1>,<m2>:<s0>,<s1>,<s2>`",
-                Scaling::METADATA_KEY
-            )
-        };
-        if value == "unit" {
-            return Ok(Scaling::Unit);
-        }
-        let parts: Vec<&str> = value.split(':').collect();
-        let ["standardize", mean, std] = parts[..] else {
-            return Err(bad("is not a known scaling"));
-        };
-        let three = |list: &str| -> Result<[f32; 3], String> {
-            let values: Vec<f32> = list
-                .split(',')
-                .map(|x| x.trim().parse::<f32>().ok().filter(|v| v.is_finite()))
-                .collect::<Option<_>>()
-                .ok_or_else(|| bad("has a value that is not a finite number"))?;
-            values.try_into().map_err(|_| bad("needs three values per list"))
-        };
-        Ok(Scaling::Standardize(ChannelStats { mean: three(mean)?, std: three(std)? }))
-    }
-
-    /// The input value of each byte, per channel: a lookup table, because
-    /// there are only 256 inputs and a batch converts millions of bytes.
-    /// `table[c][v]` is the network input for byte `v` of channel `c`.
-    pub(crate) fn table(&self) -> [[f32; 256]; 3] {
-        let mut table = [[0.0; 256]; 3];
-        for (c, row) in table.iter_mut().enumerate() {
-            for (v, out) in row.iter_mut().enumerate() {
-                let unit = v as f32 / 255.0;
-                *out = match self {
-                    Scaling::Unit => unit,
-                    // A flat channel has std 0: dividing by a floor keeps the
-                    // value finite (and 0) instead of NaN.
-                    Scaling::Standardize(s) => (unit - s.mean[c]) / s.std[c].max(1e-6),
-                };
-            }
-        }
-        table
-    }
 }
 
 /// One of the 8 symmetries of a square: rotate by `rot90` quarter turns
@@ -325,7 +192,6 @@ pub struct Batches<'a> {
     next: usize,
     options: BatchOptions,
     rng: Rng,
-    table: [[f32; 256]; 3],
 }
 
 impl Iterator for Batches<'_> {
@@ -346,6 +212,7 @@ impl Iterator for Batches<'_> {
         for (b, &i) in indices.iter().enumerate() {
             let augment = if self.options.augment { Augment::random(&mut self.rng) } else { Augment::default() };
             let rgb = self.patches.image(i);
+            let table = self.options.scaling.table(rgb);
             let lab = self.patches.label(i);
             let (image, label) = (&mut images[b * 3 * plane..(b + 1) * 3 * plane], &mut labels[b * plane..][..plane]);
             for y in 0..p {
@@ -354,7 +221,7 @@ impl Iterator for Batches<'_> {
                     let s = sy * p + sx;
                     let o = y * p + x;
                     for c in 0..3 {
-                        image[c * plane + o] = self.table[c][rgb[s * 3 + c] as usize];
+                        image[c * plane + o] = table[c][rgb[s * 3 + c] as usize];
                     }
                     label[o] = lab[s] as u32;
                 }
@@ -408,97 +275,6 @@ impl Patches {
         Patches { size: self.size, classes: self.classes.clone(), rgb, labels, origins }
     }
 
-    /// Split into `(train, validation)`, deterministically from the seed
-    /// (see [`SplitLevel`] for why whole images is the default). Both keep
-    /// the original patch order.
-    ///
-    /// By image, the images are shuffled and each, in turn, joins validation
-    /// when that brings its patch count closer to the target share (and the
-    /// first always does), so the share is near, not exactly, `validation`.
-    pub fn split(&self, options: &SplitOptions) -> Result<(Patches, Patches), DataError> {
-        if !(0.0..1.0).contains(&options.validation) {
-            return Err(DataError::Option {
-                name: "validation share",
-                value: options.validation.to_string(),
-                reason: "it must be in [0, 1), e.g. 0.2 for an 80/20 split".into(),
-            });
-        }
-        let mut rng = Rng::new(options.seed);
-        let mut in_validation = vec![false; self.len()];
-        if options.validation > 0.0 {
-            match options.level {
-                SplitLevel::Patch => {
-                    let mut order: Vec<usize> = (0..self.len()).collect();
-                    shuffle(&mut order, &mut rng);
-                    let count = (self.len() as f64 * options.validation).round() as usize;
-                    for &i in &order[..count] {
-                        in_validation[i] = true;
-                    }
-                }
-                SplitLevel::Image => {
-                    let mut images: Vec<usize> = self.origins.iter().map(|o| o.tile).collect();
-                    images.sort_unstable();
-                    images.dedup();
-                    if images.len() < 2 {
-                        return Err(DataError::Option {
-                            name: "split level",
-                            value: "Image".into(),
-                            reason: format!(
-                                "the patches come from {} image(s), and a split by image needs at least 2: use SplitLevel::Patch or add images",
-                                images.len()
-                            ),
-                        });
-                    }
-                    let mut per_image = vec![0usize; images[images.len() - 1] + 1];
-                    for o in &self.origins {
-                        per_image[o.tile] += 1;
-                    }
-                    shuffle(&mut images, &mut rng);
-                    let target = self.len() as f64 * options.validation;
-                    let mut chosen = vec![false; per_image.len()];
-                    let mut count = 0usize;
-                    // The last image always stays in training.
-                    for &image in &images[..images.len() - 1] {
-                        let with = (count + per_image[image]) as f64;
-                        if count == 0 || (with - target).abs() < (count as f64 - target).abs() {
-                            chosen[image] = true;
-                            count += per_image[image];
-                        }
-                    }
-                    for (i, o) in self.origins.iter().enumerate() {
-                        in_validation[i] = chosen[o.tile];
-                    }
-                }
-            }
-        }
-        let (val, train): (Vec<usize>, Vec<usize>) = (0..self.len()).partition(|&i| in_validation[i]);
-        Ok((self.select(&train), self.select(&val)))
-    }
-
-    /// Per-channel mean and standard deviation in [0, 1] units, for
-    /// [`Scaling::Standardize`]. Compute it on the training patches only.
-    pub fn channel_stats(&self) -> ChannelStats {
-        // Exact integer sums: no f32 rounding drift over a billion pixels.
-        let mut sum = [0u64; 3];
-        let mut sum_sq = [0u64; 3];
-        for px in self.rgb.chunks_exact(3) {
-            for c in 0..3 {
-                let v = px[c] as u64;
-                sum[c] += v;
-                sum_sq[c] += v * v;
-            }
-        }
-        let n = (self.rgb.len() / 3).max(1) as f64;
-        let mut stats = ChannelStats { mean: [0.0; 3], std: [0.0; 3] };
-        for c in 0..3 {
-            let mean = sum[c] as f64 / n;
-            let var = (sum_sq[c] as f64 / n - mean * mean).max(0.0);
-            stats.mean[c] = (mean / 255.0) as f32;
-            stats.std[c] = (var.sqrt() / 255.0) as f32;
-        }
-        stats
-    }
-
     /// Pixel count per class over these patches.
     pub fn class_frequencies(&self) -> ClassFrequencies {
         ClassFrequencies::count(&self.classes, [self.labels.as_slice()])
@@ -512,7 +288,7 @@ impl Patches {
         if options.shuffle {
             shuffle(&mut order, &mut rng);
         }
-        Ok(Batches { patches: self, order, next: 0, options: *options, rng, table: options.scaling.table() })
+        Ok(Batches { patches: self, order, next: 0, options: *options, rng })
     }
 }
 
@@ -579,40 +355,17 @@ impl fmt::Display for ClassFrequencies {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn scaling_round_trips_through_checkpoint_metadata() {
-        let stats = ChannelStats { mean: [0.1, 0.2, 1.0 / 3.0], std: [0.25, 0.5, 0.123_456_79] };
-        for scaling in [Scaling::Unit, Scaling::Standardize(stats)] {
-            assert_eq!(Scaling::from_metadata(&scaling.to_metadata()), Ok(scaling));
-        }
-        assert_eq!(
-            Scaling::Standardize(stats).to_metadata()["data.scaling"],
-            "standardize:0.1,0.2,0.33333334:0.25,0.5,0.12345679"
-        );
-        assert_eq!(Scaling::from_metadata(&BTreeMap::new()), Ok(Scaling::Unit));
-        for bad in [
-            "minmax",
-            "standardize:1,2:1,2,3",
-            "standardize:1,2,x:1,2,3",
-            "standardize:1,2,3",
-            "standardize:1,2,3:1,2,inf",
-        ] {
-            let meta = BTreeMap::from([("data.scaling".to_string(), bad.to_string())]);
-            let err = Scaling::from_metadata(&meta).unwrap_err();
-            assert!(err.contains("data.scaling") && err.contains(bad), "{err}");
-        }
-    }
-
-    fn names() -> Vec<String> {
+    /// Class names "a", "b", "c".
+    pub(crate) fn names() -> Vec<String> {
         ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
     }
 
     /// A w x h tile whose pixel (y, x) has R = x, G = y, B = tile id and label
     /// (x + y) % 3: every pixel is identifiable after cutting and flipping.
-    fn tile(id: u8, width: usize, height: usize) -> Tile {
+    pub(crate) fn tile(id: u8, width: usize, height: usize) -> Tile {
         let mut rgb = Vec::new();
         let mut labels = Vec::new();
         for y in 0..height {
@@ -716,66 +469,6 @@ mod tests {
         let b: Vec<Batch> = batches.collect();
         assert_eq!(b[0].indices, [0, 1, 2, 3]);
         assert!(p.batches(&BatchOptions { batch_size: 0, ..options }).is_err());
-    }
-
-    #[test]
-    fn standardized_batches_have_zero_mean_and_unit_std() {
-        let p = patchify(&[tile(0, 8, 8), tile(9, 8, 8)], 4, &names()).unwrap();
-        let stats = p.channel_stats();
-        assert!((stats.mean[0] - 3.5 / 255.0).abs() < 1e-6, "{stats:?}");
-        assert!((stats.std[2] - 4.5 / 255.0).abs() < 1e-6, "{stats:?}");
-        let options = BatchOptions { batch_size: 8, scaling: Scaling::Standardize(stats), ..Default::default() };
-        let b = p.batches(&options).unwrap().next().unwrap();
-        let plane = 16;
-        for c in 0..3 {
-            let v: Vec<f64> =
-                (0..b.n).flat_map(|k| b.images[(k * 3 + c) * plane..][..plane].iter().map(|&v| v as f64)).collect();
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
-            let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / v.len() as f64;
-            assert!(mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3, "channel {c}: mean {mean}, var {var}");
-        }
-    }
-
-    #[test]
-    fn split_by_image_keeps_images_whole_and_is_deterministic() {
-        let tiles: Vec<Tile> = (0..10).map(|i| tile(i, 4 + 2 * (i as usize % 3), 4)).collect();
-        let p = patchify(&tiles, 2, &names()).unwrap();
-        let options = SplitOptions { seed: 11, ..Default::default() };
-        let (train, val) = p.split(&options).unwrap();
-        assert_eq!(train.len() + val.len(), p.len());
-        let share = val.len() as f64 / p.len() as f64;
-        assert!((0.1..0.3).contains(&share), "validation share {share}");
-        for o in &val.origins {
-            assert!(train.origins.iter().all(|t| t.tile != o.tile), "image {} on both sides", o.tile);
-        }
-        assert_eq!(p.split(&options).unwrap(), (train.clone(), val.clone()));
-        let (_, other) = p.split(&SplitOptions { seed: 12, ..options }).unwrap();
-        assert_ne!(other.origins, val.origins, "another seed, another split");
-    }
-
-    #[test]
-    fn split_by_patch_has_exact_proportions_and_edge_cases() {
-        let p = patchify(&[tile(0, 10, 10)], 2, &names()).unwrap();
-        let (train, val) = p.split(&SplitOptions { level: SplitLevel::Patch, ..Default::default() }).unwrap();
-        assert_eq!((train.len(), val.len()), (20, 5));
-        let (train, val) = p.split(&SplitOptions { validation: 0.0, ..Default::default() }).unwrap();
-        assert_eq!((train.len(), val.len()), (25, 0));
-        let msg = p.split(&SplitOptions::default()).unwrap_err().to_string();
-        assert!(msg.contains("1 image(s)") && msg.contains("SplitLevel::Patch"), "{msg}");
-        assert!(p.split(&SplitOptions { validation: 1.0, ..Default::default() }).is_err());
-    }
-
-    #[test]
-    fn shuffle_is_a_seeded_permutation() {
-        let mut a: Vec<usize> = (0..50).collect();
-        let mut b = a.clone();
-        shuffle(&mut a, &mut Rng::new(4));
-        shuffle(&mut b, &mut Rng::new(4));
-        assert_eq!(a, b);
-        assert_ne!(a, (0..50).collect::<Vec<_>>());
-        a.sort();
-        assert_eq!(a, (0..50).collect::<Vec<_>>());
-        shuffle::<u8>(&mut [], &mut Rng::new(4)); // no panic on empty input
     }
 
     #[test]

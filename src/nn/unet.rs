@@ -14,10 +14,11 @@
 //!
 //! Parameter names follow a PyTorch `state_dict` (`enc0.conv1.weight`,
 //! `up3.weight`, `dec0.bn2.running_mean`, `head.bias`, ...), with PyTorch's
-//! layouts (OIHW; transposed conv [in, out, 2, 2]).
+//! layouts (OIHW; transposed conv [in, out, 2, 2]). The weights are drawn on the CPU
+//! as [`Init`] says ([`super::init`]: this project's recipe, or the Keras tutorial's).
 
-use std::collections::BTreeMap;
-
+pub use super::config::{UNetConfig, Upsampling};
+use super::init::{self, Init, Layer};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::gpu::Gpu;
 use crate::ops::batchnorm2d::batchnorm2d_fused;
@@ -30,108 +31,6 @@ use crate::params::{ParamArena, ParamSpec};
 use crate::rng::Rng;
 use crate::tape::Step;
 use crate::tensor::Tensor;
-
-/// How the decoder doubles the resolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Upsampling {
-    /// 2x2 transposed convolution, stride 2 (the Keras tutorial, the original U-Net).
-    Transposed,
-    /// Bilinear 2x upsampling followed by a 1x1 convolution that halves the channels.
-    Bilinear,
-}
-
-/// The shape of a U-Net.
-#[derive(Clone, Debug, PartialEq)]
-pub struct UNetConfig {
-    /// Input channels (3 for RGB).
-    pub in_channels: usize,
-    /// Output classes.
-    pub classes: usize,
-    /// Number of downsamplings (4: 16-32-64-128-256 filters).
-    pub depth: usize,
-    /// Filters at the first level; doubled at each level down.
-    pub base: usize,
-    /// Batch norm after each 3x3 convolution.
-    pub batch_norm: bool,
-    /// Dropout probability per level, from the top level to the bottleneck
-    /// (`depth + 1` values), mirrored on the way up.
-    pub dropout: Vec<f32>,
-    /// How the decoder upsamples.
-    pub upsampling: Upsampling,
-    /// Seed of the He-normal initialisation.
-    pub seed: u64,
-}
-
-impl Default for UNetConfig {
-    /// The Keras tutorial model: 3 -> 6 classes, depth 4, base 16, dropout
-    /// 0.1, 0.1, 0.2, 0.2, 0.3, transposed convolutions, no batch norm.
-    fn default() -> Self {
-        UNetConfig {
-            in_channels: 3,
-            classes: 6,
-            depth: 4,
-            base: 16,
-            batch_norm: false,
-            dropout: vec![0.1, 0.1, 0.2, 0.2, 0.3],
-            upsampling: Upsampling::Transposed,
-            seed: 0,
-        }
-    }
-}
-
-impl UNetConfig {
-    /// The configuration as checkpoint metadata (`model.<field>` keys).
-    pub fn to_metadata(&self) -> BTreeMap<String, String> {
-        let dropout: Vec<String> = self.dropout.iter().map(|p| p.to_string()).collect();
-        let upsampling = match self.upsampling {
-            Upsampling::Transposed => "transposed",
-            Upsampling::Bilinear => "bilinear",
-        };
-        [
-            ("in_channels", self.in_channels.to_string()),
-            ("classes", self.classes.to_string()),
-            ("depth", self.depth.to_string()),
-            ("base", self.base.to_string()),
-            ("batch_norm", self.batch_norm.to_string()),
-            ("dropout", dropout.join(",")),
-            ("upsampling", upsampling.to_string()),
-            ("seed", self.seed.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("model.{k}"), v))
-        .collect()
-    }
-
-    /// Read a configuration back from checkpoint metadata; the error names the
-    /// missing or unreadable key.
-    pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<UNetConfig, String> {
-        fn get<T: std::str::FromStr>(meta: &BTreeMap<String, String>, key: &str) -> Result<T, String> {
-            let value = meta.get(&format!("model.{key}")).ok_or_else(|| format!("no model.{key} in the metadata"))?;
-            value.parse().map_err(|_| format!("model.{key} = {value:?} is not readable"))
-        }
-        let dropout: String = get(meta, "dropout")?;
-        let dropout = dropout
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|p| p.parse().map_err(|_| format!("model.dropout has {p:?}, not a number")))
-            .collect::<Result<Vec<f32>, String>>()?;
-        let upsampling = match get::<String>(meta, "upsampling")?.as_str() {
-            "transposed" => Upsampling::Transposed,
-            "bilinear" => Upsampling::Bilinear,
-            other => return Err(format!("model.upsampling = {other:?}: expected transposed or bilinear")),
-        };
-        Ok(UNetConfig {
-            in_channels: get(meta, "in_channels")?,
-            classes: get(meta, "classes")?,
-            depth: get(meta, "depth")?,
-            base: get(meta, "base")?,
-            batch_norm: get(meta, "batch_norm")?,
-            dropout,
-            upsampling,
-            seed: get(meta, "seed")?,
-        })
-    }
-}
 
 /// Indices into the arena of one convolution's weight and bias.
 #[derive(Clone, Copy, Debug)]
@@ -177,6 +76,7 @@ pub struct UNet {
 /// Collects parameter specs and buffers while the layers are laid out.
 struct Builder<'a> {
     gpu: &'a Gpu,
+    init: Init,
     rng: Rng,
     specs: Vec<ParamSpec>,
     buffers: Vec<(String, Tensor)>,
@@ -188,37 +88,28 @@ impl Builder<'_> {
         self.specs.len() - 1
     }
 
-    /// He-normal weights (truncated at 2 standard deviations, as Keras' `he_normal`)
-    /// with `std = sqrt(2 / fan_in)`, and `out_channels` zero biases.
-    fn weights(&mut self, name: &str, shape: [usize; 4], fan_in: usize, out_channels: usize) -> Conv {
-        let std = (2.0 / fan_in as f64).sqrt();
-        let len = shape.iter().product();
-        let init = (0..len)
-            .map(|_| loop {
-                let z = self.rng.normal();
-                if z.abs() <= 2.0 {
-                    break (z * std) as f32;
-                }
-            })
-            .collect();
+    /// Weights of shape `shape` drawn for a `layer` with `input` -> `out` channels and
+    /// `k` x `k` taps, as [`init::weights`] says for `self.init`, and `out` zero biases.
+    fn weights(&mut self, name: &str, shape: [usize; 4], layer: Layer, [input, out, k]: [usize; 3]) -> Conv {
+        let init = init::weights(self.init, layer, &mut self.rng, [input, out, k, k]);
         let weight = self.param(format!("{name}.weight"), shape.to_vec(), init);
-        let bias = self.param(format!("{name}.bias"), vec![out_channels], vec![0.0; out_channels]);
+        let bias = self.param(format!("{name}.bias"), vec![out], vec![0.0; out]);
         Conv { weight, bias }
     }
 
-    /// A convolution, OIHW.
-    fn conv(&mut self, name: &str, [o, i, kh, kw]: [usize; 4]) -> Conv {
-        self.weights(name, [o, i, kh, kw], i * kh * kw, o)
+    /// A 1x1 convolution, OIHW [out, in, 1, 1].
+    fn conv1x1(&mut self, name: &str, out: usize, input: usize) -> Conv {
+        self.weights(name, [out, input, 1, 1], Layer::Pointwise, [input, out, 1])
     }
 
-    /// A 2x2 stride-2 transposed convolution, [in, out, 2, 2]; each output
-    /// pixel sees one tap of each input channel, so its fan-in is `input`.
+    /// A 2x2 stride-2 transposed convolution, [in, out, 2, 2].
     fn conv_transpose(&mut self, name: &str, input: usize, out: usize) -> Conv {
-        self.weights(name, [input, out, 2, 2], input, out)
+        self.weights(name, [input, out, 2, 2], Layer::Transposed, [input, out, 2])
     }
 
+    /// A 3x3 convolution, OIHW [out, in, 3, 3].
     fn conv3x3(&mut self, name: &str, out: usize, input: usize) -> Conv {
-        self.conv(name, [out, input, 3, 3])
+        self.weights(name, [out, input, 3, 3], Layer::Conv3x3, [input, out, 3])
     }
 
     fn norm(&mut self, name: &str, channels: usize) -> Norm {
@@ -251,7 +142,8 @@ impl UNet {
             config.depth,
             config.dropout
         );
-        let mut b = Builder { gpu, rng: Rng::new(config.seed), specs: Vec::new(), buffers: Vec::new() };
+        let mut b =
+            Builder { gpu, init: config.init, rng: Rng::new(config.seed), specs: Vec::new(), buffers: Vec::new() };
         let filters = |level: usize| config.base << level;
         let mut encoder = Vec::new();
         let mut channels = config.in_channels;
@@ -268,11 +160,11 @@ impl UNet {
             let (from, to) = (filters(level + 1), filters(level));
             up.push(match config.upsampling {
                 Upsampling::Transposed => b.conv_transpose(&format!("up{level}"), from, to),
-                Upsampling::Bilinear => b.conv(&format!("up{level}"), [to, from, 1, 1]),
+                Upsampling::Bilinear => b.conv1x1(&format!("up{level}"), to, from),
             });
             decoder.push(b.block(&format!("dec{level}"), to, 2 * to, config.batch_norm, config.dropout[level]));
         }
-        let head = b.conv("head", [config.classes, filters(0), 1, 1]);
+        let head = b.conv1x1("head", config.classes, filters(0));
         let arena = ParamArena::new(gpu, &b.specs);
         UNet { config, arena, encoder, bottleneck, up, decoder, head, buffers: b.buffers }
     }
@@ -441,12 +333,23 @@ mod tests {
     }
 
     #[test]
-    fn the_config_round_trips_through_checkpoint_metadata() {
-        let cfg = UNetConfig { batch_norm: true, upsampling: Upsampling::Bilinear, seed: 7, ..UNetConfig::default() };
-        let mut meta = cfg.to_metadata();
-        assert_eq!(UNetConfig::from_metadata(&meta), Ok(cfg));
-        meta.remove("model.depth");
-        assert_eq!(UNetConfig::from_metadata(&meta), Err("no model.depth in the metadata".to_string()));
+    fn each_layer_kind_is_drawn_by_its_recipe() {
+        let gpu = gpu();
+        let weights = |init: Init| {
+            let model = UNet::new(gpu, UNetConfig { init, ..tiny(false, Upsampling::Transposed) });
+            let read = |name: &str| gpu.read(&model.state().into_iter().find(|(n, _)| n == name).unwrap().1);
+            let max_abs = |name: &str| read(name).iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+            assert!(read("up0.bias").iter().chain(&read("head.bias")).all(|&b| b == 0.0));
+            // enc1.conv1: 4 -> 8 channels, 3x3; up0: 8 -> 4, 2x2; head: 4 -> 6, 1x1.
+            [max_abs("enc1.conv1.weight"), max_abs("up0.weight"), max_abs("head.weight")]
+        };
+        let he = (2.0f64 / 36.0).sqrt();
+        let [conv, up, head] = weights(Init::Keras);
+        assert!(conv <= 2.0 * he / init::KERAS_TRUNCATION + 1e-6 && conv > 2.0 * he, "{conv}");
+        assert!(up <= (6.0f64 / (32.0 + 16.0)).sqrt() && head <= (6.0f64 / (4.0 + 6.0)).sqrt(), "{up} {head}");
+        let [conv, up, head] = weights(Init::Default);
+        assert!(conv <= 2.0 * he + 1e-6, "{conv}");
+        assert!(up <= 2.0 * (2.0f64 / 8.0).sqrt() + 1e-6 && head <= 2.0 * (2.0f64 / 4.0).sqrt() + 1e-6);
     }
 
     #[test]
