@@ -3,7 +3,7 @@
 //! loops show, e.g. lavapipe ends any shader loop after 65535 iterations, so a
 //! thread that walks too many pixels would silently return a partial sum.
 
-use unet_wgpu::ops::conv2d::{conv2d_backward_weight, reference as conv_ref, Conv2d};
+use unet_wgpu::ops::conv2d::{self, conv2d_backward_weight, reference as conv_ref, Conv2d};
 use unet_wgpu::ops::conv_transpose2d::{conv_transpose2d_backward_weight, reference as convt_ref};
 use unet_wgpu::testing::{assert_close_f32, gpu, random_vec, to_f64};
 
@@ -42,4 +42,22 @@ fn conv_transpose2d_weight_gradient_into_the_top_level() {
     let (want_dw, want_db) = convt_ref::conv_transpose2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, co);
     assert_close_f32("convT dw", &gpu.read(&dw), &want_dw, 1e-3);
     assert_close_f32("convT db", &gpu.read(&db), &want_db, 1e-3);
+}
+
+#[test]
+fn textbook_conv2d_weight_gradient_of_the_top_level() {
+    // 4 x 256 x 256 pixels a sum: the textbook kernel cuts it into runs under the loop guard.
+    let gpu = gpu();
+    let (xd, wd, p) = ([4, 3, 256, 256], [16, 3, 3, 3], Conv2d::new(1, 1));
+    let yd = [xd[0], wd[0], xd[2], xd[3]];
+    let (x, dy) = (random_vec(5, xd.iter().product()), random_vec(6, yd.iter().product()));
+    let (xt, dyt, dw, db) = (gpu.upload(&x, &xd), gpu.upload(&dy, &yd), gpu.empty(&wd), gpu.empty(&[wd[0]]));
+    let mut enc = gpu.encoder();
+    enc.clear(&dw);
+    enc.clear(&db);
+    conv2d::textbook::conv2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), p);
+    gpu.submit(enc);
+    let (want_dw, want_db) = conv_ref::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
+    assert_close_f32("textbook dw", &gpu.read(&dw), &want_dw, 1e-3);
+    assert_close_f32("textbook db", &gpu.read(&db), &want_db, 1e-3);
 }

@@ -318,6 +318,21 @@ pub fn kernels() -> Vec<Kernel> {
         all.extend(sets(shader, entries, &[constants]));
     }
 
+    // The textbook kernels (`--kernels reference`, and the oracle of the tests): no constants.
+    let textbook: [(&'static str, &[&'static str]); 1] = [(
+        "conv2d_textbook",
+        &[
+            "conv2d_forward",
+            "conv2d_backward_data",
+            "conv2d_backward_weight",
+            "conv2d_backward_bias",
+            "conv2d_add_chunks",
+        ],
+    )];
+    for (shader, entries) in textbook {
+        all.extend(sets(shader, entries, &[vec![]]));
+    }
+
     // The same pipeline reached two ways (a tiling in two families) is translated once.
     let mut seen = BTreeSet::new();
     all.retain(|k| seen.insert(format!("{}::{} {:?}", k.shader, k.entry, k.constants)));
