@@ -4,7 +4,7 @@
 //! thread that walks too many pixels would silently return a partial sum.
 
 use unet_wgpu::ops::conv2d::{self, conv2d_backward_weight, reference as conv_ref, Conv2d};
-use unet_wgpu::ops::conv_transpose2d::{conv_transpose2d_backward_weight, reference as convt_ref};
+use unet_wgpu::ops::conv_transpose2d::{self, conv_transpose2d_backward_weight, reference as convt_ref};
 use unet_wgpu::testing::{assert_close_f32, gpu, random_vec, to_f64};
 
 #[test]
@@ -60,4 +60,23 @@ fn textbook_conv2d_weight_gradient_of_the_top_level() {
     let (want_dw, want_db) = conv_ref::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
     assert_close_f32("textbook dw", &gpu.read(&dw), &want_dw, 1e-3);
     assert_close_f32("textbook db", &gpu.read(&db), &want_db, 1e-3);
+}
+
+#[test]
+fn textbook_conv_transpose2d_weight_gradient_into_the_top_level() {
+    // 4 x 128 x 128 input pixels (the weight's sum) and 4 x 256 x 256 output pixels (the bias's).
+    let gpu = gpu();
+    let (xd, co) = ([4, 4, 128, 128], 8);
+    let yd = [xd[0], co, 2 * xd[2], 2 * xd[3]];
+    let (x, dy) = (random_vec(7, xd.iter().product()), random_vec(8, yd.iter().product()));
+    let (xt, dyt, dw, db) =
+        (gpu.upload(&x, &xd), gpu.upload(&dy, &yd), gpu.empty(&[xd[1], co, 2, 2]), gpu.empty(&[co]));
+    let mut enc = gpu.encoder();
+    enc.clear(&dw);
+    enc.clear(&db);
+    conv_transpose2d::textbook::conv_transpose2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, Some(&db));
+    gpu.submit(enc);
+    let (want_dw, want_db) = convt_ref::conv_transpose2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, co);
+    assert_close_f32("textbook convT dw", &gpu.read(&dw), &want_dw, 1e-3);
+    assert_close_f32("textbook convT db", &gpu.read(&db), &want_db, 1e-3);
 }

@@ -319,16 +319,28 @@ pub fn kernels() -> Vec<Kernel> {
     }
 
     // The textbook kernels (`--kernels reference`, and the oracle of the tests): no constants.
-    let textbook: [(&'static str, &[&'static str]); 1] = [(
-        "conv2d_textbook",
-        &[
-            "conv2d_forward",
-            "conv2d_backward_data",
-            "conv2d_backward_weight",
-            "conv2d_backward_bias",
-            "conv2d_add_chunks",
-        ],
-    )];
+    let textbook: [(&'static str, &[&'static str]); 2] = [
+        (
+            "conv2d_textbook",
+            &[
+                "conv2d_forward",
+                "conv2d_backward_data",
+                "conv2d_backward_weight",
+                "conv2d_backward_bias",
+                "conv2d_add_chunks",
+            ],
+        ),
+        (
+            "conv_transpose2d_textbook",
+            &[
+                "conv_transpose2d_forward",
+                "conv_transpose2d_backward_data",
+                "conv_transpose2d_backward_weight",
+                "conv_transpose2d_backward_bias",
+                "conv_transpose2d_add_chunks",
+            ],
+        ),
+    ];
     for (shader, entries) in textbook {
         all.extend(sets(shader, entries, &[vec![]]));
     }
