@@ -319,7 +319,7 @@ pub fn kernels() -> Vec<Kernel> {
     }
 
     // The textbook kernels (`--kernels reference`, and the oracle of the tests): no constants.
-    let textbook: [(&'static str, &[&'static str]); 2] = [
+    let textbook: [(&'static str, &[&'static str]); 4] = [
         (
             "conv2d_textbook",
             &[
@@ -338,6 +338,23 @@ pub fn kernels() -> Vec<Kernel> {
                 "conv_transpose2d_backward_weight",
                 "conv_transpose2d_backward_bias",
                 "conv_transpose2d_add_chunks",
+            ],
+        ),
+        ("matmul_textbook", &["matmul_forward", "matmul_backward_a", "matmul_backward_b"]),
+        (
+            "batchnorm2d_textbook",
+            &[
+                "batchnorm_sum_x",
+                "batchnorm_mean",
+                "batchnorm_sum_squares",
+                "batchnorm_stats",
+                "batchnorm_stats_running",
+                "batchnorm_forward",
+                "batchnorm_sum_backward",
+                "batchnorm_backward_sums",
+                "batchnorm_backward_data",
+                "batchnorm_backward_gamma",
+                "batchnorm_backward_beta",
             ],
         ),
     ];

@@ -147,5 +147,24 @@ pub fn epilogue_forward(gpu: &Gpu, enc: &mut Encoder, z: &Tensor, y: &Tensor, ep
     }
 }
 
+/// `dz`, the gradient before the epilogue, given dy after it and the pre-activation z, by the
+/// plain kernels and the chain rule: through [`dropout::dropout_backward`], then
+/// [`relu::relu_backward`] (`dz = dy * keep * scale * (z > 0)`). For the identity, dy itself.
+/// z, dy: the same shape.
+pub fn epilogue_backward(gpu: &Gpu, enc: &mut Encoder, z: &Tensor, dy: &Tensor, epilogue: Epilogue) -> Tensor {
+    let dy = match epilogue {
+        Epilogue::Identity => return dy.clone(),
+        Epilogue::Relu => dy.clone(),
+        Epilogue::ReluDropout { p, seed } => {
+            let d = gpu.zeros(enc, dy.shape());
+            dropout::dropout_backward(gpu, enc, dy, &d, p, seed);
+            d
+        }
+    };
+    let dz = gpu.zeros(enc, z.shape());
+    relu::relu_backward(gpu, enc, z, &dy, &dz);
+    dz
+}
+
 #[cfg(test)]
 mod tests;
