@@ -15,15 +15,15 @@
 //   kernels' business: the host hands this file dz, the gradient before them)
 // A channel's sums run over M values (131072 at the U-Net's top level at batch 2), more than
 // lavapipe lets an invocation loop over (it ends a shader's loops once an invocation has run 65,535
-// iterations in all): each is cut, in order, into `chunks` runs of at most `chunk` values in
-// (n, h, w) order. The `batchnorm_sum_*` entry points write one sum per (run, channel) into `part`,
-// [chunks, len] with len = C (or 2C for the backward's two sums); the next entry point adds the
+// iterations in all): each is cut, in order, into `runs` runs of `rows` rows (n, h) of the
+// channel. The `batchnorm_sum_*` entry points write one sum per (run, channel) into `part`,
+// [runs, len] with len = C (or 2C for the backward's two sums); the next entry point adds the
 // runs in run order.
 //
 // group 0:  0 uniform Norm (below)
 //   1 read x [N,C,H,W]   2 read dy [N,C,H,W]   3 read gamma [C]   4 read beta [C]
 //   5 read_write mean [C]   6 read_write invstd [C]   7 read_write running_mean [C]
-//   8 read_write running_var [C]   9 read_write part [chunks, len]
+//   8 read_write running_var [C]   9 read_write part [runs, len]
 //   10 read_write sums [2C]: sum dy | sum dy xhat   11 read_write y | dx [N,C,H,W]
 //   12 read_write dgamma | dbeta [C], added into
 // 64 threads a workgroup, one output element (or channel) each: a multiple of the SIMD width of
@@ -33,9 +33,9 @@
 const WG: u32 = 64u;
 
 struct Norm {
-    n: u32, c: u32, hw: u32, // x: [N, C, H*W]
-    chunk: u32, // values of a run
-    chunks: u32, // runs
+    n: u32, c: u32, h: u32, w: u32, // x: [N, C, H, W]
+    rows: u32, // rows (n, h) of a run of a channel's sum
+    runs: u32, // runs of a channel's sum
     momentum: f32,
     eps: f32,
     train: u32, // backward data: 1 when mean and invstd are the batch's statistics
@@ -56,26 +56,28 @@ struct Norm {
 @group(0) @binding(11) var<storage, read_write> out: array<f32>;
 @group(0) @binding(12) var<storage, read_write> dparam: array<f32>;
 
-// The flat index in x of value m (in (n, h, w) order) of channel c.
-fn index(c: u32, m: u32) -> u32 {
-    return (m / p.hw * p.c + c) * p.hw + m % p.hw;
+// The flat index in x of the first value of row `row` = (n, h) of channel c.
+fn row_start(c: u32, row: u32) -> u32 {
+    let n = row / p.h;
+    let h = row % p.h;
+    return ((n * p.c + c) * p.h + h) * p.w;
 }
 
-// Run `run` of channel c: values first .. end.
+// Run `run` of channel c: rows first .. end.
 struct Run { c: u32, run: u32, first: u32, end: u32 }
 
-// The run and channel of invocation t (runs of one channel are C apart), or none past the last.
+// The channel and run of invocation t (runs of one channel are C apart).
 fn run_of(t: u32) -> Run {
     let c = t % p.c;
     let run = t / p.c;
-    let first = run * p.chunk;
-    return Run(c, run, first, min(first + p.chunk, p.n * p.hw));
+    let first = run * p.rows;
+    return Run(c, run, first, min(first + p.rows, p.n * p.h));
 }
 
 // The sum over runs, in order, of part[r * len + e].
 fn add_runs(e: u32, len: u32) -> f32 {
     var sum = 0.0;
-    for (var r = 0u; r < p.chunks; r++) {
+    for (var r = 0u; r < p.runs; r++) {
         sum += part[r * len + e];
     }
     return sum;
@@ -84,11 +86,13 @@ fn add_runs(e: u32, len: u32) -> f32 {
 @compute @workgroup_size(WG)
 fn batchnorm_sum_x(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let t = id.x + id.y * groups.x * WG;
-    if t >= p.c * p.chunks { return; } // the last group overhangs
+    if t >= p.c * p.runs { return; } // the last group overhangs
     let r = run_of(t);
     var sum = 0.0;
-    for (var m = r.first; m < r.end; m++) {
-        sum += x[index(r.c, m)];
+    for (var row = r.first; row < r.end; row++) {
+        for (var w = 0u; w < p.w; w++) {
+            sum += x[row_start(r.c, row) + w];
+        }
     }
     part[r.run * p.c + r.c] = sum;
 }
@@ -98,18 +102,20 @@ fn batchnorm_sum_x(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wo
 fn batchnorm_mean(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let c = id.x + id.y * groups.x * WG;
     if c >= p.c { return; }
-    mean[c] = add_runs(c, p.c) / f32(p.n * p.hw);
+    mean[c] = add_runs(c, p.c) / f32(p.n * p.h * p.w);
 }
 
 @compute @workgroup_size(WG)
 fn batchnorm_sum_squares(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let t = id.x + id.y * groups.x * WG;
-    if t >= p.c * p.chunks { return; }
+    if t >= p.c * p.runs { return; }
     let r = run_of(t);
     var sum = 0.0;
-    for (var m = r.first; m < r.end; m++) {
-        let d = x[index(r.c, m)] - mean[r.c];
-        sum += d * d;
+    for (var row = r.first; row < r.end; row++) {
+        for (var w = 0u; w < p.w; w++) {
+            let d = x[row_start(r.c, row) + w] - mean[r.c];
+            sum += d * d;
+        }
     }
     part[r.run * p.c + r.c] = sum;
 }
@@ -119,7 +125,7 @@ fn batchnorm_sum_squares(@builtin(global_invocation_id) id: vec3<u32>, @builtin(
 fn batchnorm_stats(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let c = id.x + id.y * groups.x * WG;
     if c >= p.c { return; }
-    let m = f32(p.n * p.hw);
+    let m = f32(p.n * p.h * p.w);
     let v = add_runs(c, p.c) / m;
     invstd[c] = 1.0 / sqrt(v + p.eps);
     running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean[c];
@@ -137,8 +143,8 @@ fn batchnorm_stats_running(@builtin(global_invocation_id) id: vec3<u32>, @builti
 @compute @workgroup_size(WG)
 fn batchnorm_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let e = id.x + id.y * groups.x * WG; // y[n,c,h,w]
-    if e >= p.n * p.c * p.hw { return; }
-    let c = e / p.hw % p.c;
+    if e >= p.n * p.c * p.h * p.w { return; }
+    let c = e / (p.h * p.w) % p.c;
     let xhat = (x[e] - mean[c]) * invstd[c];
     out[e] = gamma[c] * xhat + beta[c];
 }
@@ -147,15 +153,17 @@ fn batchnorm_forward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_
 @compute @workgroup_size(WG)
 fn batchnorm_sum_backward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let t = id.x + id.y * groups.x * WG;
-    if t >= p.c * p.chunks { return; }
+    if t >= p.c * p.runs { return; }
     let r = run_of(t);
     var sum_dy = 0.0;
     var sum_dy_xhat = 0.0;
-    for (var m = r.first; m < r.end; m++) {
-        let e = index(r.c, m);
-        let xhat = (x[e] - mean[r.c]) * invstd[r.c];
-        sum_dy += dy[e];
-        sum_dy_xhat += dy[e] * xhat;
+    for (var row = r.first; row < r.end; row++) {
+        for (var w = 0u; w < p.w; w++) {
+            let e = row_start(r.c, row) + w;
+            let xhat = (x[e] - mean[r.c]) * invstd[r.c];
+            sum_dy += dy[e];
+            sum_dy_xhat += dy[e] * xhat;
+        }
     }
     part[r.run * 2u * p.c + r.c] = sum_dy;
     part[r.run * 2u * p.c + p.c + r.c] = sum_dy_xhat;
@@ -172,12 +180,12 @@ fn batchnorm_backward_sums(@builtin(global_invocation_id) id: vec3<u32>, @builti
 @compute @workgroup_size(WG)
 fn batchnorm_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let e = id.x + id.y * groups.x * WG; // dx[n,c,h,w]
-    if e >= p.n * p.c * p.hw { return; }
-    let c = e / p.hw % p.c;
+    if e >= p.n * p.c * p.h * p.w { return; }
+    let c = e / (p.h * p.w) % p.c;
     var g: f32;
     if p.train != 0u {
         // The statistics are functions of x: dx = gamma invstd / M (M dy - sum(dy) - xhat sum(dy xhat)).
-        let m = f32(p.n * p.hw);
+        let m = f32(p.n * p.h * p.w);
         let xhat = (x[e] - mean[c]) * invstd[c];
         g = gamma[c] * invstd[c] / m * (m * dy[e] - sums[c] - xhat * sums[p.c + c]);
     } else {

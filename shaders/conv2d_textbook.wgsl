@@ -11,15 +11,15 @@
 //   backward bias  : db[o]         += sum_{n,oh,ow} dy[n,o,oh,ow]
 // The weight and bias sums run over every output pixel: N*OH*OW = 131072 at the U-Net's top level
 // at batch 2. Lavapipe ends a shader's loops for good once an invocation has run 65,535 iterations
-// in all (nested loops add up), so these two sums are cut, in order, into `chunks` runs of at most
-// `chunk` pixels: conv2d_backward_weight and conv2d_backward_bias write the sum of each run into
-// `part`, and conv2d_add_chunks adds the runs' sums in run order into dw or db. Below the top
-// levels a channel has one run, and the second pass adds it as it is.
+// in all (nested loops add up), so these two sums are cut, in order, into `runs` runs of `rows`
+// rows (n, oh) of dy: conv2d_backward_weight and conv2d_backward_bias write the sum of each run
+// into `part`, and conv2d_add_runs adds the runs' sums in run order into dw or db. Below the top
+// levels there is one run, and the second pass adds it as it is.
 //
 // group 0:  0 uniform Conv (below)
 //   1 read x [N,I,H,W]      2 read w [O,I,KH,KW]   3 read b [O] (forward, when has_bias)
 //   4 read_write y [N,O,OH,OW]   5 read dy [N,O,OH,OW]   6 read_write dx [N,I,H,W]
-//   7 read_write part [chunks, len]: the runs' sums   8 read_write dw | db, added into
+//   7 read_write part [runs, len]: the runs' sums   8 read_write dw | db, added into
 // 64 threads a workgroup, one output element each: a multiple of the SIMD width of every GPU (32
 // or 64) and of lavapipe (8). With no workgroup memory and no barriers the size sets only how
 // finely the dispatch is cut. The group count folds into x and y (at most 65535 each), so the
@@ -34,9 +34,9 @@ struct Conv {
     ph: u32, pw: u32, // zero padding
     has_bias: u32, // forward: 1 when b is bound
     accumulate: u32, // backward data: 1 for dx +=, 0 for dx = (every element is written)
-    chunk: u32, // weight and bias sums: pixels of a run
-    chunks: u32, // runs
-    len: u32, // conv2d_add_chunks: elements of dw or db
+    rows: u32, // weight and bias sums: rows (n, oh) of a run
+    runs: u32, // runs of the sums
+    len: u32, // conv2d_add_runs: elements of dw or db
 }
 
 @group(0) @binding(0) var<uniform> p: Conv;
@@ -57,17 +57,12 @@ fn x_at(n: u32, i: u32, ih: i32, iw: i32) -> f32 {
     return x[((n * p.ci + i) * p.h + u32(ih)) * p.w + u32(iw)];
 }
 
-// dy[n,o,oh,ow] at oh*sh = rh, ow*sw = rw, or 0 where no output pixel sits there.
-fn dy_at(n: u32, o: u32, rh: i32, rw: i32) -> f32 {
-    if rh < 0 || rw < 0 || u32(rh) % p.sh != 0u || u32(rw) % p.sw != 0u {
-        return 0.0;
+// The output row (or column) o with o * stride = r, or -1 where none of the `size` sits there.
+fn output_at(r: i32, stride: u32, size: u32) -> i32 {
+    if r < 0 || u32(r) % stride != 0u || u32(r) / stride >= size {
+        return -1;
     }
-    let oh = u32(rh) / p.sh;
-    let ow = u32(rw) / p.sw;
-    if oh >= p.oh || ow >= p.ow {
-        return 0.0;
-    }
-    return dy[((n * p.co + o) * p.oh + oh) * p.ow + ow];
+    return r / i32(stride);
 }
 
 @compute @workgroup_size(WG)
@@ -103,13 +98,16 @@ fn conv2d_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(n
     let i = e / (p.w * p.h) % p.ci;
     let n = e / (p.w * p.h * p.ci);
     // forward: y[n,o,oh,ow] += w[o,i,kh,kw] * x[n,i,ih,iw]  =>  dx[n,i,ih,iw] += w[o,i,kh,kw] * dy[n,o,oh,ow]
+    // over the taps (kh, kw) whose output pixel (oh, ow) exists, and every o.
     var sum = 0.0;
-    for (var o = 0u; o < p.co; o++) {
-        for (var kh = 0u; kh < p.kh; kh++) {
-            for (var kw = 0u; kw < p.kw; kw++) {
-                let rh = i32(ih + p.ph) - i32(kh);
-                let rw = i32(iw + p.pw) - i32(kw);
-                sum += w[((o * p.ci + i) * p.kh + kh) * p.kw + kw] * dy_at(n, o, rh, rw);
+    for (var kh = 0u; kh < p.kh; kh++) {
+        let oh = output_at(i32(ih + p.ph) - i32(kh), p.sh, p.oh);
+        if oh < 0 { continue; }
+        for (var kw = 0u; kw < p.kw; kw++) {
+            let ow = output_at(i32(iw + p.pw) - i32(kw), p.sw, p.ow);
+            if ow < 0 { continue; }
+            for (var o = 0u; o < p.co; o++) {
+                sum += w[((o * p.ci + i) * p.kh + kh) * p.kw + kw] * dy[((n * p.co + o) * p.oh + u32(oh)) * p.ow + u32(ow)];
             }
         }
     }
@@ -123,7 +121,7 @@ fn conv2d_backward_data(@builtin(global_invocation_id) id: vec3<u32>, @builtin(n
 fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let len = p.co * p.ci * p.kh * p.kw;
     let t = id.x + id.y * groups.x * WG; // run `run` of dw[o,i,kh,kw]
-    if t >= len * p.chunks { return; }
+    if t >= len * p.runs { return; }
     let e = t % len;
     let run = t / len;
     let kw = e % p.kw;
@@ -131,17 +129,16 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
     let i = e / (p.kw * p.kh) % p.ci;
     let o = e / (p.kw * p.kh * p.ci);
     // forward: y[n,o,oh,ow] += w[o,i,kh,kw] * x[n,i,ih,iw]  =>  dw[o,i,kh,kw] += dy[n,o,oh,ow] * x[n,i,ih,iw]
-    // over the pixels q = (n*OH + oh)*OW + ow of this run, in order.
-    let first = run * p.chunk;
-    let end = min(first + p.chunk, p.n * p.oh * p.ow);
+    // over the rows (n, oh) of this run, in order.
     var sum = 0.0;
-    for (var q = first; q < end; q++) {
-        let ow = q % p.ow;
-        let oh = q / p.ow % p.oh;
-        let n = q / (p.ow * p.oh);
-        let ih = i32(oh * p.sh + kh) - i32(p.ph);
-        let iw = i32(ow * p.sw + kw) - i32(p.pw);
-        sum += dy[((n * p.co + o) * p.oh + oh) * p.ow + ow] * x_at(n, i, ih, iw);
+    for (var row = run * p.rows; row < min((run + 1u) * p.rows, p.n * p.oh); row++) {
+        let n = row / p.oh;
+        let oh = row % p.oh;
+        for (var ow = 0u; ow < p.ow; ow++) {
+            let ih = i32(oh * p.sh + kh) - i32(p.ph);
+            let iw = i32(ow * p.sw + kw) - i32(p.pw);
+            sum += dy[((n * p.co + o) * p.oh + oh) * p.ow + ow] * x_at(n, i, ih, iw);
+        }
     }
     part[run * len + e] = sum;
 }
@@ -149,29 +146,28 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin
 @compute @workgroup_size(WG)
 fn conv2d_backward_bias(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let t = id.x + id.y * groups.x * WG; // run `run` of db[o]
-    if t >= p.co * p.chunks { return; }
+    if t >= p.co * p.runs { return; }
     let o = t % p.co;
     let run = t / p.co;
-    // forward: y[n,o,oh,ow] = b[o] + ...  =>  db[o] += dy[n,o,oh,ow], over the run's pixels in order.
-    let first = run * p.chunk;
-    let end = min(first + p.chunk, p.n * p.oh * p.ow);
+    // forward: y[n,o,oh,ow] = b[o] + ...  =>  db[o] += dy[n,o,oh,ow], over the run's rows in order.
     var sum = 0.0;
-    for (var q = first; q < end; q++) {
-        let ow = q % p.ow;
-        let oh = q / p.ow % p.oh;
-        let n = q / (p.ow * p.oh);
-        sum += dy[((n * p.co + o) * p.oh + oh) * p.ow + ow];
+    for (var row = run * p.rows; row < min((run + 1u) * p.rows, p.n * p.oh); row++) {
+        let n = row / p.oh;
+        let oh = row % p.oh;
+        for (var ow = 0u; ow < p.ow; ow++) {
+            sum += dy[((n * p.co + o) * p.oh + oh) * p.ow + ow];
+        }
     }
     part[run * p.co + o] = sum;
 }
 
 // grad[e] += sum over runs r, in order, of part[r * len + e] (grad: dw or db, len elements).
 @compute @workgroup_size(WG)
-fn conv2d_add_chunks(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+fn conv2d_add_runs(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let e = id.x + id.y * groups.x * WG;
     if e >= p.len { return; }
     var sum = 0.0;
-    for (var r = 0u; r < p.chunks; r++) {
+    for (var r = 0u; r < p.runs; r++) {
         sum += part[r * p.len + e];
     }
     grad[e] += sum;

@@ -11,13 +11,14 @@
 // The windows do not overlap (stride = kernel size), so every output element has exactly one input
 // pixel and one tap. The weight and bias sums run over every pixel (N*H*W, N*2H*2W), more than
 // lavapipe lets an invocation loop over (it ends a shader's loops once an invocation has run 65,535
-// iterations in all): they are cut, in order, into `chunks` runs of at most `chunk` pixels, whose
-// sums go to `part` and are added in run order by conv_transpose2d_add_chunks.
+// iterations in all): they are cut, in order, into `runs` runs of `rows` rows of pixels (of x for
+// the weight, of dy for the bias), whose sums go to `part` and are added in run order by
+// conv_transpose2d_add_runs.
 //
 // group 0:  0 uniform ConvT (below)
 //   1 read x [N,I,H,W]   2 read w [I,O,2,2]   3 read b [O] (forward, when has_bias)
 //   4 read_write y [N,C,2H,2W]   5 read dy [N,C,2H,2W]   6 read_write dx [N,I,H,W]
-//   7 read_write part [chunks, len]: the runs' sums   8 read_write dw | db, added into
+//   7 read_write part [runs, len]: the runs' sums   8 read_write dw | db, added into
 // 64 threads a workgroup, one output element each: a multiple of the SIMD width of every GPU (32
 // or 64) and of lavapipe (8); with no workgroup memory the size sets only how finely the dispatch
 // is cut. The group count folds into x and y (at most 65535 each): the flat index of the output
@@ -30,9 +31,9 @@ struct ConvT {
     yc: u32, // channels of y and dy: O, or more in a concatenation buffer
     has_bias: u32, // forward: 1 when b is bound
     accumulate: u32, // backward data: 1 for dx +=, 0 for dx = (every element is written)
-    chunk: u32, // weight and bias sums: pixels of a run
-    chunks: u32, // runs
-    len: u32, // conv_transpose2d_add_chunks: elements of dw or db
+    rows: u32, // weight and bias sums: rows of a run ((n, i) of x, or (n, Y) of dy)
+    runs: u32, // runs of the sums
+    len: u32, // conv_transpose2d_add_runs: elements of dw or db
 }
 
 @group(0) @binding(0) var<uniform> p: ConvT;
@@ -109,7 +110,7 @@ fn conv_transpose2d_backward_data(@builtin(global_invocation_id) id: vec3<u32>, 
 fn conv_transpose2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let len = p.ci * p.co * 4u;
     let t = id.x + id.y * groups.x * WG; // run `run` of dw[c,o,a,b]
-    if t >= len * p.chunks { return; }
+    if t >= len * p.runs { return; }
     let e = t % len;
     let run = t / len;
     let bb = e % 2u;
@@ -117,15 +118,14 @@ fn conv_transpose2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>
     let o = e / 4u % p.co;
     let c = e / (4u * p.co);
     // forward: y[n,o,2i+a,2j+b] += x[n,c,i,j] * w[c,o,a,b]  =>  dw[c,o,a,b] += x[n,c,i,j] * dy[n,o,2i+a,2j+b]
-    // over the input pixels q = (n*H + i)*W + j of this run, in order.
-    let first = run * p.chunk;
-    let end = min(first + p.chunk, p.n * p.h * p.w);
+    // over the rows (n, i) of x in this run, in order.
     var sum = 0.0;
-    for (var q = first; q < end; q++) {
-        let j = q % p.w;
-        let i = q / p.w % p.h;
-        let n = q / (p.w * p.h);
-        sum += x_at(n, c, i, j) * dy[y_index(n, o, 2u * i + a, 2u * j + bb)];
+    for (var row = run * p.rows; row < min((run + 1u) * p.rows, p.n * p.h); row++) {
+        let n = row / p.h;
+        let i = row % p.h;
+        for (var j = 0u; j < p.w; j++) {
+            sum += x_at(n, c, i, j) * dy[y_index(n, o, 2u * i + a, 2u * j + bb)];
+        }
     }
     part[run * len + e] = sum;
 }
@@ -133,32 +133,29 @@ fn conv_transpose2d_backward_weight(@builtin(global_invocation_id) id: vec3<u32>
 @compute @workgroup_size(WG)
 fn conv_transpose2d_backward_bias(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let t = id.x + id.y * groups.x * WG; // run `run` of db[o]
-    if t >= p.co * p.chunks { return; }
+    if t >= p.co * p.runs { return; }
     let o = t % p.co;
     let run = t / p.co;
-    // forward: y[n,o,Y,X] = b[o] + ...  =>  db[o] += dy[n,o,Y,X], over the output pixels
-    // q = (n*2H + Y)*2W + X of this run, in order.
-    let h2 = 2u * p.h;
-    let w2 = 2u * p.w;
-    let first = run * p.chunk;
-    let end = min(first + p.chunk, p.n * h2 * w2);
+    // forward: y[n,o,Y,X] = b[o] + ...  =>  db[o] += dy[n,o,Y,X], over the rows (n, Y) of dy in
+    // this run, in order.
     var sum = 0.0;
-    for (var q = first; q < end; q++) {
-        let col = q % w2;
-        let row = q / w2 % h2;
-        let n = q / (w2 * h2);
-        sum += dy[y_index(n, o, row, col)];
+    for (var r = run * p.rows; r < min((run + 1u) * p.rows, p.n * 2u * p.h); r++) {
+        let n = r / (2u * p.h);
+        let row = r % (2u * p.h);
+        for (var col = 0u; col < 2u * p.w; col++) {
+            sum += dy[y_index(n, o, row, col)];
+        }
     }
     part[run * p.co + o] = sum;
 }
 
 // grad[e] += sum over runs r, in order, of part[r * len + e] (grad: dw or db, len elements).
 @compute @workgroup_size(WG)
-fn conv_transpose2d_add_chunks(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+fn conv_transpose2d_add_runs(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let e = id.x + id.y * groups.x * WG;
     if e >= p.len { return; }
     var sum = 0.0;
-    for (var r = 0u; r < p.chunks; r++) {
+    for (var r = 0u; r < p.runs; r++) {
         sum += part[r * p.len + e];
     }
     grad[e] += sum;

@@ -327,7 +327,7 @@ pub fn kernels() -> Vec<Kernel> {
                 "conv2d_backward_data",
                 "conv2d_backward_weight",
                 "conv2d_backward_bias",
-                "conv2d_add_chunks",
+                "conv2d_add_runs",
             ],
         ),
         (
@@ -337,7 +337,7 @@ pub fn kernels() -> Vec<Kernel> {
                 "conv_transpose2d_backward_data",
                 "conv_transpose2d_backward_weight",
                 "conv_transpose2d_backward_bias",
-                "conv_transpose2d_add_chunks",
+                "conv_transpose2d_add_runs",
             ],
         ),
         ("matmul_textbook", &["matmul_forward", "matmul_backward_a", "matmul_backward_b"]),

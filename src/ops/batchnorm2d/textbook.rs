@@ -5,8 +5,9 @@
 //! the default wrappers ([`super::batchnorm2d_stats`], ...) dispatch under
 //! [`Kernels::Reference`](crate::gpu::Kernels).
 //!
-//! A channel's sums over its `M = N*H*W` values are cut into runs of at most [`MAX_RUN`] values
-//! under lavapipe's loop guard, added in run order by the next pass. The fused ReLU and dropout
+//! A channel's sums over its `M = N*H*W` values are cut into runs of whole rows (n, h) under
+//! lavapipe's loop guard (as conv2d's, see [`conv2d::textbook::MAX_RUN`]), added in run order by
+//! the next pass. The fused ReLU and dropout
 //! are the plain kernels' business: the forward is followed by
 //! [`conv2d::textbook::epilogue_forward`], and the backward starts from dz, the gradient before
 //! them, from [`conv2d::textbook::epilogue_backward`].
@@ -20,9 +21,6 @@ use crate::tensor::Tensor;
 const SHADER: Shader = shader!("batchnorm2d_textbook");
 /// Threads a workgroup (the shader's `WG`).
 const WG: u32 = 64;
-/// Most values one invocation of a channel's sum walks (lavapipe ends a shader's loops after
-/// 65,535 iterations in all).
-pub const MAX_RUN: usize = 16384;
 
 /// Mirrors `Norm` in `shaders/batchnorm2d_textbook.wgsl`.
 #[repr(C)]
@@ -30,9 +28,10 @@ pub const MAX_RUN: usize = 16384;
 struct Norm {
     n: u32,
     c: u32,
-    hw: u32,
-    chunk: u32,
-    chunks: u32,
+    h: u32,
+    w: u32,
+    rows: u32,
+    runs: u32,
     momentum: f32,
     eps: f32,
     train: u32,
@@ -40,16 +39,16 @@ struct Norm {
 }
 
 impl Norm {
-    /// x `[n, c, h, w]`, each channel's `n*h*w` values cut into runs.
+    /// x `[n, c, h, w]`, each channel's `n*h` rows cut into runs.
     fn new([n, c, h, w]: [usize; 4]) -> Norm {
-        let m = (n * h * w) as u32;
-        let chunk = m.clamp(1, MAX_RUN as u32);
+        let (rows, runs) = conv2d::textbook::runs(n * h, w);
         Norm {
             n: n as u32,
             c: c as u32,
-            hw: (h * w) as u32,
-            chunk,
-            chunks: m.div_ceil(chunk),
+            h: h as u32,
+            w: w as u32,
+            rows,
+            runs,
             momentum: super::MOMENTUM,
             eps: super::EPS,
             train: 0,
@@ -59,7 +58,7 @@ impl Norm {
 
     /// Invocations of a `batchnorm_sum_*` entry point: one per (run, channel).
     fn runs(&self) -> usize {
-        (self.chunks * self.c) as usize
+        (self.runs * self.c) as usize
     }
 }
 
@@ -107,7 +106,7 @@ pub fn batchnorm2d_stats(
     invstd: &Tensor,
 ) {
     let p = Norm::new(x.dims4("batchnorm2d x"));
-    assert!(p.n * p.hw > 1, "batchnorm2d: training needs more than one value per channel, x is {:?}", x.shape());
+    assert!(p.n * p.h * p.w > 1, "batchnorm2d: training needs more than one value per channel, x is {:?}", x.shape());
     let c = p.c as usize;
     // mean_c = sum x / M
     let sums = gpu.empty(&[p.runs()]);

@@ -5,8 +5,9 @@
 //! [`Kernels::Reference`](crate::gpu::Kernels) (`--kernels reference`).
 //!
 //! The weight and bias gradients sum over every output pixel, more than lavapipe lets one
-//! invocation loop over (65,535 iterations in all): each sum is cut, in order, into runs of at most
-//! [`MAX_RUN`] pixels whose sums a second pass adds in run order (see the shader's header).
+//! invocation loop over (65,535 iterations in all): each sum is cut, in order, into runs of whole
+//! rows (n, oh) of at most [`MAX_RUN`] loop iterations, whose sums a second pass adds in run order
+//! (see the shader's header).
 
 use super::{dims, Conv2d, Dims, Epilogue};
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
@@ -18,9 +19,18 @@ use crate::tensor::Tensor;
 const SHADER: Shader = shader!("conv2d_textbook");
 /// Threads a workgroup (the shader's `WG`).
 const WG: u32 = 64;
-/// Most pixels one invocation of the weight or bias sum walks: a quarter of lavapipe's loop
-/// guard, so the runs' sums are still long enough to keep the second pass short.
+/// Most loop iterations one invocation of the weight or bias sum runs: a quarter of lavapipe's loop
+/// guard (65,535 in all), and long enough runs that the second pass has few to add.
 pub const MAX_RUN: usize = 16384;
+
+/// A sum over `rows` rows of `len` values, cut into runs of whole rows of at most [`MAX_RUN`] loop
+/// iterations (a row costs `len + 1`: its values and a step of the row loop):
+/// `(rows a run, runs)`. The textbook kernels of conv_transpose2d and batchnorm2d cut theirs alike.
+pub(crate) fn runs(rows: usize, len: usize) -> (u32, u32) {
+    assert!(len < 65_535, "a row of {len} values is past the loop guard of CPU drivers");
+    let per_run = (MAX_RUN / (len + 1)).max(1);
+    (per_run as u32, rows.div_ceil(per_run) as u32)
+}
 
 /// Mirrors `Conv` in `shaders/conv2d_textbook.wgsl`.
 #[repr(C)]
@@ -41,8 +51,8 @@ struct Params {
     pw: u32,
     has_bias: u32,
     accumulate: u32,
-    chunk: u32,
-    chunks: u32,
+    rows: u32,
+    runs: u32,
     len: u32,
 }
 
@@ -114,20 +124,19 @@ pub fn conv2d_backward_weight(
     p: Conv2d,
 ) {
     let d = dims("conv2d backward weight (textbook)", x, dw, dy, &p);
-    let pixels = d.y[0] * d.y[2] * d.y[3];
-    let chunk = pixels.clamp(1, MAX_RUN);
-    let params = Params { chunk: chunk as u32, chunks: pixels.div_ceil(chunk) as u32, ..Params::new(&d, &p) };
-    let runs = params.chunks as usize;
+    let (rows, runs) = runs(d.y[0] * d.y[2], d.y[3]);
+    let params = Params { rows, runs, ..Params::new(&d, &p) };
+    let runs = runs as usize;
     let part = gpu.empty(&[runs * dw.len()]);
     dispatch(gpu, enc, "conv2d_backward_weight", &params, &[(1, x), (5, dy), (7, &part)], runs * dw.len());
     let add = Params { len: dw.len() as u32, ..params };
-    dispatch(gpu, enc, "conv2d_add_chunks", &add, &[(7, &part), (8, dw)], dw.len());
+    dispatch(gpu, enc, "conv2d_add_runs", &add, &[(7, &part), (8, dw)], dw.len());
     if let Some(db) = db {
         assert_eq!(db.shape(), [d.w[0]], "conv2d backward weight: db {:?} for dw {:?}", db.shape(), d.w);
         let part = gpu.empty(&[runs * db.len()]);
         dispatch(gpu, enc, "conv2d_backward_bias", &params, &[(5, dy), (7, &part)], runs * db.len());
         let add = Params { len: db.len() as u32, ..params };
-        dispatch(gpu, enc, "conv2d_add_chunks", &add, &[(7, &part), (8, db)], db.len());
+        dispatch(gpu, enc, "conv2d_add_runs", &add, &[(7, &part), (8, db)], db.len());
     }
 }
 

@@ -5,11 +5,13 @@
 //! concatenation, ...) dispatch under [`Kernels::Reference`](crate::gpu::Kernels).
 //!
 //! As in the fused op, y and dy may be concatenation buffers `[N,C,2H,2W]` with C >= O: the
-//! convolution owns channels 0..O. The weight and bias sums are cut into runs of at most
-//! [`MAX_RUN`] pixels under lavapipe's loop guard, added in run order by a second pass.
+//! convolution owns channels 0..O. The weight and bias sums are cut into runs of whole rows under
+//! lavapipe's loop guard (as conv2d's, see [`conv2d::textbook::MAX_RUN`]), added in run order by a
+//! second pass.
 
 use super::{params, Params};
 use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::ops::conv2d;
 use crate::shader;
 use crate::tape::Accumulate;
 use crate::tensor::Tensor;
@@ -17,9 +19,6 @@ use crate::tensor::Tensor;
 const SHADER: Shader = shader!("conv_transpose2d_textbook");
 /// Threads a workgroup (the shader's `WG`).
 const WG: u32 = 64;
-/// Most pixels one invocation of the weight or bias sum walks (lavapipe ends a shader's loops after
-/// 65,535 iterations in all).
-pub const MAX_RUN: usize = 16384;
 
 /// Mirrors `ConvT` in `shaders/conv_transpose2d_textbook.wgsl`.
 #[repr(C)]
@@ -33,8 +32,8 @@ struct Dims {
     yc: u32,
     has_bias: u32,
     accumulate: u32,
-    chunk: u32,
-    chunks: u32,
+    rows: u32,
+    runs: u32,
     len: u32,
 }
 
@@ -43,10 +42,10 @@ impl Dims {
         Dims { n: p.n, ci: p.ci, h: p.h, w: p.w, co: p.co, yc: p.yc, ..Dims::default() }
     }
 
-    /// The weight or bias sum over `pixels`, cut into runs.
-    fn with_runs(self, pixels: u32) -> Dims {
-        let chunk = pixels.clamp(1, MAX_RUN as u32);
-        Dims { chunk, chunks: pixels.div_ceil(chunk), ..self }
+    /// The weight or bias sum over `rows` rows of `len` pixels, cut into runs.
+    fn with_runs(self, rows: u32, len: u32) -> Dims {
+        let (rows, runs) = conv2d::textbook::runs(rows as usize, len as usize);
+        Dims { rows, runs, ..self }
     }
 }
 
@@ -121,9 +120,9 @@ pub(super) fn backward_weight(
     dw: &Tensor,
     db: Option<&Tensor>,
 ) {
-    let dims = Dims::of(&p).with_runs(p.n * p.h * p.w);
-    let part = gpu.empty(&[dims.chunks as usize * dw.len()]);
-    let threads = dims.chunks as usize * dw.len();
+    let dims = Dims::of(&p).with_runs(p.n * p.h, p.w);
+    let part = gpu.empty(&[dims.runs as usize * dw.len()]);
+    let threads = dims.runs as usize * dw.len();
     dispatch(gpu, enc, "conv_transpose2d_backward_weight", &dims, &[(1, x), (5, dy), (7, &part)], threads);
     add_runs(gpu, enc, dims, &part, dw);
     if let Some(db) = db {
@@ -134,9 +133,9 @@ pub(super) fn backward_weight(
 /// `db += sum of dy[:, 0..O]` over batch and pixels; `p` gives dy's shape.
 pub(super) fn bias(gpu: &Gpu, enc: &mut Encoder, p: Params, dy: &Tensor, db: &Tensor) {
     assert_eq!(db.len(), p.co as usize, "conv_transpose2d: db {:?} for {} output channels", db.shape(), p.co);
-    let dims = Dims::of(&p).with_runs(p.n * 4 * p.h * p.w);
-    let part = gpu.empty(&[dims.chunks as usize * db.len()]);
-    let threads = dims.chunks as usize * db.len();
+    let dims = Dims::of(&p).with_runs(p.n * 2 * p.h, 2 * p.w);
+    let part = gpu.empty(&[dims.runs as usize * db.len()]);
+    let threads = dims.runs as usize * db.len();
     dispatch(gpu, enc, "conv_transpose2d_backward_bias", &dims, &[(5, dy), (7, &part)], threads);
     add_runs(gpu, enc, dims, &part, db);
 }
@@ -144,7 +143,7 @@ pub(super) fn bias(gpu: &Gpu, enc: &mut Encoder, p: Params, dy: &Tensor, db: &Te
 /// `grad += sum over runs of part` (`[runs, len]` -> `[len]`), in run order.
 fn add_runs(gpu: &Gpu, enc: &mut Encoder, dims: Dims, part: &Tensor, grad: &Tensor) {
     let dims = Dims { len: grad.len() as u32, ..dims };
-    dispatch(gpu, enc, "conv_transpose2d_add_chunks", &dims, &[(7, part), (8, grad)], grad.len());
+    dispatch(gpu, enc, "conv_transpose2d_add_runs", &dims, &[(7, part), (8, grad)], grad.len());
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::tape::Step;
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
 /// Odd planes, planes of whole quads (the tiled vec4 entry points), one pixel a plane, and
-/// 2 x 130 x 130 = 33800 values a channel: three runs of MAX_RUN.
+/// 2 x 130 rows of 130 values a channel: three runs.
 const SHAPES: [[usize; 4]; 5] = [[2, 3, 5, 7], [1, 4, 4, 4], [3, 5, 1, 1], [2, 17, 6, 6], [2, 2, 130, 130]];
 
 const EPILOGUES: [Epilogue; 3] =

@@ -105,9 +105,9 @@ fn textbook_kernels_match_the_f64_reference() {
 
 #[test]
 fn textbook_weight_gradient_sums_runs_in_order() {
-    // 2 x 150 x 120 = 36000 output pixels: three runs of at most MAX_RUN, the last one short.
+    // 2 x 150 rows of 120 output pixels: three runs of whole rows, the last one short.
     let (xd, wd, p) = ([2, 2, 150, 120], [3, 2, 3, 3], Conv2d::new(1, 1));
-    assert!(xd[0] * xd[2] * xd[3] > 2 * MAX_RUN);
+    assert_eq!(runs(2 * 150, 120), (135, 3));
     let d = Data::new(1200, xd, wd, p);
     let got = run(&d, None);
     let (dw, db) = reference::conv2d_backward_weight(&to_f64(&d.x), &to_f64(&d.dy), xd, wd, &p);
@@ -118,7 +118,7 @@ fn textbook_weight_gradient_sums_runs_in_order() {
 #[test]
 fn tiled_kernels_match_the_textbook_kernels() {
     // The CPU drivers' tiling, the hardware GPUs' (2-row tiles, 128 threads), and an odd one whose
-    // edge blocks of channels are partly empty and whose weight gradient walks long chunks.
+    // edge blocks of channels are partly empty and whose weight gradient walks long chunks of rows.
     let tilings = [
         Tiling::default(),
         Tiling { wg: 128, rows: 2, ..Tiling::default() },

@@ -114,7 +114,7 @@ fn textbook_kernels_match_the_f64_reference() {
 
 #[test]
 fn textbook_sums_run_in_order_past_one_run() {
-    // 2 x 100 x 90 = 18000 input pixels and 72000 output pixels: 2 and 5 runs of MAX_RUN.
+    // 2 x 100 rows of 90 input pixels and 2 x 200 rows of 180 output pixels: 2 and 5 runs.
     let (dims, co) = ([2, 2, 100, 90], 3);
     let got = run(2100, dims, co, None);
     let [x, _, _, dy, _, dw0, db0] = inputs(2100, dims, co);
