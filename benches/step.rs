@@ -2,8 +2,9 @@
 //! U-Net (base 16, depth 4, 6 classes), a batch of 256x256 images, forward +
 //! fused Dice + CE loss + backward + Adam, one submit per step.
 //!
-//! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10 --batch-norm --trace]` prints the
-//! adapter, GPU time by kernel (one extra timed step), the first (cold) step with the
+//! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10 --batch-norm --trace
+//! --other-steps 2]` prints the adapter and the kernels (tuned, or the textbook ones with
+//! `UNET_WGPU_KERNELS=reference`), GPU time by kernel (one extra timed step), the first (cold) step with the
 //! pipelines it compiled and the time that took, the warm steps' median / min / max, images
 //! per second, submits and blocking readbacks per warm step (1 and 0), the pool's allocations
 //! and bytes (its peak: a warm step allocates nothing), and then the ceilings (see
@@ -11,7 +12,9 @@
 //! weight, transposed conv, pool, loss, optimizer, other, which holds the buffer copies and
 //! clears) with the convolutions' GFLOP/s as a share of the GEMM ceiling. `--trace` adds
 //! every dispatch of the timed step, in the order they ran (forward then backward), so
-//! that a kernel's time can be traced to its layer.
+//! that a kernel's time can be traced to its layer. Last, `--other-steps` steps (default 2, the
+//! first one cold; 0: none) on the other kernels, and both warm medians side by side: what the
+//! tuning gains over the textbook kernels, as a measured number.
 
 use std::time::Instant;
 
@@ -21,11 +24,47 @@ use unet_wgpu::loss::{loss_forward_backward, LossConfig, LossOutput, Term, VALUE
 use unet_wgpu::nn::{UNet, UNetConfig, Upsampling};
 use unet_wgpu::optim::{Method, OptimConfig, Optimizer};
 use unet_wgpu::rng::Rng;
-use unet_wgpu::{Gpu, GpuOptions, Mode, Step};
+use unet_wgpu::{Gpu, GpuOptions, Kernels, Mode, Step, Tensor};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One training step's inputs: the model, a batch, the loss, and the loss's output buffers
+/// (allocated once: a tensor that outlives a step's submit returns to the pool only at the next
+/// submit, so per-step outputs would cost one allocation in step 2).
+struct Workload {
+    model: UNet,
+    x: Tensor,
+    y: Tensor,
+    cfg: LossConfig,
+    weights: Tensor,
+    out: LossOutput,
+}
+
+impl Workload {
+    /// One step (forward, loss, backward, Adam, one submit) with dropout seed `seed`, waited for;
+    /// returns its wall-clock seconds.
+    fn step(&self, gpu: &Gpu, opt: &mut Optimizer, seed: u64) -> f64 {
+        let start = Instant::now();
+        let mut step = Step::train(gpu);
+        self.model.arena.zero_grads(&mut step.enc);
+        let logits = self.model.forward(&mut step, &self.x, seed);
+        loss_forward_backward(gpu, &mut step.enc, &self.cfg, &logits, &self.y, &self.weights, &self.out);
+        step.backward_into(vec![(logits, self.out.dlogits.clone())], self.model.arena.grads());
+        opt.step(gpu, &mut step.enc, &self.model.arena, 1e-3);
+        step.submit();
+        gpu.wait();
+        start.elapsed().as_secs_f64()
+    }
+}
+
+/// The median of `times` (not empty).
+fn median(times: &[f64]) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +72,7 @@ fn main() -> anyhow::Result<()> {
     let gpu = Gpu::new(&GpuOptions::default())?;
     println!("adapter: {}", gpu.describe());
     println!("tile sizes: {}; from: {}", gpu.tuning(), gpu.tuning_source());
+    println!("kernels: {} (UNET_WGPU_KERNELS: tuned or reference)", gpu.kernels());
     let batch_norm = std::env::args().any(|a| a == "--batch-norm");
     let model = UNet::new(&gpu, UNetConfig { batch_norm, ..UNetConfig::default() });
     let classes = model.config.classes;
@@ -53,24 +93,14 @@ fn main() -> anyhow::Result<()> {
     let weights = gpu.upload(&vec![1.0; classes], &[classes]);
     let mut opt = Optimizer::new(&gpu, &model.arena, OptimConfig::new(Method::Adam));
 
-    // Allocated once: a tensor that outlives a step's submit returns to the pool
-    // only at the next submit, so per-step outputs would cost one allocation in step 2.
     let out = LossOutput { values: gpu.empty(&[VALUES_LEN]), dlogits: gpu.empty(&[batch, classes, size, size]) };
+    let work = Workload { model, x, y, cfg, weights, out };
     let mut times = Vec::new();
     let mut allocations = Vec::new();
     let counters_before = gpu.counters();
     let mut counters_after_first = counters_before;
     for s in 0..=steps {
-        let start = Instant::now();
-        let mut step = Step::train(&gpu);
-        model.arena.zero_grads(&mut step.enc);
-        let logits = model.forward(&mut step, &x, s as u64);
-        loss_forward_backward(&gpu, &mut step.enc, &cfg, &logits, &y, &weights, &out);
-        step.backward_into(vec![(logits, out.dlogits.clone())], model.arena.grads());
-        opt.step(&gpu, &mut step.enc, &model.arena, 1e-3);
-        step.submit();
-        gpu.wait();
-        times.push(start.elapsed().as_secs_f64());
+        times.push(work.step(&gpu, &mut opt, s as u64));
         allocations.push(gpu.pool_stats().allocations);
         if s == 0 {
             counters_after_first = gpu.counters();
@@ -88,10 +118,11 @@ fn main() -> anyhow::Result<()> {
     // (with the loss) and backward (with the optimizer) go in two timed submits so that each
     // dispatch is known to belong to one or the other: the stride-1 backward-data
     // convolution runs through the forward kernel.
+    let Workload { model, x, y, cfg, weights, out } = &work;
     let mut step = Step::with_encoder(&gpu, gpu.timed_encoder(MAX_TIMED_DISPATCHES), Mode::Train);
     model.arena.zero_grads(&mut step.enc);
-    let logits = model.forward(&mut step, &x, 0);
-    loss_forward_backward(&gpu, &mut step.enc, &cfg, &logits, &y, &weights, &out);
+    let logits = model.forward(&mut step, x, 0);
+    loss_forward_backward(&gpu, &mut step.enc, cfg, &logits, y, weights, out);
     let forward_enc = std::mem::replace(&mut step.enc, gpu.timed_encoder(MAX_TIMED_DISPATCHES));
     let forward = gpu.submit_timed(forward_enc);
     step.backward_into(vec![(logits, out.dlogits.clone())], model.arena.grads());
@@ -137,7 +168,7 @@ fn main() -> anyhow::Result<()> {
     let first = times.remove(0);
     let mut warm = times.clone();
     warm.sort_by(f64::total_cmp);
-    let median = warm[warm.len() / 2];
+    let median_warm = median(&warm);
     println!(
         "first step: {:.3} s ({} pipelines compiled in {:.3} s, buffers allocated)",
         first,
@@ -147,11 +178,11 @@ fn main() -> anyhow::Result<()> {
     println!(
         "warm steps ({}): median {:.3} s, min {:.3} s, max {:.3} s, {:.2} images/s, {:.2} GFLOP/s",
         warm.len(),
-        median,
+        median_warm,
         warm[0],
         warm[warm.len() - 1],
-        batch as f64 / median,
-        flops / median / 1e9
+        batch as f64 / median_warm,
+        flops / median_warm / 1e9
     );
     let stats = gpu.pool_stats();
     println!(
@@ -193,6 +224,24 @@ fn main() -> anyhow::Result<()> {
             println!("  {cat:<16} {n:>4} x {:>9.1} ms {:>5.1}%  {rate}", t * 1e3, 100.0 * t / total);
         }
     }
+
+    // The other kernels: a cold step, then warm ones; both warm medians side by side.
+    let other_steps = arg("--other-steps", 2);
+    if other_steps > 0 {
+        let kernels = gpu.kernels();
+        let other = if kernels == Kernels::Tuned { Kernels::Reference } else { Kernels::Tuned };
+        gpu.set_kernels(other);
+        let mut other_times: Vec<f64> = (0..=other_steps).map(|s| work.step(&gpu, &mut opt, s as u64)).collect();
+        gpu.set_kernels(kernels);
+        let other_first = other_times.remove(0);
+        let other_median = median(&other_times);
+        println!(
+            "{other} kernels: first step {other_first:.3} s, warm steps ({other_steps}): median {other_median:.3} s"
+        );
+        let (tuned, reference) =
+            if kernels == Kernels::Tuned { (median_warm, other_median) } else { (other_median, median_warm) };
+        println!("warm step, median: tuned {tuned:.3} s, reference (textbook kernels) {reference:.3} s: the tuned kernels are {:.1}x faster", reference / tuned);
+    }
     Ok(())
 }
 
@@ -201,10 +250,14 @@ const CATEGORIES: [&str; 8] =
     ["conv fwd", "conv bwd-data", "conv bwd-weight", "transposed conv", "pool", "loss", "optimizer", "other"];
 
 /// The category of a dispatch of kernel `name` (`"<shader>::<entry point>"`); `backward`: it
-/// was recorded by the backward pass or the optimizer.
+/// was recorded by the backward pass or the optimizer. A textbook kernel counts with its op.
 fn category(name: &str, backward: bool) -> &'static str {
     let (shader, entry) = name.split_once("::").unwrap_or((name, ""));
     match shader {
+        "conv2d_textbook" if entry.starts_with("conv2d_forward") => "conv fwd",
+        "conv2d_textbook" if entry.contains("backward_data") => "conv bwd-data",
+        "conv2d_textbook" => "conv bwd-weight",
+        "conv_transpose2d_textbook" => "transposed conv",
         // Backward data of a stride-1 convolution is the forward kernel run on dy.
         "conv2d" if entry.contains("backward_data") || (backward && entry.starts_with("conv2d_forward")) => {
             "conv bwd-data"

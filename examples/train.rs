@@ -14,7 +14,9 @@ use unet_wgpu::train::LossName;
 use unet_wgpu::{Gpu, GpuOptions, Step};
 
 fn main() -> anyhow::Result<()> {
-    // src/gpu.rs: the best adapter (a software one when there is no GPU).
+    // src/gpu.rs: the best adapter (a software one when there is no GPU). With
+    // UNET_WGPU_KERNELS=reference every op below runs its textbook kernel
+    // (shaders/*_textbook.wgsl: one invocation per output element) instead of the tuned one.
     let gpu = Gpu::new(&GpuOptions { verbose: true, ..GpuOptions::default() })?;
 
     // src/data: four synthetic 256x256 tiles cut into 64x64 patches, 80/20 by tile.

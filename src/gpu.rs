@@ -39,6 +39,9 @@ pub enum GpuError {
     /// `--limits` or `UNET_WGPU_LIMITS` named something we do not know.
     #[error("unknown limits {0:?}: expected adapter (everything the adapter offers) or webgpu (WebGPU's defaults)")]
     UnknownLimits(String),
+    /// `--kernels` or `UNET_WGPU_KERNELS` named something we do not know.
+    #[error("unknown kernels {0:?}: expected tuned (the tiled kernels) or reference (the textbook kernels)")]
+    UnknownKernels(String),
     /// The adapter cannot give a limit the kernels rely on.
     #[error(
         "adapter {adapter:?} offers {limit} = {have}, but unet-wgpu needs at least {need}; \
@@ -116,6 +119,43 @@ pub struct GpuOptions {
     /// Which limits to ask the device for. When `None`, the `UNET_WGPU_LIMITS` environment
     /// variable is read (`adapter` or `webgpu`), and if that is unset too, [`Limits::Adapter`].
     pub limits: Option<Limits>,
+    /// Which kernels the default op wrappers dispatch. When `None`, the `UNET_WGPU_KERNELS`
+    /// environment variable is read (`tuned` or `reference`), and if that is unset too,
+    /// [`Kernels::Tuned`].
+    pub kernels: Option<Kernels>,
+}
+
+/// Which kernels the default op wrappers (`conv2d_forward`, `matmul_forward`,
+/// `batchnorm2d_stats`, ...) dispatch, for the whole program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// The tiled kernels, with the tile sizes of [`Gpu::tuning`] (the default).
+    #[default]
+    Tuned,
+    /// The textbook kernels (`shaders/*_textbook.wgsl`): one invocation per output element,
+    /// the formula's loops, no tiling. Slower; the oracle the tuned kernels are tested against.
+    Reference,
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = GpuError;
+    fn from_str(s: &str) -> Result<Self, GpuError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tuned" | "tiled" => Ok(Kernels::Tuned),
+            "reference" | "textbook" => Ok(Kernels::Reference),
+            _ => Err(GpuError::UnknownKernels(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Kernels {
+    /// `tuned` or `reference`, as `--kernels` takes them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kernels::Tuned => "tuned",
+            Kernels::Reference => "reference",
+        })
+    }
 }
 
 /// Which limits the device is requested with. Every alignment and size the program uses comes
@@ -347,6 +387,8 @@ pub struct Gpu {
     /// The tile sizes the default op wrappers use, and where they came from.
     tuning: Cell<Tuning>,
     tuning_source: RefCell<TuningSource>,
+    /// Tuned or textbook kernels for the default op wrappers.
+    kernel_set: Cell<Kernels>,
 }
 
 /// How often the CPU handed work to the GPU and waited for data from it, and what compiling
@@ -408,6 +450,10 @@ impl Gpu {
             Some(l) => l,
             None => from_env("UNET_WGPU_LIMITS")?.unwrap_or_default(),
         };
+        let kernels = match options.kernels {
+            Some(k) => k,
+            None => from_env("UNET_WGPU_KERNELS")?.unwrap_or_default(),
+        };
         let backends = backend.map_or(wgpu::Backends::all(), Backend::to_wgpu);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
@@ -458,9 +504,13 @@ impl Gpu {
             counters: Default::default(),
             tuning: Cell::new(tuning),
             tuning_source: RefCell::new(tuning_source),
+            kernel_set: Cell::new(kernels),
         };
         if options.verbose {
-            eprintln!("adapter: {}; tile sizes: {}", gpu.describe(), gpu.tuning_source());
+            match kernels {
+                Kernels::Tuned => eprintln!("adapter: {}; tile sizes: {}", gpu.describe(), gpu.tuning_source()),
+                Kernels::Reference => eprintln!("adapter: {}; kernels: reference (textbook)", gpu.describe()),
+            }
         }
         Ok(gpu)
     }
@@ -486,6 +536,17 @@ impl Gpu {
     pub fn set_tuning(&self, tuning: Tuning) {
         self.tuning.set(tuning);
         *self.tuning_source.borrow_mut() = TuningSource::Set;
+    }
+
+    /// Which kernels the default op wrappers dispatch: tuned (tiled) or reference (textbook).
+    pub fn kernels(&self) -> Kernels {
+        self.kernel_set.get()
+    }
+
+    /// Switch the default op wrappers between the tuned and the textbook kernels (tests that run
+    /// one step both ways, the step bench). Dispatches recorded from now on use the new choice.
+    pub fn set_kernels(&self, kernels: Kernels) {
+        self.kernel_set.set(kernels);
     }
 
     /// The override constants of every pipeline compiled so far for `entry` of the shader

@@ -33,7 +33,7 @@ pub mod testing;
 pub mod train;
 pub mod tuning;
 
-pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions, Limits};
+pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions, Kernels, Limits};
 pub use tape::{Accumulate, Grads, Mode, Step};
 pub use tensor::Tensor;
 pub use tuning::{Tuning, TuningFrom, TuningSource};

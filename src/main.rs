@@ -13,7 +13,7 @@ use unet_wgpu::predict::{predict_files, PredictOptions};
 use unet_wgpu::score::score_dirs;
 use unet_wgpu::train::{train, DataSource, LossName, TrainOptions};
 use unet_wgpu::tuning::{default_cache_path, save_cache, AdapterKey, CacheError, Tuning};
-use unet_wgpu::{Backend, Gpu, GpuOptions, Limits};
+use unet_wgpu::{Backend, Gpu, GpuOptions, Kernels, Limits};
 
 /// A U-Net trainer for semantic segmentation whose every kernel is a WGSL
 /// compute shader (Vulkan, Metal, DX12 or GL through wgpu).
@@ -28,6 +28,12 @@ struct Cli {
     /// what a browser grants). Default: adapter, or the UNET_WGPU_LIMITS variable.
     #[arg(long, global = true)]
     limits: Option<Limits>,
+    /// Kernels of the convolutions, transposed convolutions, matrix products and batch norms:
+    /// tuned (the tiled kernels, with the tile sizes of the tuning cache or the builtin ones) or
+    /// reference (the textbook kernels: one invocation per output element, no tiling; slower).
+    /// Default: tuned, or the UNET_WGPU_KERNELS variable.
+    #[arg(long, global = true)]
+    kernels: Option<Kernels>,
     #[command(subcommand)]
     command: Command,
 }
@@ -341,6 +347,7 @@ fn info(gpu: &Gpu) {
         println!("  {name:<40} {value}");
     }
     println!("tile sizes: {} (from: {})", gpu.tuning(), gpu.tuning_source());
+    println!("kernels: {}", gpu.kernels());
 }
 
 /// `unet-wgpu tune`: measure and save the tile sizes, or (`print`) show those in use.
@@ -382,8 +389,14 @@ fn main() -> anyhow::Result<()> {
         println!("{}", if *json { report.to_json() } else { report.to_table() });
         return Ok(()); // scoring needs no GPU
     }
-    let gpu =
-        Gpu::new(&GpuOptions { backend: cli.backend, limits: cli.limits, verbose: true, ..GpuOptions::default() })?;
+    let options = GpuOptions {
+        backend: cli.backend,
+        limits: cli.limits,
+        kernels: cli.kernels,
+        verbose: true,
+        ..GpuOptions::default()
+    };
+    let gpu = Gpu::new(&options)?;
     match cli.command {
         Command::Score { .. } => unreachable!("handled above"),
         Command::Predict { checkpoint, inputs, out, patch, overlap, palette: palette_file } => {

@@ -10,7 +10,7 @@
 
 use std::sync::Mutex;
 
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::{Gpu, GpuOptions, Kernels};
 use crate::rng::Rng;
 use crate::tuning::TuningFrom;
 
@@ -42,17 +42,22 @@ impl Drop for Held {
 thread_local! {
     static GPU: Held = Held(match IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop() {
         Some(Idle(gpu)) => gpu,
-        // The builtin tile sizes, whatever `unet-wgpu tune` left in the cache: tests that do
-        // not depend on the machine's history.
+        // The builtin tile sizes, whatever `unet-wgpu tune` left in the cache, and the tuned
+        // kernels, whatever UNET_WGPU_KERNELS says: tests that do not depend on the machine's
+        // history or environment (tests of the textbook kernels switch with `with_kernels`).
         None => Box::leak(Box::new(
-            Gpu::new(&GpuOptions { tuning: TuningFrom::Builtin, ..GpuOptions::default() })
+            Gpu::new(&GpuOptions {
+                tuning: TuningFrom::Builtin,
+                kernels: Some(Kernels::Tuned),
+                ..GpuOptions::default()
+            })
                 .unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}")),
         )),
     });
 }
 
 /// This thread's GPU (tests run on several threads), with
-/// [`crate::tuning::Tuning::builtin`]'s tile sizes. Tests that ran earlier on other threads
+/// [`crate::tuning::Tuning::builtin`]'s tile sizes and the tuned kernels. Tests that ran earlier on other threads
 /// may have used it: compare its counters before and after, not their absolute values.
 /// Panics with the reason when there is no adapter: GPU tests never skip.
 pub fn gpu() -> &'static Gpu {
@@ -136,4 +141,18 @@ pub fn assert_close_floor(what: &str, got: &[f64], want: &[f64], tol: f64, floor
 /// [`assert_close`] for GPU output (f32) against a reference (f64).
 pub fn assert_close_f32(what: &str, got: &[f32], want: &[f64], tol: f64) {
     assert_close(what, &to_f64(got), want, tol);
+}
+
+/// Runs `f` with `gpu`'s default op wrappers on `kernels`, then restores the previous choice, also
+/// when `f` panics (the device goes on to serve the next test on this thread).
+pub fn with_kernels<R>(gpu: &Gpu, kernels: Kernels, f: impl FnOnce() -> R) -> R {
+    struct Restore<'a>(&'a Gpu, Kernels);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.set_kernels(self.1);
+        }
+    }
+    let _restore = Restore(gpu, gpu.kernels());
+    gpu.set_kernels(kernels);
+    f()
 }

@@ -30,12 +30,19 @@
 //! to a partial, then one workgroup per channel merges the partials in a fixed
 //! order. The variance comes from Welford/Chan merges of (count, mean, M2), never
 //! from `E[x^2] - E[x]^2`, so activations with a large mean keep their precision.
+//!
+//! [`textbook`] holds the direct kernels (`shaders/batchnorm2d_textbook.wgsl`: one invocation per
+//! output element or channel, the formulas above as loops, the epilogue left to the plain ReLU and
+//! dropout kernels): the oracle the tiled kernels are tested against, and what every default
+//! wrapper here dispatches under [`Kernels::Reference`] (`--kernels reference`).
 
-use crate::gpu::{Encoder, Gpu, Shader};
-use crate::ops::conv2d::Epilogue;
+use crate::gpu::{Encoder, Gpu, Kernels, Shader};
+use crate::ops::conv2d::{self, Epilogue};
 use crate::shader;
 use crate::tape::{Accumulate, Mode, Step};
 use crate::tensor::Tensor;
+
+pub mod textbook;
 
 const SHADER: Shader = shader!("batchnorm2d");
 /// Threads a workgroup; a power of two (the shader's reduction tree halves it),
@@ -215,6 +222,9 @@ pub fn batchnorm2d_stats(
     {
         assert_channels(what, c, t);
     }
+    if gpu.kernels() == Kernels::Reference {
+        return textbook::batchnorm2d_stats(gpu, enc, x, running_mean, running_var, mean, invstd);
+    }
     let p = Params::new(dims);
     assert!(p.n * p.hw > 1, "batchnorm2d: training needs more than one value per channel, x is {:?}", x.shape());
     let partial = gpu.empty(&[c, p.splits as usize, 3]);
@@ -253,6 +263,9 @@ pub fn batchnorm2d_running_stats(
     for (what, t) in [("running_mean", running_mean), ("running_var", running_var), ("mean", mean), ("invstd", invstd)]
     {
         assert_channels(what, c, t);
+    }
+    if gpu.kernels() == Kernels::Reference {
+        return textbook::batchnorm2d_running_stats(gpu, enc, running_mean, running_var, mean, invstd);
     }
     let p = Params::new([1, c, 1, 1]);
     gpu.dispatch(
@@ -298,6 +311,12 @@ pub fn batchnorm2d_forward_fused(
     assert_eq!(x.shape(), y.shape(), "batchnorm2d: x {:?} vs y {:?}", x.shape(), y.shape());
     for (what, t) in [("mean", mean), ("invstd", invstd), ("gamma", gamma), ("beta", beta)] {
         assert_channels(what, dims[1], t);
+    }
+    if gpu.kernels() == Kernels::Reference {
+        // The textbook normalisation into z, then the epilogue by the plain ReLU and dropout kernels.
+        let z = if epilogue == Epilogue::Identity { y.clone() } else { gpu.empty(y.shape()) };
+        textbook::batchnorm2d_forward(gpu, enc, x, textbook::Channels { mean, invstd, gamma, beta }, &z);
+        return conv2d::textbook::epilogue_forward(gpu, enc, &z, y, epilogue);
     }
     let mut p = Params::new(dims);
     let [relu, dropout] = p.epilogue(epilogue);
@@ -384,6 +403,13 @@ pub fn batchnorm2d_backward_fused(
         if let Some(t) = t {
             assert_channels(what, c, t);
         }
+    }
+    if gpu.kernels() == Kernels::Reference {
+        // dz (the gradient before the epilogue) by the plain kernels, then the textbook backward.
+        let ch = textbook::Channels { mean, invstd, gamma, beta };
+        let dz = textbook::epilogue_backward(gpu, enc, x, dy, ch, epilogue);
+        let grads = textbook::Grads { dx, dgamma, dbeta };
+        return textbook::batchnorm2d_backward(gpu, enc, mode, x, &dz, ch, grads);
     }
     let mut p = Params::new(dims);
     let [relu, dropout] = p.epilogue(epilogue);
@@ -518,158 +544,7 @@ pub fn batchnorm2d_fused(
 
 /// Plain-Rust batch normalisation, the contract the shader is tested against.
 /// Slices are NCHW with dims `[n, c, h, w]`; per-channel slices have `c` values.
-pub mod reference {
-    use super::Epilogue;
-    use crate::ops::conv2d;
-
-    /// The `M = n*h*w` values of channel `ch`.
-    fn channel(x: &[f64], [n, c, h, w]: [usize; 4], ch: usize) -> impl Iterator<Item = f64> + '_ {
-        let hw = h * w;
-        (0..n).flat_map(move |b| x[(b * c + ch) * hw..(b * c + ch + 1) * hw].iter().copied())
-    }
-
-    /// Per-channel batch mean and biased variance, in two passes (the variance
-    /// is the mean of squared deviations from the mean).
-    pub fn batch_stats(x: &[f64], dims: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
-        let m = (dims[0] * dims[2] * dims[3]) as f64;
-        let mean: Vec<f64> = (0..dims[1]).map(|ch| channel(x, dims, ch).sum::<f64>() / m).collect();
-        let var =
-            (0..dims[1]).map(|ch| channel(x, dims, ch).map(|v| (v - mean[ch]).powi(2)).sum::<f64>() / m).collect();
-        (mean, var)
-    }
-
-    /// `1 / sqrt(var + EPS)`, per channel.
-    pub fn invstd(var: &[f64]) -> Vec<f64> {
-        var.iter().map(|v| 1.0 / (v + super::EPS as f64).sqrt()).collect()
-    }
-
-    /// The running statistics after one training step on a batch with `m`
-    /// values per channel: `(1 - MOMENTUM) * running + MOMENTUM * batch`, with
-    /// the unbiased batch variance `var * m / (m - 1)`.
-    pub fn update_running(
-        running_mean: &[f64],
-        running_var: &[f64],
-        mean: &[f64],
-        var: &[f64],
-        m: usize,
-    ) -> (Vec<f64>, Vec<f64>) {
-        let k = super::MOMENTUM as f64;
-        let m = m as f64;
-        let new_mean = running_mean.iter().zip(mean).map(|(r, b)| (1.0 - k) * r + k * b).collect();
-        let new_var = running_var.iter().zip(var).map(|(r, v)| (1.0 - k) * r + k * v * m / (m - 1.0)).collect();
-        (new_mean, new_var)
-    }
-
-    /// `y = gamma * (x - mean) * invstd + beta`.
-    pub fn batchnorm2d_forward(
-        x: &[f64],
-        mean: &[f64],
-        invstd: &[f64],
-        gamma: &[f64],
-        beta: &[f64],
-        dims: [usize; 4],
-    ) -> Vec<f64> {
-        let (c, hw) = (dims[1], dims[2] * dims[3]);
-        x.iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let ch = (i / hw) % c;
-                gamma[ch] * (v - mean[ch]) * invstd[ch] + beta[ch]
-            })
-            .collect()
-    }
-
-    /// The training forward as one function of x (batch statistics included),
-    /// for finite differences.
-    pub fn batchnorm2d_forward_train(x: &[f64], gamma: &[f64], beta: &[f64], dims: [usize; 4]) -> Vec<f64> {
-        let (mean, var) = batch_stats(x, dims);
-        batchnorm2d_forward(x, &mean, &invstd(&var), gamma, beta, dims)
-    }
-
-    /// `y = epilogue(gamma * (x - mean) * invstd + beta)`: the plain forward, then
-    /// [`conv2d::reference::epilogue_forward`] (ReLU, then dropout's mask over y's flat index).
-    #[allow(clippy::too_many_arguments)]
-    pub fn batchnorm2d_forward_fused(
-        x: &[f64],
-        mean: &[f64],
-        invstd: &[f64],
-        gamma: &[f64],
-        beta: &[f64],
-        dims: [usize; 4],
-        epilogue: Epilogue,
-    ) -> Vec<f64> {
-        conv2d::reference::epilogue_forward(&batchnorm2d_forward(x, mean, invstd, gamma, beta, dims), epilogue)
-    }
-
-    /// The fused training forward as one function of x (batch statistics included),
-    /// for finite differences.
-    pub fn batchnorm2d_forward_train_fused(
-        x: &[f64],
-        gamma: &[f64],
-        beta: &[f64],
-        dims: [usize; 4],
-        epilogue: Epilogue,
-    ) -> Vec<f64> {
-        conv2d::reference::epilogue_forward(&batchnorm2d_forward_train(x, gamma, beta, dims), epilogue)
-    }
-
-    /// `(dx, dgamma, dbeta)` of [`batchnorm2d_forward_fused`] (not accumulated): the chain
-    /// rule through the epilogue (`dz` from the pre-activation `z = gamma * xhat + beta`,
-    /// by [`conv2d::reference::epilogue_backward`]), then [`batchnorm2d_backward`] with dz.
-    #[allow(clippy::too_many_arguments)]
-    pub fn batchnorm2d_backward_fused(
-        x: &[f64],
-        dy: &[f64],
-        mean: &[f64],
-        invstd: &[f64],
-        gamma: &[f64],
-        beta: &[f64],
-        dims: [usize; 4],
-        train: bool,
-        epilogue: Epilogue,
-    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let z = batchnorm2d_forward(x, mean, invstd, gamma, beta, dims);
-        let dz = conv2d::reference::epilogue_backward(&z, dy, epilogue);
-        batchnorm2d_backward(x, &dz, mean, invstd, gamma, dims, train)
-    }
-
-    /// `(dx, dgamma, dbeta)` (not accumulated). With `train`, mean and invstd are
-    /// the batch statistics of x and dx includes their dependence on x:
-    /// `dx = gamma * invstd / M * (M*dy - sum(dy) - xhat * sum(dy*xhat))`;
-    /// without, they are constants: `dx = dy * gamma * invstd`.
-    /// `dgamma = sum(dy * xhat)`, `dbeta = sum(dy)` per channel.
-    #[allow(clippy::too_many_arguments)]
-    pub fn batchnorm2d_backward(
-        x: &[f64],
-        dy: &[f64],
-        mean: &[f64],
-        invstd: &[f64],
-        gamma: &[f64],
-        dims: [usize; 4],
-        train: bool,
-    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (c, hw) = (dims[1], dims[2] * dims[3]);
-        let m = (dims[0] * hw) as f64;
-        let ch_of = |i: usize| (i / hw) % c;
-        let xhat: Vec<f64> = x.iter().enumerate().map(|(i, v)| (v - mean[ch_of(i)]) * invstd[ch_of(i)]).collect();
-        let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
-        for i in 0..x.len() {
-            dgamma[ch_of(i)] += dy[i] * xhat[i];
-            dbeta[ch_of(i)] += dy[i];
-        }
-        let dx = (0..x.len())
-            .map(|i| {
-                let ch = ch_of(i);
-                if train {
-                    gamma[ch] * invstd[ch] / m * (m * dy[i] - dbeta[ch] - xhat[i] * dgamma[ch])
-                } else {
-                    dy[i] * gamma[ch] * invstd[ch]
-                }
-            })
-            .collect();
-        (dx, dgamma, dbeta)
-    }
-}
+pub mod reference;
 
 #[cfg(test)]
 mod tests {

@@ -19,12 +19,18 @@
 //! workgroup-memory tiling a real GPU wants. The weight gradient is a GEMM with a huge K
 //! (`N*OH*OW`), so it is split into chunks whose partial sums go to a pooled scratch buffer
 //! and are then added in a fixed order: results are deterministic.
+//!
+//! [`textbook`] holds the direct kernels (`shaders/conv2d_textbook.wgsl`: one invocation per output
+//! element, the formulas above as loops): the oracle the tiled kernels are tested against, and what
+//! every default wrapper here dispatches under [`Kernels::Reference`] (`--kernels reference`).
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::gpu::{groups_1d, Encoder, Gpu, Kernels, Shader};
 use crate::ops::dropout::keep_threshold;
 use crate::shader;
 use crate::tape::{Accumulate, Mode, Step};
 use crate::tensor::Tensor;
+
+pub mod textbook;
 
 const SHADER: Shader = shader!("conv2d");
 
@@ -268,9 +274,10 @@ const GATHER_TILE_ROWS: u32 = 2;
 const TILE_COLS: u32 = 8;
 
 /// `y = conv(x, w) + b`. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
-/// Tiled as `gpu.tuning().conv2d_forward` says.
+/// Tiled as `gpu.tuning().conv2d_forward` says, or the [`textbook`] kernel under
+/// [`Kernels::Reference`] (as every default wrapper here).
 pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor, p: Conv2d) {
-    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, Epilogue::Identity, &gpu.tuning().conv2d_forward);
+    conv2d_forward_fused(gpu, enc, x, w, b, y, p, Epilogue::Identity);
 }
 
 /// `y = epilogue(conv(x, w) + b)`. Shapes as [`conv2d_forward`].
@@ -285,6 +292,12 @@ pub fn conv2d_forward_fused(
     p: Conv2d,
     epilogue: Epilogue,
 ) {
+    if gpu.kernels() == Kernels::Reference {
+        // The textbook convolution into z, then the epilogue by the plain ReLU and dropout kernels.
+        let z = if epilogue == Epilogue::Identity { y.clone() } else { gpu.empty(y.shape()) };
+        textbook::conv2d_forward(gpu, enc, x, w, b, &z, p);
+        return textbook::epilogue_forward(gpu, enc, &z, y, epilogue);
+    }
     conv2d_forward_tiled(gpu, enc, x, w, b, y, p, epilogue, &gpu.tuning().conv2d_forward);
 }
 
@@ -416,7 +429,7 @@ pub fn conv2d_forward_shared(
 /// `dx += conv2d_backward_data(dy, w)`. dy `[N,O,OH,OW]`, w `[O,I,KH,KW]`, dx `[N,I,H,W]`.
 /// Tiled as `gpu.tuning().conv2d_backward_data` says.
 pub fn conv2d_backward_data(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, w: &Tensor, dx: &Tensor, p: Conv2d) {
-    conv2d_backward_data_tiled(gpu, enc, dy, w, dx, p, &gpu.tuning().conv2d_backward_data);
+    conv2d_backward_data_into(gpu, enc, dy, w, dx, p, Accumulate::Add);
 }
 
 /// [`conv2d_backward_data`] with a chosen register tiling.
@@ -444,7 +457,10 @@ pub fn conv2d_backward_data_into(
     p: Conv2d,
     acc: Accumulate,
 ) {
-    backward_data(gpu, enc, dy, w, dx, p, &gpu.tuning().conv2d_backward_data, acc);
+    match gpu.kernels() {
+        Kernels::Tuned => backward_data(gpu, enc, dy, w, dx, p, &gpu.tuning().conv2d_backward_data, acc),
+        Kernels::Reference => textbook::conv2d_backward_data(gpu, enc, dy, w, dx, p, acc),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -506,7 +522,12 @@ pub fn conv2d_backward_weight(
     db: Option<&Tensor>,
     p: Conv2d,
 ) {
-    conv2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, p, &gpu.tuning().conv2d_backward_weight);
+    match gpu.kernels() {
+        Kernels::Tuned => {
+            conv2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, p, &gpu.tuning().conv2d_backward_weight)
+        }
+        Kernels::Reference => textbook::conv2d_backward_weight(gpu, enc, x, dy, dw, db, p),
+    }
 }
 
 /// [`conv2d_backward_weight`] with a chosen register tiling.
@@ -669,126 +690,7 @@ pub fn conv2d_fused(
 
 /// Plain-Rust convolution on `f64`, the contract the shaders are tested against. Shapes are
 /// passed as `[N,I,H,W]` for x and `[O,I,KH,KW]` for w.
-pub mod reference {
-    use super::{Conv2d, Epilogue};
-    use crate::ops::{dropout, relu};
-
-    /// `epilogue(z)`, elementwise over a flat tensor: ReLU, then dropout with the mask of
-    /// [`dropout::reference`] (which indexes the flat tensor, as the shader does).
-    pub fn epilogue_forward(z: &[f64], e: Epilogue) -> Vec<f64> {
-        match e {
-            Epilogue::Identity => z.to_vec(),
-            Epilogue::Relu => relu::reference::relu_forward(z),
-            Epilogue::ReluDropout { p, seed } => {
-                dropout::reference::dropout_forward(&relu::reference::relu_forward(z), p, seed)
-            }
-        }
-    }
-
-    /// `dz` given the pre-activation z and dy (not accumulated): the chain rule through dropout, then ReLU.
-    pub fn epilogue_backward(z: &[f64], dy: &[f64], e: Epilogue) -> Vec<f64> {
-        match e {
-            Epilogue::Identity => dy.to_vec(),
-            Epilogue::Relu => relu::reference::relu_backward(z, dy),
-            Epilogue::ReluDropout { p, seed } => {
-                relu::reference::relu_backward(z, &dropout::reference::dropout_backward(dy, p, seed))
-            }
-        }
-    }
-
-    /// Input pixel `(ih, iw)` under output pixel `(oh, ow)` and tap `(kh, kw)`, if not padding.
-    fn input_pixel(p: &Conv2d, [h, w]: [usize; 2], [oh, ow, kh, kw]: [usize; 4]) -> Option<(usize, usize)> {
-        let ih = (oh * p.stride[0] + kh).checked_sub(p.pad[0])?;
-        let iw = (ow * p.stride[1] + kw).checked_sub(p.pad[1])?;
-        (ih < h && iw < w).then_some((ih, iw))
-    }
-
-    /// Calls `f(n, o, oh, ow, i, kh, kw, x index)` for every product of the convolution.
-    #[allow(clippy::type_complexity)]
-    fn for_each_product(
-        xd: [usize; 4],
-        wd: [usize; 4],
-        p: &Conv2d,
-        mut f: impl FnMut([usize; 7], usize),
-    ) -> [usize; 4] {
-        let [n, ci, h, w] = xd;
-        let [co, _, kh, kw] = wd;
-        let [oh, ow] = p.out_size([h, w], [kh, kw]);
-        for b in 0..n {
-            for o in 0..co {
-                for r in 0..oh {
-                    for c in 0..ow {
-                        for i in 0..ci {
-                            for u in 0..kh {
-                                for v in 0..kw {
-                                    if let Some((ih, iw)) = input_pixel(p, [h, w], [r, c, u, v]) {
-                                        f([b, o, r, c, i, u, v], ((b * ci + i) * h + ih) * w + iw);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        [n, co, oh, ow]
-    }
-
-    /// `y = conv(x, w) + b`; returns y `[N,O,OH,OW]` flattened.
-    pub fn conv2d_forward(
-        x: &[f64],
-        xd: [usize; 4],
-        w: &[f64],
-        wd: [usize; 4],
-        b: Option<&[f64]>,
-        p: &Conv2d,
-    ) -> Vec<f64> {
-        let [n, co, kh, kw] = [xd[0], wd[0], wd[2], wd[3]];
-        let [oh, ow] = p.out_size([xd[2], xd[3]], [kh, kw]);
-        let mut y = vec![0.0; n * co * oh * ow];
-        for_each_product(xd, wd, p, |[b, o, r, c, i, u, v], xi| {
-            y[((b * co + o) * oh + r) * ow + c] += w[((o * wd[1] + i) * kh + u) * kw + v] * x[xi];
-        });
-        if let Some(bias) = b {
-            for (j, yv) in y.iter_mut().enumerate() {
-                *yv += bias[(j / (oh * ow)) % co];
-            }
-        }
-        y
-    }
-
-    /// `dx = dL/dx` given `dy = dL/dy` (not accumulated): each product `w * x` sends `w * dy` to x.
-    pub fn conv2d_backward_data(dy: &[f64], w: &[f64], xd: [usize; 4], wd: [usize; 4], p: &Conv2d) -> Vec<f64> {
-        let mut dx = vec![0.0; xd.iter().product()];
-        let [co, kh, kw] = [wd[0], wd[2], wd[3]];
-        let [oh, ow] = p.out_size([xd[2], xd[3]], [kh, kw]);
-        for_each_product(xd, wd, p, |[b, o, r, c, i, u, v], xi| {
-            dx[xi] += w[((o * wd[1] + i) * kh + u) * kw + v] * dy[((b * co + o) * oh + r) * ow + c];
-        });
-        dx
-    }
-
-    /// `(dw, db)` given dy (not accumulated): each product sends `x * dy` to its weight.
-    pub fn conv2d_backward_weight(
-        x: &[f64],
-        dy: &[f64],
-        xd: [usize; 4],
-        wd: [usize; 4],
-        p: &Conv2d,
-    ) -> (Vec<f64>, Vec<f64>) {
-        let mut dw = vec![0.0; wd.iter().product()];
-        let [co, kh, kw] = [wd[0], wd[2], wd[3]];
-        let [oh, ow] = p.out_size([xd[2], xd[3]], [kh, kw]);
-        for_each_product(xd, wd, p, |[b, o, r, c, i, u, v], xi| {
-            dw[((o * wd[1] + i) * kh + u) * kw + v] += x[xi] * dy[((b * co + o) * oh + r) * ow + c];
-        });
-        let mut db = vec![0.0; co];
-        for (j, g) in dy.iter().enumerate() {
-            db[(j / (oh * ow)) % co] += g;
-        }
-        (dw, db)
-    }
-}
+pub mod reference;
 
 #[cfg(test)]
 mod tests {
@@ -806,7 +708,7 @@ mod tests {
     }
 
     /// (x dims, w dims, params) of the odd shapes every test runs.
-    fn cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
+    pub(super) fn cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         vec![
             ([1, 3, 7, 9], [5, 3, 3, 3], Conv2d::new(1, 1)),
             ([2, 3, 7, 9], [5, 3, 3, 3], Conv2d::new(2, 1)),
@@ -830,7 +732,7 @@ mod tests {
         ]
     }
 
-    fn yd(xd: [usize; 4], wd: [usize; 4], p: &Conv2d) -> [usize; 4] {
+    pub(super) fn yd(xd: [usize; 4], wd: [usize; 4], p: &Conv2d) -> [usize; 4] {
         let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
         [xd[0], wd[0], oh, ow]
     }

@@ -20,12 +20,18 @@
 //! channels first). [`conv_transpose2d_concat`] fuses the two: the kernels write y straight
 //! into channels `0..O` of the concatenation buffer (and read dy from there) through a
 //! channel stride, so only the skip tensor is copied, and no slice of dy is.
+//!
+//! [`textbook`] holds the direct kernels (`shaders/conv_transpose2d_textbook.wgsl`: one invocation
+//! per output element, the formulas above as loops): the oracle the tiled kernels are tested
+//! against, and what every default wrapper here dispatches under [`Kernels::Reference`].
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::gpu::{groups_1d, Encoder, Gpu, Kernels, Shader};
 use crate::ops::concat::{concat_backward_b, concat_forward_part};
 use crate::shader;
 use crate::tape::{Accumulate, Step};
 use crate::tensor::Tensor;
+
+pub mod textbook;
 
 const SHADER: Shader = shader!("conv_transpose2d");
 /// Register tile of the general kernels (the shader's `PX`, `TO`, `TC`; keep in step).
@@ -174,8 +180,18 @@ fn params(what: &str, x: &Tensor, w: &Tensor, big: &Tensor, concat: bool) -> Par
 }
 
 /// `y = conv_transpose2d(x, w) + b`. x: `[N,I,H,W]`, w: `[I,O,2,2]`, b: `[O]`, y: `[N,O,2H,2W]`.
+/// The tiled kernels with the workgroups of `gpu.tuning()`, or the [`textbook`] kernel under
+/// [`Kernels::Reference`] (as every default wrapper here).
 pub fn conv_transpose2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
-    conv_transpose2d_forward_tiled(gpu, enc, x, w, b, y, &gpu.tuning().conv_transpose2d);
+    forward_default(gpu, enc, params("conv_transpose2d", x, w, y, false), x, w, b, y);
+}
+
+/// The forward of the default wrappers: tiled as `gpu.tuning()` says, or textbook.
+fn forward_default(gpu: &Gpu, enc: &mut Encoder, p: Params, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
+    match gpu.kernels() {
+        Kernels::Tuned => forward(gpu, enc, p, x, w, b, y, &gpu.tuning().conv_transpose2d),
+        Kernels::Reference => textbook::forward(gpu, enc, p, x, w, b, y),
+    }
 }
 
 /// [`conv_transpose2d_forward`] with chosen workgroup sizes.
@@ -230,7 +246,7 @@ fn quad_threads(p: &Params) -> u32 {
 
 /// `dx += conv_transpose2d^T(dy)`. w: `[I,O,2,2]`, dy: `[N,O,2H,2W]`, dx: `[N,I,H,W]`.
 pub fn conv_transpose2d_backward_data(gpu: &Gpu, enc: &mut Encoder, w: &Tensor, dy: &Tensor, dx: &Tensor) {
-    conv_transpose2d_backward_data_tiled(gpu, enc, w, dy, dx, &gpu.tuning().conv_transpose2d);
+    conv_transpose2d_backward_data_into(gpu, enc, w, dy, dx, Accumulate::Add);
 }
 
 /// [`conv_transpose2d_backward_data`] with chosen workgroup sizes.
@@ -258,7 +274,23 @@ pub fn conv_transpose2d_backward_data_into(
     acc: Accumulate,
 ) {
     let params = params("conv_transpose2d backward_data", dx, w, dy, false);
-    backward_data(gpu, enc, params, w, dy, dx, acc, &gpu.tuning().conv_transpose2d);
+    backward_data_default(gpu, enc, params, w, dy, dx, acc);
+}
+
+/// The backward data of the default wrappers: tiled as `gpu.tuning()` says, or textbook.
+fn backward_data_default(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    p: Params,
+    w: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    acc: Accumulate,
+) {
+    match gpu.kernels() {
+        Kernels::Tuned => backward_data(gpu, enc, p, w, dy, dx, acc, &gpu.tuning().conv_transpose2d),
+        Kernels::Reference => textbook::backward_data(gpu, enc, p, w, dy, dx, acc),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -307,7 +339,29 @@ pub fn conv_transpose2d_backward_weight(
     dw: &Tensor,
     db: Option<&Tensor>,
 ) {
-    conv_transpose2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, &gpu.tuning().conv_transpose2d);
+    let params = params("conv_transpose2d backward_weight", x, dw, dy, false);
+    backward_weight_default(gpu, enc, params, x, dy, Some(dw), db);
+}
+
+/// The weight and bias gradients of the default wrappers, each when given: tiled as
+/// `gpu.tuning()` says, or textbook.
+fn backward_weight_default(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    p: Params,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: Option<&Tensor>,
+    db: Option<&Tensor>,
+) {
+    let wg = gpu.tuning().conv_transpose2d;
+    match (gpu.kernels(), dw, db) {
+        (Kernels::Tuned, Some(dw), db) => backward_weight(gpu, enc, p, x, dy, dw, db, &wg),
+        (Kernels::Tuned, None, Some(db)) => bias(gpu, enc, p, dy, db, &wg),
+        (Kernels::Reference, Some(dw), db) => textbook::backward_weight(gpu, enc, p, x, dy, dw, db),
+        (Kernels::Reference, None, Some(db)) => textbook::bias(gpu, enc, p, dy, db),
+        (_, None, None) => {}
+    }
 }
 
 /// [`conv_transpose2d_backward_weight`] with chosen workgroup sizes.
@@ -390,7 +444,11 @@ pub fn conv_transpose2d_backward_bias(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor,
     let [n, co, h2, w2] = dy.dims4("conv_transpose2d backward_bias dy");
     assert!(h2 % 2 == 0 && w2 % 2 == 0, "conv_transpose2d backward_bias: dy {:?} must have even H, W", dy.shape());
     assert_eq!(db.shape(), [co], "conv_transpose2d backward_bias: db {:?} vs dy {:?}", db.shape(), dy.shape());
-    bias(gpu, enc, Params::new([n, 0, h2 / 2, w2 / 2], co, co), dy, db, &gpu.tuning().conv_transpose2d);
+    let p = Params::new([n, 0, h2 / 2, w2 / 2], co, co);
+    match gpu.kernels() {
+        Kernels::Tuned => bias(gpu, enc, p, dy, db, &gpu.tuning().conv_transpose2d),
+        Kernels::Reference => textbook::bias(gpu, enc, p, dy, db),
+    }
 }
 
 /// `db += sum dy[:, 0..O]` with the general kernel (any W); `params` gives dy's shape.
@@ -469,15 +527,10 @@ struct OwnedGrads {
 
 /// The backward kernels of both tape ops; dy has the channels `params.yc` (O, or O + S).
 fn backward(gpu: &Gpu, enc: &mut Encoder, params: Params, x: &Tensor, w: &Tensor, dy: &Tensor, g: &OwnedGrads) {
-    let wg = gpu.tuning().conv_transpose2d;
     if let Some((dx, acc)) = &g.dx {
-        backward_data(gpu, enc, params, w, dy, dx, *acc, &wg);
+        backward_data_default(gpu, enc, params, w, dy, dx, *acc);
     }
-    match (&g.dw, &g.db) {
-        (Some(dw), db) => backward_weight(gpu, enc, params, x, dy, dw, db.as_ref(), &wg),
-        (None, Some(db)) => bias(gpu, enc, params, dy, db, &wg),
-        (None, None) => {}
-    }
+    backward_weight_default(gpu, enc, params, x, dy, g.dw.as_ref(), g.db.as_ref());
     if let Some((dskip, acc)) = &g.dskip {
         // forward: y[:, O..] = skip  =>  dskip += dy[:, O..]
         concat_backward_b(gpu, enc, dy, dskip, *acc);
@@ -499,7 +552,7 @@ pub fn conv_transpose2d_concat_forward(
     y: &Tensor,
 ) {
     let params = concat_params("conv_transpose2d_concat", x, w, skip, y);
-    forward(gpu, enc, params, x, w, b, y, &gpu.tuning().conv_transpose2d);
+    forward_default(gpu, enc, params, x, w, b, y);
     concat_forward_part(gpu, enc, skip, y, params.co as usize);
 }
 
@@ -563,87 +616,8 @@ pub fn conv_transpose2d_concat(step: &mut Step, x: &Tensor, w: &Tensor, b: Optio
     y
 }
 
-pub mod reference {
-    /// `y[n,o,2i+a,2j+b] = b[o] + sum_c x[n,c,i,j] w[c,o,a,b]`.
-    pub fn conv_transpose2d_forward(
-        x: &[f64],
-        w: &[f64],
-        b: Option<&[f64]>,
-        [n, ci, h, wd]: [usize; 4],
-        co: usize,
-    ) -> Vec<f64> {
-        let (oh, ow) = (2 * h, 2 * wd);
-        let mut y = vec![0.0; n * co * oh * ow];
-        for img in 0..n {
-            for o in 0..co {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let (i, a, j, bb) = (oy / 2, oy % 2, ox / 2, ox % 2);
-                        let mut sum = b.map_or(0.0, |b| b[o]);
-                        for c in 0..ci {
-                            sum += x[((img * ci + c) * h + i) * wd + j] * w[((c * co + o) * 2 + a) * 2 + bb];
-                        }
-                        y[((img * co + o) * oh + oy) * ow + ox] = sum;
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    /// `dx[n,c,i,j] = sum_{o,a,b} dy[n,o,2i+a,2j+b] w[c,o,a,b]` (not accumulated).
-    pub fn conv_transpose2d_backward_data(dy: &[f64], w: &[f64], [n, ci, h, wd]: [usize; 4], co: usize) -> Vec<f64> {
-        let (oh, ow) = (2 * h, 2 * wd);
-        let mut dx = vec![0.0; n * ci * h * wd];
-        for img in 0..n {
-            for c in 0..ci {
-                for i in 0..h {
-                    for j in 0..wd {
-                        let mut sum = 0.0;
-                        for o in 0..co {
-                            for a in 0..2 {
-                                for bb in 0..2 {
-                                    let g = dy[((img * co + o) * oh + 2 * i + a) * ow + 2 * j + bb];
-                                    sum += g * w[((c * co + o) * 2 + a) * 2 + bb];
-                                }
-                            }
-                        }
-                        dx[((img * ci + c) * h + i) * wd + j] = sum;
-                    }
-                }
-            }
-        }
-        dx
-    }
-
-    /// `(dw, db)`: `dw[c,o,a,b] = sum_{n,i,j} x[n,c,i,j] dy[n,o,2i+a,2j+b]`,
-    /// `db[o] = sum dy[n,o,..]` (not accumulated).
-    pub fn conv_transpose2d_backward_weight(
-        x: &[f64],
-        dy: &[f64],
-        [n, ci, h, wd]: [usize; 4],
-        co: usize,
-    ) -> (Vec<f64>, Vec<f64>) {
-        let (oh, ow) = (2 * h, 2 * wd);
-        let mut dw = vec![0.0; ci * co * 4];
-        let mut db = vec![0.0; co];
-        for img in 0..n {
-            for o in 0..co {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let g = dy[((img * co + o) * oh + oy) * ow + ox];
-                        db[o] += g;
-                        let (i, a, j, bb) = (oy / 2, oy % 2, ox / 2, ox % 2);
-                        for c in 0..ci {
-                            dw[((c * co + o) * 2 + a) * 2 + bb] += x[((img * ci + c) * h + i) * wd + j] * g;
-                        }
-                    }
-                }
-            }
-        }
-        (dw, db)
-    }
-}
+/// Plain-Rust transposed convolution on `f64`, the contract the shaders are tested against.
+pub mod reference;
 
 #[cfg(test)]
 mod tests {

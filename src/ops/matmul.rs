@@ -12,12 +12,17 @@
 //! operand transposed (pipeline constants `TRANS_A`, `TRANS_B`) and adding into the output
 //! (`ACCUMULATE`). Two tilings (see `shaders/matmul.wgsl`): register tiles ([`Tiling`], the
 //! default; vec4 loads when M, N and K are multiples of 4, scalar loads otherwise), and the
-//! classic workgroup-memory tiles ([`SharedTiling`]) a real GPU wants.
+//! classic workgroup-memory tiles ([`SharedTiling`]) a real GPU wants. [`textbook`] holds the
+//! direct kernels (one invocation per element of the product, one loop over its sum), the oracle
+//! the tiled ones are tested against, which the default wrappers dispatch under
+//! [`Kernels::Reference`].
 
-use crate::gpu::{Encoder, Gpu, Shader};
+use crate::gpu::{Encoder, Gpu, Kernels, Shader};
 use crate::shader;
 use crate::tape::Step;
 use crate::tensor::Tensor;
+
+pub mod textbook;
 
 const SHADER: Shader = shader!("matmul");
 
@@ -226,9 +231,13 @@ fn dims(a: &Tensor, b: &Tensor) -> (usize, usize, usize) {
     (m, k, n)
 }
 
-/// `c = a . b`. a `[M,K]`, b `[K,N]`, c `[M,N]`. Tiled as `gpu.tuning().matmul` says.
+/// `c = a . b`. a `[M,K]`, b `[K,N]`, c `[M,N]`. Tiled as `gpu.tuning().matmul` says, or the
+/// [`textbook`] kernel under [`Kernels::Reference`].
 pub fn matmul_forward(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, c: &Tensor) {
-    matmul_forward_tiled(gpu, enc, a, b, c, &gpu.tuning().matmul);
+    match gpu.kernels() {
+        Kernels::Tuned => matmul_forward_tiled(gpu, enc, a, b, c, &gpu.tuning().matmul),
+        Kernels::Reference => textbook::matmul_forward(gpu, enc, a, b, c),
+    }
 }
 
 /// [`matmul_forward`] with a chosen kernel and tiling (benchmarks sweep it).
@@ -239,7 +248,8 @@ pub fn matmul_forward_tiled(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor
 }
 
 /// `da += dc . b^T` and `db += a^T . dc`, each when given. a `[M,K]`, b `[K,N]`, dc `[M,N]`,
-/// da `[M,K]`, db `[K,N]`. Tiled as `gpu.tuning().matmul` says.
+/// da `[M,K]`, db `[K,N]`. Tiled as `gpu.tuning().matmul` says, or textbook (as
+/// [`matmul_forward`]).
 pub fn matmul_backward(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -249,7 +259,10 @@ pub fn matmul_backward(
     da: Option<&Tensor>,
     db: Option<&Tensor>,
 ) {
-    matmul_backward_tiled(gpu, enc, a, b, dc, da, db, &gpu.tuning().matmul);
+    match gpu.kernels() {
+        Kernels::Tuned => matmul_backward_tiled(gpu, enc, a, b, dc, da, db, &gpu.tuning().matmul),
+        Kernels::Reference => textbook::matmul_backward(gpu, enc, a, b, dc, da, db),
+    }
 }
 
 /// [`matmul_backward`] with a chosen kernel and tiling.

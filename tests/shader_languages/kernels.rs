@@ -318,6 +318,50 @@ pub fn kernels() -> Vec<Kernel> {
         all.extend(sets(shader, entries, &[constants]));
     }
 
+    // The textbook kernels (`--kernels reference`, and the oracle of the tests): no constants.
+    let textbook: [(&'static str, &[&'static str]); 4] = [
+        (
+            "conv2d_textbook",
+            &[
+                "conv2d_forward",
+                "conv2d_backward_data",
+                "conv2d_backward_weight",
+                "conv2d_backward_bias",
+                "conv2d_add_runs",
+            ],
+        ),
+        (
+            "conv_transpose2d_textbook",
+            &[
+                "conv_transpose2d_forward",
+                "conv_transpose2d_backward_data",
+                "conv_transpose2d_backward_weight",
+                "conv_transpose2d_backward_bias",
+                "conv_transpose2d_add_runs",
+            ],
+        ),
+        ("matmul_textbook", &["matmul_forward", "matmul_backward_a", "matmul_backward_b"]),
+        (
+            "batchnorm2d_textbook",
+            &[
+                "batchnorm_sum_x",
+                "batchnorm_mean",
+                "batchnorm_sum_squares",
+                "batchnorm_stats",
+                "batchnorm_stats_running",
+                "batchnorm_forward",
+                "batchnorm_sum_backward",
+                "batchnorm_backward_sums",
+                "batchnorm_backward_data",
+                "batchnorm_backward_gamma",
+                "batchnorm_backward_beta",
+            ],
+        ),
+    ];
+    for (shader, entries) in textbook {
+        all.extend(sets(shader, entries, &[vec![]]));
+    }
+
     // The same pipeline reached two ways (a tiling in two families) is translated once.
     let mut seen = BTreeSet::new();
     all.retain(|k| seen.insert(format!("{}::{} {:?}", k.shader, k.entry, k.constants)));
