@@ -246,6 +246,13 @@ struct TrainArgs {
     /// Stop each epoch after this many steps (quick trials).
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Diagnostic, for comparing with another implementation: write to DIR the initial
+    /// weights (initial.safetensors), the validation patches as fed (val.safetensors), and
+    /// after every step its batch as fed (step-NNNNN.safetensors) and its loss read back
+    /// (steps.csv). Waits for each step and writes a few MB per step: use with --max-steps.
+    /// benches/reference/trajectory.py repeats such a run in PyTorch.
+    #[arg(long, value_name = "DIR")]
+    trace: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -315,6 +322,7 @@ impl TrainArgs {
             validation: self.validation,
             max_steps: self.max_steps,
             progress: true,
+            trace: self.trace.clone(),
         })
     }
 }
@@ -417,6 +425,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::CompareLosses { train: args, losses, seeds } => {
+            anyhow::ensure!(args.trace.is_none(), "--trace records one run: use it with `train`, not `compare-losses`");
             let losses = if losses.is_empty() { LossName::ALL.to_vec() } else { losses };
             let table = compare_losses(&gpu, &CompareOptions { base: args.options()?, losses, seeds })?;
             println!("{table}");

@@ -34,7 +34,9 @@ use crate::tape::Step;
 use crate::tensor::Tensor;
 
 mod losses;
+mod trace;
 pub use losses::LossName;
+pub use trace::Trace;
 
 /// Where the tiles come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +106,9 @@ pub struct TrainOptions {
     pub max_steps: Option<usize>,
     /// Print progress (the Keras-like lines go to stdout either way).
     pub progress: bool,
+    /// Diagnostic: write the initial weights, the validation patches and every step's
+    /// batch and loss to this directory ([`Trace`]); waits for each step. `None`: off.
+    pub trace: Option<PathBuf>,
 }
 
 impl TrainOptions {
@@ -143,6 +148,7 @@ impl Default for TrainOptions {
             validation: 0.2,
             max_steps: None,
             progress: true,
+            trace: None,
         }
     }
 }
@@ -597,6 +603,14 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
     println!("class pixel frequencies (training patches):\n{}", train_patches.class_frequencies());
 
     let (train_acc, val_acc) = (Accumulators::new(gpu, classes), Accumulators::new(gpu, classes));
+    let mut trace = match &options.trace {
+        Some(dir) => {
+            let meta = run_metadata(options, start_epoch, trainer.optimizer.steps, best, &palette, scaling);
+            let val = BatchOptions { batch_size: options.batch, scaling, ..BatchOptions::default() };
+            Some(Trace::start(dir, &trainer, &meta, &val_patches, &val)?)
+        }
+        None => None,
+    };
     let mut last_val_confusion = None;
     for epoch in start_epoch..options.epochs {
         let started = Instant::now();
@@ -624,6 +638,9 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
             let (x, y) = trainer.upload(&batch);
             if let Some(loss) = trainer.train_step(&x, &y, lr, &train_acc, i == 0) {
                 (seen, seen_sum) = (seen + 1, seen_sum + loss as f64);
+            }
+            if let Some(trace) = &mut trace {
+                trace.step(&trainer, &batch, lr)?;
             }
             progress.step(i + 1, (seen > 0).then(|| seen_sum / seen as f64), run);
         }
