@@ -69,7 +69,7 @@ impl Progress {
                 self.print(estimate_line(so_far, per_step, self.steps - done, self.steps, run));
             }
         }
-        if self.lines && (now - self.last_line >= LOG_EVERY || done == self.steps) && done < self.steps {
+        if self.lines && now - self.last_line >= LOG_EVERY && done < self.steps {
             self.last_line = now;
             let elapsed = (now - self.started).as_secs_f64();
             let eta = elapsed / done as f64 * (self.steps - done) as f64;
