@@ -121,14 +121,15 @@ def load_model(path):
 
 
 @torch.no_grad()
-def evaluate(model, x, labels, batch, classes):
+def evaluate(model, x, labels, batch, classes, device):
     """Accuracy, mean IoU (classes present in the truth) and the batch-mean soft Jaccard."""
     model.eval()
-    confusion = torch.zeros(classes, classes, dtype=torch.int64)
+    dtype = next(model.parameters()).dtype
+    confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
     jaccards = []
     for s in range(0, x.shape[0], batch):
-        logits = model(x[s : s + batch])
-        y = labels[s : s + batch]
+        logits = model(x[s : s + batch].to(device, dtype))
+        y = labels[s : s + batch].to(device)
         i, pr, tt, _, _, _, valid = region_sums(logits, y)
         jaccards.append(((i.sum() + 1) / (tt.sum() + pr.sum() - i.sum() + 1)).item())
         pred = logits.argmax(1)[valid]
@@ -138,7 +139,7 @@ def evaluate(model, x, labels, batch, classes):
     present = truth > 0
     iou = tp[present] / (truth + predicted - tp)[present]
     return {
-        "accuracy": (tp.sum() / confusion.sum()).item(),
+        "accuracy": (tp.sum() / confusion.sum().double()).item(),
         "mean_iou": iou.mean().item(),
         "jacard_coef": sum(jaccards) / len(jaccards),
     }
@@ -155,10 +156,43 @@ def run_ours(args, loss, out):
         "--schedule", "constant", "--warmup", "0", "--dropout", "0", "--no-batch-norm", "--seed", str(args.seed),
         "--base", str(args.base), "--depth", str(args.depth), "--out", os.path.join(out, "run"),
         "--trace", os.path.join(out, "trace"),
-    ]  # fmt: skip
+    ] + (["--tiles", args.tiles] if args.tiles else [])  # fmt: skip
     print(" ".join(command), flush=True)
     log = open(os.path.join(out, "train.log"), "w")
     subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def train_torch(args, trace, ours, loss, dtype):
+    """PyTorch's run from our initial weights on our batches, in `dtype` on
+    args.device: its loss at every step, and the trained model."""
+    torch.manual_seed(0)  # dropout is off; nothing random remains
+    model, meta = load_model(os.path.join(trace, "initial.safetensors"))
+    assert all(float(p) == 0 for p in meta["model.dropout"].split(",")), "dropout must be off"
+    assert meta["model.batch_norm"] == "false", "batch norm must be off"
+    model = model.to(device=args.device, dtype=dtype).train()
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    fn = loss_fn(loss)
+    losses = []
+    for step, lr, _ in ours:
+        batch = load_file(os.path.join(trace, f"step-{step:05d}.safetensors"))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        x, labels = batch["x"].to(args.device, dtype), batch["labels"].to(args.device).long()
+        value = fn(model(x), labels)
+        value.backward()
+        opt.step()
+        losses.append(value.item())
+    return losses, model
+
+
+def deviations(a, b, part):
+    """Relative deviation of `a` from `b` at each step, the largest (value, step), and the
+    first step past `part` (None if none)."""
+    rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)]
+    worst = max((r, i + 1) for i, r in enumerate(rel))
+    parted = next((i + 1 for i, r in enumerate(rel) if r > part), None)
+    return rel, worst, parted
 
 
 def compare(args, loss):
@@ -171,56 +205,58 @@ def compare(args, loss):
         ours = [(int(r["step"]), float(r["lr"]), float(r["loss"])) for r in csv.DictReader(f)]
     if len(ours) < args.steps:
         print(f"note: our run took {len(ours)} steps (one epoch of the training patches), not {args.steps}")
+    ours_losses = [value for _, _, value in ours]
+    f32, model = train_torch(args, trace, ours, loss, torch.float32)
+    rel, worst, parted = deviations(ours_losses, f32, args.part)
+    # The control: PyTorch in f64 on the same batches. Where PyTorch's own f32 run parts from
+    # it, rounding alone sends this loss's runs apart, whoever computes them.
+    f64, model64 = train_torch(args, trace, ours, loss, torch.float64) if args.control else (None, None)
+    rel64, worst64, parted64 = deviations(f32, f64, args.part) if f64 else (None, None, None)
 
-    torch.manual_seed(0)  # dropout is off; nothing random remains
-    model, meta = load_model(os.path.join(trace, "initial.safetensors"))
-    classes = int(meta["model.classes"])
-    assert all(float(p) == 0 for p in meta["model.dropout"].split(",")), "dropout must be off"
-    assert meta["model.batch_norm"] == "false", "batch norm must be off"
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    fn = loss_fn(loss)
-    rows, worst, parted = [], (0.0, 0), None
-    for step, lr, our_loss in ours:
-        batch = load_file(os.path.join(trace, f"step-{step:05d}.safetensors"))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        value = fn(model(batch["x"]), batch["labels"].long())
-        value.backward()
-        opt.step()
-        theirs = value.item()
-        rel = abs(our_loss - theirs) / max(abs(theirs), 1e-12)
-        worst = max(worst, (rel, step))
-        if parted is None and rel > args.part:
-            parted = step
-        rows.append((step, our_loss, theirs, rel))
+    with open(os.path.join(out, "trajectory.csv"), "w") as f:
+        f.write("step,unet_wgpu,torch_f32,torch_f64\n")
+        for i, (step, _, _) in enumerate(ours):
+            f.write(f"{step},{ours_losses[i]!r},{f32[i]!r},{f64[i] if f64 else ''!r}\n")
 
-    print(f"\nloss {loss}: {len(rows)} steps, batch {args.batch}, patch {args.patch}, Adam lr {args.lr}, torch {torch.__version__}")
-    print(f"{'step':>6} {'unet-wgpu':>12} {'pytorch':>12} {'rel. dev.':>10}")
-    for step, a, b, rel in rows:
-        if step == 1 or step % args.every == 0 or step == len(rows):
-            print(f"{step:>6} {a:>12.6f} {b:>12.6f} {rel:>10.2e}")
-    print(f"step 1 relative deviation {rows[0][3]:.2e}")
+    print(f"\nloss {loss}: {len(ours)} steps, batch {args.batch}, patch {args.patch}, Adam lr {args.lr}, "
+          f"torch {torch.__version__} on {args.device}")
+    print(f"{'step':>6} {'unet-wgpu':>12} {'torch f32':>12} {'rel. dev.':>10}" + (f" {'torch f64':>12} {'f32 vs f64':>10}" if f64 else ""))
+    for i, (step, _, _) in enumerate(ours):
+        if step == 1 or step % args.every == 0 or step == len(ours):
+            line = f"{step:>6} {ours_losses[i]:>12.6f} {f32[i]:>12.6f} {rel[i]:>10.2e}"
+            print(line + (f" {f64[i]:>12.6f} {rel64[i]:>10.2e}" if f64 else ""))
+    print(f"step 1 relative deviation {rel[0]:.2e}")
     print(f"max relative deviation {worst[0]:.2e} (step {worst[1]})")
     print(f"curves part (relative deviation > {args.part:g}) at step {parted}" if parted else
           f"curves never part (relative deviation <= {args.part:g} throughout)")
+    if f64:
+        print(f"control, torch f32 against torch f64: max relative deviation {worst64[0]:.2e} (step {worst64[1]}), "
+              + (f"part at step {parted64}" if parted64 else "never part"))
 
     val = load_file(os.path.join(trace, "val.safetensors"))
     x, labels = val["x"], val["labels"].long()
     figures = {}
     if x.shape[0]:
+        classes = int(load_file_meta(trace)["model.classes"])
         ours_final, _ = load_model(os.path.join(out, "run", "last.safetensors"))
-        figures = {"unet-wgpu": evaluate(ours_final, x, labels, args.batch, classes),
-                   "pytorch": evaluate(model, x, labels, args.batch, classes)}
-        print(f"validation after {len(rows)} steps, {x.shape[0]} patches (both evaluated by PyTorch):")
+        models = {"unet-wgpu": ours_final.to(args.device), "torch f32": model}
+        if model64 is not None:
+            models["torch f64"] = model64
+        figures = {who: evaluate(m, x, labels, args.batch, classes, args.device) for who, m in models.items()}
+        print(f"validation after {len(ours)} steps, {x.shape[0]} patches (all evaluated by PyTorch):")
         for who, m in figures.items():
             print(f"  {who:<10} accuracy {m['accuracy']:.4f}  mIoU {m['mean_iou']:.4f}  jacard_coef {m['jacard_coef']:.4f}")
         with open(os.path.join(out, "run", "history.csv")) as f:
             h = list(csv.DictReader(f))[-1]
         print(f"  (unet-wgpu's own figures: accuracy {float(h['val_accuracy']):.4f}  mIoU {float(h['val_mean_iou']):.4f}"
               f"  jacard_coef {float(h['val_jacard_coef']):.4f})")
-    return {"loss": loss, "steps": len(rows), "step1": rows[0][3], "max": worst, "parted": parted, "val": figures}
+    return {"loss": loss, "steps": len(ours), "step1": rel[0], "max": worst, "parted": parted,
+            "control": (worst64, parted64) if f64 else None, "val": figures}
+
+
+def load_file_meta(trace):
+    with safe_open(os.path.join(trace, "initial.safetensors"), "pt") as f:
+        return f.metadata()
 
 
 def main():
@@ -234,22 +270,32 @@ def main():
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--data", default="../shared/datasets/dubai-aerial", help="the Dubai dataset")
+    ap.add_argument("--tiles", help="comma-separated tile folders to use (default: all), e.g. 'Tile 2' for a quick try")
     ap.add_argument("--bin", help="unet-wgpu binary (default: target/release/unet-wgpu, built if missing)")
     ap.add_argument("--out", default="/tmp/unet-wgpu-trajectory", help="runs and traces go to OUT/<loss>/")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/<loss>/trace instead of training ours again")
     ap.add_argument("--every", type=int, default=10, help="print every N-th step (and the first and last)")
     ap.add_argument("--part", type=float, default=1e-3, help="relative deviation at which the curves part")
+    ap.add_argument("--device", default="cpu", help="where PyTorch runs: cpu (the default) or cuda (TF32 off)")
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="skip the control run of PyTorch in f64 (it shows where rounding alone parts the curves)")
     args = ap.parse_args()
+    # f32 means f32: no TF32 on the GPU, whose 10-bit mantissa would part the curves by itself.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     losses = LOSSES if args.loss == "all" else args.loss.split(",")
     unknown = [name for name in losses if name not in LOSSES]
     if unknown:
         ap.error(f"unknown loss {', '.join(unknown)}; choose from {', '.join(LOSSES)} or all")
     results = [compare(args, name) for name in losses]
-    if len(results) > 1:
-        print(f"\n{'loss':<14} {'steps':>5} {'step 1':>9} {'max dev.':>9} {'at':>4} {'parts':>5}")
-        for r in results:
-            print(f"{r['loss']:<14} {r['steps']:>5} {r['step1']:>9.2e} {r['max'][0]:>9.2e} {r['max'][1]:>4} {r['parted'] or '-':>5}")
-
+    print(f"\n{'loss':<14} {'steps':>5} {'step 1':>9} {'max dev.':>9} {'at':>4} {'parts':>5} {'f32/f64 parts':>13}"
+          f"  val mIoU: {'ours':>6} {'f32':>6} {'f64':>6}")
+    for r in results:
+        control = r["control"][1] or "-" if r["control"] else "n/a"
+        miou = [r["val"].get(who, {}).get("mean_iou") for who in ("unet-wgpu", "torch f32", "torch f64")]
+        cells = " ".join(f"{m:>6.4f}" if m is not None else f"{'-':>6}" for m in miou)
+        print(f"{r['loss']:<14} {r['steps']:>5} {r['step1']:>9.2e} {r['max'][0]:>9.2e} {r['max'][1]:>4} "
+              f"{r['parted'] or '-':>5} {control:>13}            {cells}")
 
 if __name__ == "__main__":
     main()
