@@ -17,6 +17,7 @@ mod batchnorm2d;
 mod bias_add;
 mod concat;
 mod conv2d;
+mod conv_gemm;
 mod conv_transpose2d;
 mod dropout;
 mod elementwise;
@@ -51,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     concat::run(&mut bench);
     conv2d::run(&mut bench);
     conv_transpose2d::run(&mut bench);
+    conv_gemm::run(&mut bench);
     dropout::run(&mut bench);
     elementwise::run(&mut bench);
     loss::run(&mut bench);
