@@ -13,7 +13,9 @@
 #   3. the step bench at batch 4 with the builtin tile sizes;
 #   4. `unet-wgpu tune` with a short budget (into OUT/tuning.json, not the user's cache);
 #   5. the step bench at batch 4 and 16 with the tuned sizes;
-#   6. the kernel bench (GFLOP/s or GB/s, and the share of the measured ceilings);
+#   6. the step bench at batch 4 with `--tiling gpu` (the GEMM convolutions' builtin sizes), the
+#      kernel bench (GFLOP/s or GB/s, and the share of the measured ceilings), and its
+#      convolutions again with `--tiling gpu`;
 #   7. benches/reference/unet_step.py on CUDA at batch 4 and 16, if PyTorch sees a GPU:
 #      fp32 with TF32 off, then with TF32 for the record;
 #   8. a reduced Dubai run (all 8 tiles, 128-pixel patches, batch 8, Adam 1e-3, constant lr,
@@ -96,7 +98,10 @@ part step-builtin-b4 45 $STEP --batch 4 --steps 20
 part tune 50 "$UNET" tune --budget 25
 part step-tuned-b4 45 $STEP --batch 4 --steps 20
 part step-tuned-b16 45 $STEP --batch 16 --steps 10
+# The GPU family forced (every convolution a workgroup-memory GEMM, builtin sizes), whatever tune chose.
+part step-gpu-tiling-b4 45 $STEP --batch 4 --steps 20 --tiling gpu
 BENCH_REPS=5 part kernels 100 $KERNELS
+BENCH_REPS=5 part kernels-gpu-tiling 60 $KERNELS --tiling gpu conv
 
 if "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     for b in 4 16; do

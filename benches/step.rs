@@ -3,7 +3,7 @@
 //! fused Dice + CE loss + backward + Adam, one submit per step.
 //!
 //! `cargo bench --bench step [-- --batch 4 --size 256 --steps 10 --batch-norm --trace
-//! --other-steps 2]` prints the adapter and the kernels (tuned, or the textbook ones with
+//! --other-steps 2 --tiling gpu|cpu]` prints the adapter and the kernels (tuned, or the textbook ones with
 //! `UNET_WGPU_KERNELS=reference`), GPU time by kernel (one extra timed step), the first (cold) step with the
 //! pipelines it compiled and the time that took, the warm steps' median / min / max, images
 //! per second, submits and blocking readbacks per warm step (1 and 0), the pool's allocations
@@ -69,7 +69,11 @@ fn median(times: &[f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let (batch, size, steps) = (arg("--batch", 4), arg("--size", 256), arg("--steps", 10));
-    let gpu = Gpu::new(&GpuOptions::default())?;
+    // `--tiling gpu|cpu` (or UNET_WGPU_TILING) forces a family of tile sizes.
+    let args: Vec<String> = std::env::args().collect();
+    let tiling =
+        args.iter().position(|a| a == "--tiling").and_then(|i| args.get(i + 1)).map(|v| v.parse()).transpose()?;
+    let gpu = Gpu::new(&GpuOptions { tiling, ..GpuOptions::default() })?;
     println!("adapter: {}", gpu.describe());
     println!("tile sizes: {}; from: {}", gpu.tuning(), gpu.tuning_source());
     println!("kernels: {} (UNET_WGPU_KERNELS: tuned or reference)", gpu.kernels());

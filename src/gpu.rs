@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::tensor::Tensor;
-use crate::tuning::{Tuning, TuningFrom, TuningSource};
+use crate::tuning::{TilingFamily, Tuning, TuningFrom, TuningSource};
 
 /// Errors at the edge between the program and the machine's GPU drivers.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,9 @@ pub enum GpuError {
     /// `--kernels` or `UNET_WGPU_KERNELS` named something we do not know.
     #[error("unknown kernels {0:?}: expected tuned (the tiled kernels) or reference (the textbook kernels)")]
     UnknownKernels(String),
+    /// `--tiling` or `UNET_WGPU_TILING` named something we do not know.
+    #[error("unknown tiling {0:?}: expected gpu (convolutions as workgroup-memory GEMMs) or cpu (register tiles)")]
+    UnknownTiling(String),
     /// The adapter cannot give a limit the kernels rely on.
     #[error(
         "adapter {adapter:?} offers {limit} = {have}, but unet-wgpu needs at least {need}; \
@@ -123,6 +126,11 @@ pub struct GpuOptions {
     /// environment variable is read (`tuned` or `reference`), and if that is unset too,
     /// [`Kernels::Tuned`].
     pub kernels: Option<Kernels>,
+    /// Which family of tile sizes to use whatever the adapter: the GPU one (convolutions as
+    /// workgroup-memory GEMMs) or the CPU one (register tiles); no tuning cache is read then. When
+    /// `None`, the `UNET_WGPU_TILING` environment variable is read (`gpu` or `cpu`), and if that is
+    /// unset too, the cache or the adapter's type decides ([`Tuning::builtin`]).
+    pub tiling: Option<TilingFamily>,
 }
 
 /// Which kernels the default op wrappers (`conv2d_forward`, `matmul_forward`,
@@ -454,6 +462,10 @@ impl Gpu {
             Some(k) => k,
             None => from_env("UNET_WGPU_KERNELS")?.unwrap_or_default(),
         };
+        let tiling = match options.tiling {
+            Some(t) => Some(t),
+            None => from_env("UNET_WGPU_TILING")?,
+        };
         let backends = backend.map_or(wgpu::Backends::all(), Backend::to_wgpu);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
@@ -489,7 +501,7 @@ impl Gpu {
         // From here on, only what the device was granted counts: the adapter may offer more.
         let granted = device.limits();
         let align = granted.min_uniform_buffer_offset_alignment as u64;
-        let (tuning, tuning_source) = crate::tuning::initial(&info, &granted, &options.tuning);
+        let (tuning, tuning_source) = crate::tuning::initial(&info, &granted, &options.tuning, tiling);
         let gpu = Gpu {
             device,
             queue,

@@ -36,4 +36,4 @@ pub mod tuning;
 pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions, Kernels, Limits};
 pub use tape::{Accumulate, Grads, Mode, Step};
 pub use tensor::Tensor;
-pub use tuning::{Tuning, TuningFrom, TuningSource};
+pub use tuning::{TilingFamily, Tuning, TuningFrom, TuningSource};

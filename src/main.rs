@@ -13,7 +13,7 @@ use unet_wgpu::predict::{predict_files, PredictOptions};
 use unet_wgpu::score::score_dirs;
 use unet_wgpu::train::{train, DataSource, LossName, TrainOptions};
 use unet_wgpu::tuning::{default_cache_path, save_cache, AdapterKey, CacheError, Tuning};
-use unet_wgpu::{Backend, Gpu, GpuOptions, Kernels, Limits};
+use unet_wgpu::{Backend, Gpu, GpuOptions, Kernels, Limits, TilingFamily};
 
 /// A U-Net trainer for semantic segmentation whose every kernel is a WGSL
 /// compute shader (Vulkan, Metal, DX12 or GL through wgpu).
@@ -34,6 +34,12 @@ struct Cli {
     /// Default: tuned, or the UNET_WGPU_KERNELS variable.
     #[arg(long, global = true)]
     kernels: Option<Kernels>,
+    /// Family of tile sizes, whatever the adapter: gpu (every convolution a workgroup-memory GEMM,
+    /// the default of hardware GPUs) or cpu (register tiles, the default of CPU drivers such as
+    /// lavapipe). No tuning cache is read when it is given. Default: the adapter's type, or the
+    /// UNET_WGPU_TILING variable. `--kernels reference` overrides it.
+    #[arg(long, global = true)]
+    tiling: Option<TilingFamily>,
     #[command(subcommand)]
     command: Command,
 }
@@ -401,6 +407,7 @@ fn main() -> anyhow::Result<()> {
         backend: cli.backend,
         limits: cli.limits,
         kernels: cli.kernels,
+        tiling: cli.tiling,
         verbose: true,
         ..GpuOptions::default()
     };

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::gpu::{Encoder, Gpu};
+use crate::ops::conv2d::gemm::ConvGemm;
 use crate::ops::conv2d::{
     self, conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_tiled, Conv2d, Epilogue,
 };
@@ -40,6 +41,9 @@ use crate::ops::conv_transpose2d::{
 };
 use crate::ops::matmul::{self, matmul_forward_tiled, SharedTiling, Tiles};
 use crate::testing::{max_rel_error, random_vec, to_f64};
+
+mod gemm;
+pub use gemm::TilingFamily;
 
 /// The tile sizes the default op wrappers use: one choice per kernel family. Each is passed to
 /// the shaders as override constants; `Gpu::tuning()` returns the active one.
@@ -64,6 +68,9 @@ pub struct Tuning {
     /// `matmul_forward` / `matmul_backward` (the GEMM ceiling of the benches): register tiles
     /// or workgroup-memory tiles, and their sizes.
     pub matmul: Tiles,
+    /// Every convolution direction (conv2d and conv_transpose2d) as a workgroup-memory GEMM with
+    /// these tilings (`shaders/*_gemm.wgsl`, the GPU family); `None`: the register tiles above.
+    pub conv_gemm: Option<ConvGemm>,
 }
 
 impl Tuning {
@@ -75,6 +82,12 @@ impl Tuning {
         if is_software(info) {
             return Tuning::cpu();
         }
+        Tuning::gpu()
+    }
+
+    /// The GPU family (`--tiling gpu`): every convolution a workgroup-memory GEMM
+    /// ([`ConvGemm::default`]); the register tilings kept beside them are the autotune's baseline.
+    pub fn gpu() -> Tuning {
         // Not measured: no GPU was at hand when these were chosen. They follow the usual shape
         // of GPU kernels (groups of 128-256 threads, tens of thousands of threads in flight,
         // tiles in workgroup memory); `unet-wgpu tune` measures them on the actual GPU.
@@ -86,18 +99,20 @@ impl Tuning {
             conv2d_backward_weight: conv2d::Tiling { wg: 256, bw_threads: 65536, ..conv },
             conv_transpose2d: Workgroups { general: 256, quads: 64 },
             matmul: Tiles::Shared(SharedTiling::default()),
+            conv_gemm: Some(ConvGemm::default()),
         }
     }
 
-    /// The defaults of the ops, measured on lavapipe (2 cores): see the README's performance
-    /// section and the sweeps in `benches/kernels/`.
-    fn cpu() -> Tuning {
+    /// The CPU family (`--tiling cpu`): the defaults of the ops, measured on lavapipe (2 cores):
+    /// see the README's performance section and the sweeps in `benches/kernels/`.
+    pub fn cpu() -> Tuning {
         Tuning {
             conv2d_forward: conv2d::Tiling::default(),
             conv2d_backward_data: conv2d::Tiling::default(),
             conv2d_backward_weight: conv2d::Tiling::default(),
             conv_transpose2d: Workgroups::default(),
             matmul: Tiles::default(),
+            conv_gemm: None,
         }
     }
 
@@ -122,6 +137,9 @@ impl Tuning {
         group("conv_transpose2d", self.conv_transpose2d.general)?;
         group("conv_transpose2d quads", self.conv_transpose2d.quads)?;
         self.matmul.check().map_err(|e| format!("matmul: {e}"))?;
+        if let Some(g) = &self.conv_gemm {
+            g.check(limits)?;
+        }
         match self.matmul {
             Tiles::Register(t) => group("matmul", t.wg),
             Tiles::Shared(t) => {
@@ -140,12 +158,13 @@ impl fmt::Display for Tuning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "conv2d forward {}; backward data {}; backward weight {}; conv_transpose2d {}; matmul {}",
+            "conv2d forward {}; backward data {}; backward weight {}; conv_transpose2d {}; matmul {}; convolutions {}",
             label_forward(&self.conv2d_forward),
             label_data(&self.conv2d_backward_data),
             label_weight(&self.conv2d_backward_weight),
             label_workgroups(&self.conv_transpose2d),
-            label_tiles(&self.matmul)
+            label_tiles(&self.matmul),
+            gemm::label(&self.conv_gemm)
         )
     }
 }
@@ -205,6 +224,8 @@ pub enum TuningSource {
     Cache(PathBuf),
     /// `Gpu::set_tuning` (a benchmark or test chose it).
     Set,
+    /// The builtin of a family named by `--tiling` (or `UNET_WGPU_TILING`); no cache is read.
+    Family(TilingFamily),
 }
 
 impl fmt::Display for TuningSource {
@@ -220,6 +241,7 @@ impl fmt::Display for TuningSource {
             TuningSource::Builtin { cache: None } => write!(f, "builtin"),
             TuningSource::Cache(path) => write!(f, "measured, from {}", path.display()),
             TuningSource::Set => write!(f, "set by the program"),
+            TuningSource::Family(family) => write!(f, "builtin of the {family} family (--tiling {family})"),
         }
     }
 }
@@ -281,8 +303,9 @@ pub enum CacheError {
 }
 
 /// Version of the cache format; a file with another one is ignored (with a warning). 2: the
-/// convolutions' tilings have `rows` (version 1's sizes were measured with 2-row tiles).
-pub const CACHE_VERSION: u64 = 2;
+/// convolutions' tilings have `rows` (version 1's sizes were measured with 2-row tiles). 3:
+/// `conv_gemm` (version 2 was tuned without the GEMM convolutions among the candidates).
+pub const CACHE_VERSION: u64 = 3;
 /// The `format` field of a cache file.
 const CACHE_FORMAT: &str = "unet-wgpu tuning cache";
 
@@ -354,10 +377,28 @@ fn builtin_within(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> (Tuning, O
     }
 }
 
-/// [`resolve`], printing its warning to stderr once per process.
-pub(crate) fn initial(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, from: &TuningFrom) -> (Tuning, TuningSource) {
+/// [`resolve`], or the builtin of `family` when one is named, printing its warning to stderr
+/// once per process.
+pub(crate) fn initial(
+    info: &wgpu::AdapterInfo,
+    limits: &wgpu::Limits,
+    from: &TuningFrom,
+    family: Option<TilingFamily>,
+) -> (Tuning, TuningSource) {
     static WARNED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let r = resolve(info, limits, from);
+    let r = match family {
+        None => resolve(info, limits, from),
+        Some(family) => match Tuning::of_family(family).check(limits) {
+            Ok(()) => Resolved { tuning: Tuning::of_family(family), source: TuningSource::Family(family), warning: None },
+            Err(why) => Resolved {
+                tuning: Tuning::cpu(),
+                source: TuningSource::Family(TilingFamily::Cpu),
+                warning: Some(format!(
+                    "warning: the {family} family's tile sizes do not fit the device's limits ({why}); using the cpu family's"
+                )),
+            },
+        },
+    };
     if let Some(warning) = &r.warning {
         let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
         if warned.get_or_insert_with(HashSet::new).insert(warning.clone()) {
@@ -455,6 +496,7 @@ fn tuning_to_json(t: &Tuning) -> Value {
         "conv2d_backward_weight": conv(&t.conv2d_backward_weight),
         "conv_transpose2d": { "general": t.conv_transpose2d.general, "quads": t.conv_transpose2d.quads },
         "matmul": matmul,
+        "conv_gemm": gemm::to_json(&t.conv_gemm),
     })
 }
 
@@ -500,6 +542,7 @@ fn tuning_from_json(v: &Value) -> Result<Tuning, String> {
             quads: int(ct, "conv_transpose2d", "quads")?,
         },
         matmul,
+        conv_gemm: gemm::from_json(v.get("conv_gemm"))?,
     })
 }
 
@@ -516,6 +559,8 @@ pub struct Candidates {
     pub conv_transpose2d: Vec<Workgroups>,
     /// For [`Tuning::matmul`].
     pub matmul: Vec<Tiles>,
+    /// For [`Tuning::conv_gemm`]: the register tiles (`None`) or GEMM tilings.
+    pub conv_gemm: Vec<Option<ConvGemm>>,
 }
 
 impl Candidates {
@@ -575,6 +620,7 @@ impl Candidates {
                 ],
                 |c| with(&|t| t.matmul = c),
             ),
+            conv_gemm: keep(builtin.conv_gemm, &gemm::candidates(), |c| with(&|t| t.conv_gemm = c)),
         }
     }
 }
@@ -701,7 +747,7 @@ impl Tuning {
     }
 
     /// [`Tuning::autotune`] on chosen shapes. Per family (conv2d forward, backward data,
-    /// backward weight, conv_transpose2d, matmul), each candidate is first run on small shapes
+    /// backward weight, conv_transpose2d, matmul, then the convolutions as GEMMs or register tiles), each candidate is first run on small shapes
     /// and compared with the reference (a candidate that gives other numbers is dropped), then
     /// timed on every shape in up to [`REPS`] rounds (each candidate once a round, so that a slow
     /// spell of a shared machine spreads over all of them), with GPU timestamps where the adapter
@@ -719,7 +765,7 @@ impl Tuning {
         let mut rows = Vec::new();
         let mut complete = true;
         let mut tuning = builtin;
-        const FAMILIES: u32 = 5;
+        const FAMILIES: u32 = 6;
         let share = |done: u32| {
             let now = Instant::now();
             now + deadline.saturating_duration_since(now) / (FAMILIES - done)
@@ -739,6 +785,9 @@ impl Tuning {
         tuning.conv_transpose2d = tune_family(gpu, family, (share(3), timed_builtin), &mut rows, &mut complete);
         let family = matmul_family(gpu, candidates.matmul, &shapes.matmul);
         tuning.matmul = tune_family(gpu, family, (share(4), timed_builtin), &mut rows, &mut complete);
+        // Last: the register candidate runs the register tilings chosen above.
+        let family = gemm::family(gpu, tuning, candidates.conv_gemm, (&shapes.conv2d, &shapes.conv_transpose2d));
+        tuning.conv_gemm = tune_family(gpu, family, (share(5), timed_builtin), &mut rows, &mut complete);
         let clock = if gpu.has_timestamps { "GPU timestamps" } else { "wall clock" };
         (tuning, TuneReport { rows, clock, elapsed: start.elapsed(), budget, complete })
     }
@@ -1097,6 +1146,7 @@ mod tests {
             conv2d_backward_weight: conv2d::Tiling { wg: 16, rows: 4, tm: 4, bw_threads: 96 },
             conv_transpose2d: Workgroups { general: 48, quads: 8 },
             matmul: Tiles::Shared(SharedTiling { tx: 8, ty: 4, sm: 3, sn: 2, bk: 16 }),
+            conv_gemm: Some(ConvGemm::uniform(crate::ops::conv2d::gemm::Gemm { bm: 12, bn: 20, bk: 3, tm: 3, tn: 5 })),
         }
     }
 
@@ -1111,6 +1161,8 @@ mod tests {
         assert!(t.conv2d_forward.wg > Tuning::cpu().conv2d_forward.wg && matches!(t.matmul, Tiles::Shared(_)));
         // 2-row convolution tiles where registers are scarce; 4 rows on the CPU driver.
         assert_eq!((t.conv2d_forward.rows, t.conv2d_backward_data.rows, Tuning::cpu().conv2d_forward.rows), (2, 2, 4));
+        // Convolutions as workgroup-memory GEMMs on GPUs, register tiles on the CPU driver.
+        assert_eq!((t.conv_gemm, Tuning::cpu().conv_gemm), (Some(ConvGemm::default()), None));
         for info in [gpu, cpu_info()] {
             Tuning::builtin(&info).check(&wgpu::Limits::default()).unwrap();
         }
@@ -1128,6 +1180,20 @@ mod tests {
         assert!(warning.contains("Small GPU") && warning.contains("the adapter allows 64"), "{warning}");
         let fits = resolve(&gpu, &wgpu::Limits::default(), &TuningFrom::Builtin);
         assert_eq!((fits.tuning, fits.warning), (Tuning::builtin(&gpu), None));
+    }
+
+    #[test]
+    fn a_named_family_replaces_the_builtin_and_the_cache() {
+        let limits = wgpu::Limits::default();
+        assert_eq!(Tuning::of_family(TilingFamily::Gpu).conv_gemm, Some(ConvGemm::default()));
+        assert_eq!(Tuning::of_family(TilingFamily::Cpu), Tuning::cpu());
+        for family in [TilingFamily::Gpu, TilingFamily::Cpu] {
+            let (t, source) = initial(&cpu_info(), &limits, &TuningFrom::Builtin, Some(family));
+            assert_eq!((t, source), (Tuning::of_family(family), TuningSource::Family(family)));
+            assert_eq!(family.to_string().parse::<TilingFamily>().unwrap(), family);
+        }
+        let err = "gpus".parse::<TilingFamily>().unwrap_err().to_string();
+        assert!(err.contains("\"gpus\"") && err.contains("gpu") && err.contains("cpu"), "{err}");
     }
 
     #[test]
@@ -1214,8 +1280,14 @@ mod tests {
     #[test]
     fn default_wrappers_use_the_gpus_tuning() {
         // A Gpu of its own: its pipeline cache holds only what this test compiles.
-        let gpu = Gpu::new(&GpuOptions { tuning: TuningFrom::Builtin, ..Default::default() }).unwrap();
-        let t = unusual();
+        let gpu = Gpu::new(&GpuOptions {
+            tuning: TuningFrom::Builtin,
+            tiling: Some(TilingFamily::Cpu),
+            ..Default::default()
+        })
+        .unwrap();
+        // The register tiles first; the GEMM tilings below.
+        let t = Tuning { conv_gemm: None, ..unusual() };
         assert_ne!(t, gpu.tuning());
         gpu.set_tuning(t);
         assert_eq!((gpu.tuning(), gpu.tuning_source()), (t, TuningSource::Set));
@@ -1272,6 +1344,32 @@ mod tests {
         assert_eq!(wg_of("conv_transpose2d", "conv_transpose2d_forward_quads", "WG"), [8.0]);
         assert_eq!(wg_of("matmul", "matmul_forward_shared", "BK"), [16.0]);
         assert!(gpu.compiled_constants("matmul", "matmul_forward").is_empty(), "the register GEMM ran");
+
+        // With GEMM tilings, every convolution direction runs them.
+        gpu.set_tuning(unusual());
+        let (ct_dy, ct_dx) = (gpu.upload(&random_vec(63, 2 * 2 * 10 * 16), &[2, 2, 10, 16]), gpu.empty(&[2, 3, 5, 8]));
+        let mut enc = gpu.encoder();
+        conv2d_forward(&gpu, &mut enc, &xt, &wt, None, &y, p);
+        conv2d_backward_data(&gpu, &mut enc, &dyt, &wt, &dx, p);
+        conv2d_backward_weight(&gpu, &mut enc, &xt, &dyt, &dw, None, p);
+        conv_transpose2d_forward(&gpu, &mut enc, &ct_x, &ct_w, None, &ct_y);
+        crate::ops::conv_transpose2d::conv_transpose2d_backward_data(&gpu, &mut enc, &ct_w, &ct_dy, &ct_dx);
+        gpu.submit(enc);
+        assert_close_f32(
+            "y (gemm)",
+            &gpu.read(&y),
+            &conv2d::reference::conv2d_forward(&xf, xd, &wf, wd, None, &p),
+            1e-4,
+        );
+        for (shader, entry) in [
+            ("conv2d_gemm", "conv2d_gemm_forward"),
+            ("conv2d_gemm", "conv2d_gemm_backward_data"),
+            ("conv2d_gemm", "conv2d_gemm_backward_weight"),
+            ("conv_transpose2d_gemm", "conv_transpose2d_gemm_forward"),
+            ("conv_transpose2d_gemm", "conv_transpose2d_gemm_backward_data"),
+        ] {
+            assert_eq!(wg_of(shader, entry, "BN"), [20.0], "{shader}::{entry}");
+        }
     }
 
     #[test]
@@ -1286,7 +1384,7 @@ mod tests {
         let (t, report) = Tuning::autotune_on(gpu, Duration::ZERO, &shapes);
         assert_eq!(t, builtin);
         assert!(!report.complete && report.rows.iter().all(|r| r.ms.is_none()), "{}", report.table());
-        assert_eq!(report.rows.iter().filter(|r| r.chosen).count(), 5, "{}", report.table());
+        assert_eq!(report.rows.iter().filter(|r| r.chosen).count(), 6, "{}", report.table());
 
         // A small budget: every builtin is timed (however slow the machine: compiling a
         // candidate's pipelines counts against the budget, and a loaded machine once compiled
@@ -1296,17 +1394,25 @@ mod tests {
         let table = report.table();
         // A guard against a runaway, not a timing: the builtins' rounds may run past the budget.
         assert!(report.elapsed < budget + Duration::from_secs(120), "overran the budget:\n{table}");
-        for family in ["conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "conv_transpose2d", "matmul"]
-        {
+        let families = [
+            "conv2d_forward",
+            "conv2d_backward_data",
+            "conv2d_backward_weight",
+            "conv_transpose2d",
+            "matmul",
+            "conv_gemm",
+        ];
+        for family in families {
             let builtin = report.rows.iter().find(|r| r.kernel == family).expect("a row per family");
             assert!(builtin.ms.is_some(), "the builtin of {family} was not timed:\n{table}");
         }
-        assert_eq!(report.rows.iter().filter(|r| r.chosen).count(), 5, "one choice per family:\n{table}");
+        assert_eq!(report.rows.iter().filter(|r| r.chosen).count(), 6, "one choice per family:\n{table}");
         assert!(candidates.conv2d_forward.contains(&t.conv2d_forward), "{t:?}");
         assert!(candidates.conv2d_backward_data.contains(&t.conv2d_backward_data), "{t:?}");
         assert!(candidates.conv2d_backward_weight.contains(&t.conv2d_backward_weight), "{t:?}");
         assert!(candidates.conv_transpose2d.contains(&t.conv_transpose2d), "{t:?}");
         assert!(candidates.matmul.contains(&t.matmul), "{t:?}");
+        assert!(candidates.conv_gemm.contains(&t.conv_gemm), "{t:?}");
         t.check(&gpu.limits).unwrap();
         for r in report.rows.iter().filter(|r| r.chosen) {
             let family = &t.to_string();
@@ -1379,10 +1485,20 @@ mod tests {
                     c.conv2d_backward_data[0],
                     c.conv2d_backward_weight[0],
                     c.conv_transpose2d[0],
-                    c.matmul[0]
+                    c.matmul[0],
+                    c.conv_gemm[0]
                 ),
-                (t.conv2d_forward, t.conv2d_backward_data, t.conv2d_backward_weight, t.conv_transpose2d, t.matmul)
+                (
+                    t.conv2d_forward,
+                    t.conv2d_backward_data,
+                    t.conv2d_backward_weight,
+                    t.conv_transpose2d,
+                    t.matmul,
+                    t.conv_gemm
+                )
             );
+            // Both families are candidates whatever the builtin.
+            assert!(c.conv_gemm.contains(&None) && c.conv_gemm.contains(&Some(ConvGemm::default())), "{c:?}");
             assert!(c.conv2d_forward.len() > 1 && c.matmul.len() > 1);
             let small = wgpu::Limits {
                 max_compute_invocations_per_workgroup: 64,

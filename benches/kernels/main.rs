@@ -1,7 +1,7 @@
 //! Kernel benchmarks at U-Net shapes (batch 4, or `BENCH_BATCH`; 256x256 input; 16
 //! channels at 256x256 down to 256 channels at 16x16).
 //!
-//! `cargo bench --bench kernels [FILTER]` first measures the ceilings (a
+//! `cargo bench --bench kernels [-- --tiling gpu|cpu] [FILTER]` first measures the ceilings (a
 //! 1024^3 register-tiled GEMM and a 64 MiB vec4 copy), then prints one row per
 //! kernel: median and best time, GFLOP/s (compute-bound kernels) or GB/s
 //! (memory-bound), that rate as a percentage of the GEMM's or the copy's, and
@@ -17,6 +17,7 @@ mod batchnorm2d;
 mod bias_add;
 mod concat;
 mod conv2d;
+mod conv_gemm;
 mod conv_transpose2d;
 mod dropout;
 mod elementwise;
@@ -30,9 +31,16 @@ mod softmax;
 mod upsample;
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; the first other argument filters by name.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
-    let gpu = Gpu::new(&GpuOptions::default())?;
+    // `cargo bench` passes `--bench`; the first other argument (not the value of `--tiling`)
+    // filters by name.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tiling_at = args.iter().position(|a| a == "--tiling");
+    let tiling = tiling_at.and_then(|i| args.get(i + 1)).map(|v| v.parse()).transpose()?;
+    let filter = (0..args.len())
+        .find(|&i| !args[i].starts_with("--") && tiling_at.is_none_or(|t| i != t + 1))
+        .map_or(String::new(), |i| args[i].clone());
+    // `--tiling gpu|cpu` (or UNET_WGPU_TILING) forces a family of tile sizes on the default wrappers.
+    let gpu = Gpu::new(&GpuOptions { tiling, ..GpuOptions::default() })?;
     println!("tile sizes: {}; from: {}", gpu.tuning(), gpu.tuning_source());
     let reps = std::env::var("BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut bench = Bench::new(&gpu, &filter, reps);
@@ -44,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     concat::run(&mut bench);
     conv2d::run(&mut bench);
     conv_transpose2d::run(&mut bench);
+    conv_gemm::run(&mut bench);
     dropout::run(&mut bench);
     elementwise::run(&mut bench);
     loss::run(&mut bench);

@@ -30,6 +30,7 @@ use crate::shader;
 use crate::tape::{Accumulate, Mode, Step};
 use crate::tensor::Tensor;
 
+pub mod gemm;
 pub mod textbook;
 
 const SHADER: Shader = shader!("conv2d");
@@ -274,8 +275,9 @@ const GATHER_TILE_ROWS: u32 = 2;
 const TILE_COLS: u32 = 8;
 
 /// `y = conv(x, w) + b`. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
-/// Tiled as `gpu.tuning().conv2d_forward` says, or the [`textbook`] kernel under
-/// [`Kernels::Reference`] (as every default wrapper here).
+/// Tiled as `gpu.tuning().conv2d_forward` says (or by the [`gemm`] kernels when the tuning has
+/// `conv_gemm`), or the [`textbook`] kernel under [`Kernels::Reference`] (as every default
+/// wrapper here).
 pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor, p: Conv2d) {
     conv2d_forward_fused(gpu, enc, x, w, b, y, p, Epilogue::Identity);
 }
@@ -297,6 +299,10 @@ pub fn conv2d_forward_fused(
         let z = if epilogue == Epilogue::Identity { y.clone() } else { gpu.empty(y.shape()) };
         textbook::conv2d_forward(gpu, enc, x, w, b, &z, p);
         return textbook::epilogue_forward(gpu, enc, &z, y, epilogue);
+    }
+    if let Some(g) = gpu.tuning().conv_gemm {
+        let f = gemm::Forward { x, w, b, y, p, epilogue };
+        return gemm::conv2d_forward_gemm(gpu, enc, &f, &g.conv2d_forward);
     }
     conv2d_forward_tiled(gpu, enc, x, w, b, y, p, epilogue, &gpu.tuning().conv2d_forward);
 }
@@ -457,9 +463,13 @@ pub fn conv2d_backward_data_into(
     p: Conv2d,
     acc: Accumulate,
 ) {
-    match gpu.kernels() {
-        Kernels::Tuned => backward_data(gpu, enc, dy, w, dx, p, &gpu.tuning().conv2d_backward_data, acc),
-        Kernels::Reference => textbook::conv2d_backward_data(gpu, enc, dy, w, dx, p, acc),
+    match (gpu.kernels(), gpu.tuning().conv_gemm) {
+        (Kernels::Tuned, Some(g)) => {
+            let a = gemm::BackwardData { dy, w, dx, p, acc };
+            gemm::conv2d_backward_data_gemm(gpu, enc, &a, &g.conv2d_backward_data)
+        }
+        (Kernels::Tuned, None) => backward_data(gpu, enc, dy, w, dx, p, &gpu.tuning().conv2d_backward_data, acc),
+        (Kernels::Reference, _) => textbook::conv2d_backward_data(gpu, enc, dy, w, dx, p, acc),
     }
 }
 
@@ -522,11 +532,15 @@ pub fn conv2d_backward_weight(
     db: Option<&Tensor>,
     p: Conv2d,
 ) {
-    match gpu.kernels() {
-        Kernels::Tuned => {
+    match (gpu.kernels(), gpu.tuning().conv_gemm) {
+        (Kernels::Tuned, Some(g)) => {
+            let a = gemm::BackwardWeight { x, dy, dw, db, p };
+            gemm::conv2d_backward_weight_gemm(gpu, enc, &a, &g.conv2d_backward_weight)
+        }
+        (Kernels::Tuned, None) => {
             conv2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, p, &gpu.tuning().conv2d_backward_weight)
         }
-        Kernels::Reference => textbook::conv2d_backward_weight(gpu, enc, x, dy, dw, db, p),
+        (Kernels::Reference, _) => textbook::conv2d_backward_weight(gpu, enc, x, dy, dw, db, p),
     }
 }
 

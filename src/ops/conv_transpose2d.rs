@@ -31,6 +31,7 @@ use crate::shader;
 use crate::tape::{Accumulate, Step};
 use crate::tensor::Tensor;
 
+pub mod gemm;
 pub mod textbook;
 
 const SHADER: Shader = shader!("conv_transpose2d");
@@ -188,9 +189,12 @@ pub fn conv_transpose2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Te
 
 /// The forward of the default wrappers: tiled as `gpu.tuning()` says, or textbook.
 fn forward_default(gpu: &Gpu, enc: &mut Encoder, p: Params, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
-    match gpu.kernels() {
-        Kernels::Tuned => forward(gpu, enc, p, x, w, b, y, &gpu.tuning().conv_transpose2d),
-        Kernels::Reference => textbook::forward(gpu, enc, p, x, w, b, y),
+    match (gpu.kernels(), gpu.tuning().conv_gemm) {
+        (Kernels::Tuned, Some(g)) => {
+            gemm::forward(gpu, enc, p, gemm::Operands { x, w, b, y }, &g.conv_transpose2d_forward)
+        }
+        (Kernels::Tuned, None) => forward(gpu, enc, p, x, w, b, y, &gpu.tuning().conv_transpose2d),
+        (Kernels::Reference, _) => textbook::forward(gpu, enc, p, x, w, b, y),
     }
 }
 
@@ -287,9 +291,13 @@ fn backward_data_default(
     dx: &Tensor,
     acc: Accumulate,
 ) {
-    match gpu.kernels() {
-        Kernels::Tuned => backward_data(gpu, enc, p, w, dy, dx, acc, &gpu.tuning().conv_transpose2d),
-        Kernels::Reference => textbook::backward_data(gpu, enc, p, w, dy, dx, acc),
+    match (gpu.kernels(), gpu.tuning().conv_gemm) {
+        (Kernels::Tuned, Some(g)) => {
+            let t = gemm::Operands { x: dx, w, b: None, y: dy };
+            gemm::backward_data(gpu, enc, p, t, acc, &g.conv_transpose2d_backward_data)
+        }
+        (Kernels::Tuned, None) => backward_data(gpu, enc, p, w, dy, dx, acc, &gpu.tuning().conv_transpose2d),
+        (Kernels::Reference, _) => textbook::backward_data(gpu, enc, p, w, dy, dx, acc),
     }
 }
 
@@ -356,7 +364,13 @@ fn backward_weight_default(
 ) {
     let wg = gpu.tuning().conv_transpose2d;
     match (gpu.kernels(), dw, db) {
-        (Kernels::Tuned, Some(dw), db) => backward_weight(gpu, enc, p, x, dy, dw, db, &wg),
+        (Kernels::Tuned, Some(dw), db) => match gpu.tuning().conv_gemm {
+            Some(g) => {
+                let t = gemm::Operands { x, w: dw, b: db, y: dy };
+                gemm::backward_weight(gpu, enc, p, t, &g.conv_transpose2d_backward_weight)
+            }
+            None => backward_weight(gpu, enc, p, x, dy, dw, db, &wg),
+        },
         (Kernels::Tuned, None, Some(db)) => bias(gpu, enc, p, dy, db, &wg),
         (Kernels::Reference, Some(dw), db) => textbook::backward_weight(gpu, enc, p, x, dy, dw, db),
         (Kernels::Reference, None, Some(db)) => textbook::bias(gpu, enc, p, dy, db),

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use unet_wgpu::ops::conv2d;
+use unet_wgpu::ops::conv2d::gemm::ConvGemm;
 use unet_wgpu::ops::conv_transpose2d::Workgroups;
 use unet_wgpu::ops::matmul::Tiles;
 use unet_wgpu::tuning::{Candidates, Tuning};
@@ -27,6 +28,7 @@ pub struct Tilings {
     pub conv2d_backward_weight: Vec<conv2d::Tiling>,
     pub conv_transpose2d: Vec<Workgroups>,
     pub matmul: Vec<Tiles>,
+    pub conv_gemm: Vec<Option<ConvGemm>>,
 }
 
 pub fn tilings() -> Tilings {
@@ -56,6 +58,7 @@ pub fn tilings() -> Tilings {
         conv2d_backward_weight: vec![],
         conv_transpose2d: vec![],
         matmul: vec![],
+        conv_gemm: vec![],
     };
     fn add<T: PartialEq + Copy>(list: &mut Vec<T>, items: &[T]) {
         for t in items {
@@ -71,6 +74,7 @@ pub fn tilings() -> Tilings {
         add(&mut all.conv2d_backward_weight, &c.conv2d_backward_weight);
         add(&mut all.conv_transpose2d, &c.conv_transpose2d);
         add(&mut all.matmul, &c.matmul);
+        add(&mut all.conv_gemm, &c.conv_gemm);
     }
     all
 }
@@ -201,6 +205,50 @@ pub fn kernels() -> Vec<Kernel> {
     let s = conv2d::SharedTiling::default();
     let shared = [c("TX", s.tx), c("TY", s.ty), c("SM", s.sm), c("SN", s.sn), c("BK", s.bk)].concat();
     all.extend(sets("conv2d", &["conv2d_forward_shared"], &combine(&[vec![shared], geometries(false)])));
+
+    // The workgroup-memory GEMMs (src/ops/conv2d/gemm.rs, src/ops/conv_transpose2d/gemm.rs): each
+    // direction's tiling (BM, BN, BK, TM, TN) of every GEMM candidate; conv2d's with the geometry,
+    // the forward with the epilogues, backward data with ACCUMULATE; the reductions take KH, KW
+    // (conv2d) or nothing.
+    for g in t.conv_gemm.iter().flatten() {
+        let tile = |g: conv2d::gemm::Gemm| {
+            vec![[c("BM", g.bm), c("BN", g.bn), c("BK", g.bk), c("TM", g.tm), c("TN", g.tn)].concat()]
+        };
+        let conv = geometries(false);
+        all.extend(sets(
+            "conv2d_gemm",
+            &["conv2d_gemm_forward"],
+            &combine(&[tile(g.conv2d_forward), conv.clone(), epilogues()]),
+        ));
+        all.extend(sets(
+            "conv2d_gemm",
+            &["conv2d_gemm_backward_data"],
+            &combine(&[tile(g.conv2d_backward_data), conv.clone(), flag("ACCUMULATE")]),
+        ));
+        all.extend(sets(
+            "conv2d_gemm",
+            &["conv2d_gemm_backward_weight"],
+            &combine(&[tile(g.conv2d_backward_weight), conv]),
+        ));
+        all.extend(sets(
+            "conv_transpose2d_gemm",
+            &["conv_transpose2d_gemm_forward"],
+            &tile(g.conv_transpose2d_forward),
+        ));
+        all.extend(sets(
+            "conv_transpose2d_gemm",
+            &["conv_transpose2d_gemm_backward_data"],
+            &combine(&[tile(g.conv_transpose2d_backward_data), flag("ACCUMULATE")]),
+        ));
+        all.extend(sets(
+            "conv_transpose2d_gemm",
+            &["conv_transpose2d_gemm_backward_weight"],
+            &tile(g.conv_transpose2d_backward_weight),
+        ));
+    }
+    let taps: Vec<Constants> = CONV_GEOMETRIES.iter().map(|g| [c("KH", g[0]), c("KW", g[1])].concat()).collect();
+    all.extend(sets("conv2d_gemm", &["conv2d_gemm_reduce"], &taps));
+    all.extend(sets("conv_transpose2d_gemm", &["conv_transpose2d_gemm_reduce"], &[vec![]]));
 
     // conv_transpose2d (src/ops/conv_transpose2d.rs): WG is `Workgroups::quads` for the quad
     // kernels and `general` for the rest; backward data also takes ACCUMULATE (add or overwrite).

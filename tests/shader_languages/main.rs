@@ -123,12 +123,13 @@ fn every_shader_translates_to_every_backend_language() {
     let t = tilings();
     println!(
         "tilings (builtin for every kind of adapter, and the autotune's candidates): conv2d forward {}, backward \
-         data {}, backward weight {}; conv_transpose2d {}; matmul {}",
+         data {}, backward weight {}; conv_transpose2d {}; matmul {}; convolution GEMMs {}",
         t.conv2d_forward.len(),
         t.conv2d_backward_data.len(),
         t.conv2d_backward_weight.len(),
         t.conv_transpose2d.len(),
-        t.matmul.len()
+        t.matmul.len(),
+        t.conv_gemm.iter().flatten().count()
     );
     for s in &shaders {
         let sets = kernels.iter().filter(|k| k.shader == s.name).count();
