@@ -4,7 +4,8 @@
 // With --native DIR (web/test.sh): compares what the page computed with a native run of the
 // same configuration (DIR/trace/steps.csv and DIR/out/history.csv), checks what the page shows,
 // then runs "compare losses" briefly (the losses ticked by default, three steps each) and checks
-// that each loss gets its curve. Prints the figures; exits non-zero on any failure.
+// that each loss gets its curve, and that a browser without WebGPU gets a message. Prints the
+// figures; exits non-zero on any failure.
 // Without --native: prints the page's figures only (a measurement).
 //
 // node test.mjs --dist DIR --query QUERY --screenshot FILE [--native DIR] [--tolerance REL] [--timeout S]
@@ -105,6 +106,19 @@ async function compareLosses(page) {
   return `compare losses: ${c.runs.map((r) => r[0]).join(', ')} (3 steps each)`;
 }
 
+// The page in a browser without WebGPU (navigator.gpu removed before the page's scripts run).
+async function withoutWebGpu(browser) {
+  const page = await browser.newPage();
+  await page.evaluateOnNewDocument(() => { delete Navigator.prototype.gpu; });
+  await page.goto(`${origin}/`, { waitUntil: 'load' });
+  await page.waitForFunction(() => window.unet?.error, { timeout: 30_000 });
+  const [message, disabled] = await page.evaluate(() =>
+    [document.getElementById('message').textContent, document.getElementById('train').disabled]);
+  check(message.includes('has no WebGPU') && disabled, `a browser without WebGPU is told so (${message})`);
+  await page.close();
+  return `without WebGPU the page says: ${message.slice(0, 72)}...`;
+}
+
 const browser = await puppeteer.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   headless: true,
@@ -148,7 +162,7 @@ try {
       [document.querySelectorAll('#iou-table tbody tr').length, document.getElementById('log').textContent]);
     check(rows === 6 && log.includes('val_mean_iou'), 'the IoU table and the Keras-style lines are on the page');
     check(livePolls >= 2, `the page answered while it trained (${livePolls} polls saw new steps; want 2 or more)`);
-    lines.push(...await compareWithNative(run, args.native), await compareLosses(page));
+    lines.push(...await compareWithNative(run, args.native), await compareLosses(page), await withoutWebGpu(browser));
   }
   check(foreign.length === 0, `requests left the page's server: ${foreign.join(', ')}`);
   lines.push(`page live while training: ${livePolls} polls saw new steps; requests outside ${origin}: ${foreign.length}`);

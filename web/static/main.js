@@ -153,7 +153,7 @@ async function runAll(session, losses) {
 async function main() {
   presetFromUrl();
   redraw();
-  if (!('gpu' in navigator)) {
+  if (!navigator.gpu) {
     state.error = 'no WebGPU';
     $('adapter').textContent = 'No WebGPU adapter.';
     showMessage('This browser has no WebGPU (navigator.gpu is missing), so it cannot train here. ' +
