@@ -10,6 +10,12 @@
 //!    into the uniform arena, makes a bind group and records one compute pass;
 //! 3. [`Gpu::submit`] uploads the arena, submits the whole step at once, and
 //!    hands the buffers that tensors released during the step back to the pool.
+//!
+//! The runtime is async at its two edges, so that it runs in a web page, which
+//! cannot block: opening the device ([`Gpu::open`]) and reading data back
+//! ([`Gpu::read_async`]). Native programs call the blocking wrappers
+//! ([`Gpu::new`], [`Gpu::read`]), which drive the same futures with
+//! `pollster::block_on`; a page awaits them.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -405,8 +411,8 @@ pub struct Gpu {
 pub struct Counters {
     /// [`Gpu::submit`] calls (including those inside reads and timed submits).
     pub submits: u64,
-    /// Blocking readbacks: [`Gpu::read`], [`Gpu::read_u32`], and the timestamp read of
-    /// [`Gpu::submit_timed`] (each submits, then waits for the GPU to finish).
+    /// Readbacks: [`Gpu::read`], [`Gpu::read_u32`] (and their async forms), and the timestamp
+    /// read of [`Gpu::submit_timed`] (each submits, then waits for the GPU to finish).
     pub readbacks: u64,
     /// Compute pipelines created ([`Gpu::kernel`] compiles each entry point and set of
     /// constants once).
@@ -423,11 +429,18 @@ impl fmt::Debug for Gpu {
 }
 
 /// The value of the environment variable `name`, parsed, or `None` when it is unset or blank.
+#[cfg(not(target_arch = "wasm32"))]
 fn from_env<T: std::str::FromStr<Err = GpuError>>(name: &str) -> Result<Option<T>, GpuError> {
     match std::env::var(name) {
         Ok(s) if !s.trim().is_empty() => s.parse().map(Some),
         _ => Ok(None),
     }
+}
+
+/// A web page has no environment: [`GpuOptions`] alone decides.
+#[cfg(target_arch = "wasm32")]
+fn from_env<T>(_name: &str) -> Result<Option<T>, GpuError> {
+    Ok(None)
 }
 
 /// Higher is better: hardware before software, native APIs before GL.
@@ -449,7 +462,15 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 impl Gpu {
     /// Open the best adapter: a hardware GPU if there is one, else a software
     /// driver (lavapipe, llvmpipe). See [`GpuOptions`] for the overrides.
+    /// Blocks until the device is open: [`Gpu::open`] driven by `pollster`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(options: &GpuOptions) -> Result<Gpu, GpuError> {
+        pollster::block_on(Gpu::open(options))
+    }
+
+    /// [`Gpu::new`] as a future, for callers that cannot block (a web page, where the
+    /// adapter is the browser's WebGPU one and `backend` plays no part).
+    pub async fn open(options: &GpuOptions) -> Result<Gpu, GpuError> {
         let backend = match options.backend {
             Some(b) => Some(b),
             None => from_env("WGPU_BACKEND")?,
@@ -470,7 +491,7 @@ impl Gpu {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
-        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let adapters = instance.enumerate_adapters(backends).await;
         let adapter = adapters
             .into_iter()
             .max_by_key(|a| adapter_rank(&a.get_info()))
@@ -490,13 +511,15 @@ impl Gpu {
             Limits::Adapter => offered,
             Limits::WebGpu => wgpu::Limits::default(),
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("unet-wgpu"),
-            required_features,
-            required_limits,
-            ..Default::default()
-        }))
-        .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("unet-wgpu"),
+                required_features,
+                required_limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
 
         // From here on, only what the device was granted counts: the adapter may offer more.
         let granted = device.limits();
@@ -603,7 +626,7 @@ impl Gpu {
             .collect();
         bindings.sort_unstable();
 
-        let started = std::time::Instant::now();
+        let started = web_time::Instant::now();
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: None, // derived from the entry point's own bindings
@@ -746,6 +769,7 @@ impl Gpu {
     }
 
     /// Block until all submitted work is done.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) {
         self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while waiting for the GPU");
     }
@@ -753,6 +777,7 @@ impl Gpu {
     /// Submit a timed encoder, wait, and return each dispatch's GPU time.
     /// `None` when the adapter has no timestamp queries (the caller then
     /// measures wall-clock time around [`Gpu::submit`] and [`Gpu::wait`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn submit_timed(&self, mut enc: Encoder) -> Option<Timings> {
         let Some(timer) = enc.timer.take() else {
             self.submit(enc);
@@ -838,26 +863,46 @@ impl Gpu {
     }
 
     /// Read a tensor back as `f32` (submits and waits: never inside a step).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, t: &Tensor) -> Vec<f32> {
-        bytemuck::pod_collect_to_vec(&self.read_tensor_bytes(t))
+        pollster::block_on(self.read_async(t))
     }
 
     /// Read a tensor back as `u32` (submits and waits: never inside a step).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_u32(&self, t: &Tensor) -> Vec<u32> {
-        bytemuck::pod_collect_to_vec(&self.read_tensor_bytes(t))
+        pollster::block_on(self.read_u32_async(t))
     }
 
-    fn read_tensor_bytes(&self, t: &Tensor) -> Vec<u8> {
+    /// [`Gpu::read`] as a future: submits, and resolves once the data has arrived.
+    pub async fn read_async(&self, t: &Tensor) -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(&self.read_tensor_bytes(t).await)
+    }
+
+    /// [`Gpu::read_u32`] as a future: submits, and resolves once the data has arrived.
+    pub async fn read_u32_async(&self, t: &Tensor) -> Vec<u32> {
+        bytemuck::pod_collect_to_vec(&self.read_tensor_bytes(t).await)
+    }
+
+    async fn read_tensor_bytes(&self, t: &Tensor) -> Vec<u8> {
         let bytes = 4 * t.len() as u64;
         if bytes == 0 {
             return Vec::new();
         }
-        self.read_buffer(self.encoder(), t.buffer(), t.offset(), bytes)
+        self.read_buffer_async(self.encoder(), t.buffer(), t.offset(), bytes).await
+    }
+
+    /// [`Gpu::read_buffer_async`], blocking.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn read_buffer(&self, enc: Encoder, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<u8> {
+        pollster::block_on(self.read_buffer_async(enc, src, offset, bytes))
     }
 
     /// Copy `bytes` of `src` from `offset` to a mappable buffer at the end of
-    /// `enc`, submit, wait, and return them.
-    fn read_buffer(&self, mut enc: Encoder, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<u8> {
+    /// `enc`, submit, and return them once mapped. Natively the device is polled
+    /// until the copy is done (so the future is ready when first polled); in a
+    /// browser the mapping resolves by itself while the page awaits.
+    async fn read_buffer_async(&self, mut enc: Encoder, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<u8> {
         self.count(|c| c.readbacks += 1);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -870,12 +915,13 @@ impl Gpu {
         }
         self.submit(enc);
         let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
+        #[cfg(not(target_arch = "wasm32"))]
         self.wait();
-        rx.recv().expect("map callback dropped").expect("mapping a readback buffer failed");
+        rx.await.expect("map callback dropped").expect("mapping a readback buffer failed");
         let data = slice.get_mapped_range().expect("readback range")[..bytes as usize].to_vec();
         staging.unmap();
         data

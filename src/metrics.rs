@@ -73,9 +73,15 @@ impl Confusion {
     }
 
     /// Read the GPU matrix back (blocking: once per epoch, never inside a step).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read(gpu: &Gpu, confusion: &Tensor) -> Confusion {
+        pollster::block_on(Confusion::read_async(gpu, confusion))
+    }
+
+    /// [`Confusion::read`] as a future (a web page awaits it).
+    pub async fn read_async(gpu: &Gpu, confusion: &Tensor) -> Confusion {
         let classes = confusion.shape()[0];
-        Confusion { classes, counts: gpu.read_u32(confusion).into_iter().map(u64::from).collect() }
+        Confusion { classes, counts: gpu.read_u32_async(confusion).await.into_iter().map(u64::from).collect() }
     }
 
     /// Add another matrix (e.g. of another batch).

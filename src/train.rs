@@ -8,34 +8,43 @@
 //! backward walk into the gradient arena; the optimizer. The CPU prepares the
 //! next batch while the GPU runs, and waits for step `i-1` (never `i`) before
 //! submitting step `i+1`, so the progress bar follows the GPU.
+//!
+//! [`train`] is the native program's loop (files, progress bars, pictures);
+//! [`live`] runs the same steps for a front end that cannot block (a web page).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
-use crate::checkpoint::{self, Checkpoint};
-use crate::data::{
-    Batch, BatchOptions, Dataset, InputScaling, LoadOptions, Palette, Patches, Scaling, SplitLevel, SplitOptions,
-    Unknown, IGNORE,
-};
+use crate::data::{Batch, Dataset, InputScaling, Palette, Patches, SplitLevel, SplitOptions, IGNORE};
 use crate::gpu::{Gpu, Readback};
-use crate::history::History;
 use crate::loss::{loss_forward_backward, LossConfig, LossOutput, LossValues, VALUES_LEN};
 use crate::metrics::{confusion_update, Confusion};
 use crate::nn::{UNet, UNetConfig};
 use crate::ops::elementwise::accumulate;
 use crate::optim::{Method, OptimConfig, Optimizer, Schedule};
-use crate::progress::{Progress, RunShape};
-use crate::report::{overlay_grid, plot_history, ReportError, Sample};
 use crate::rng::Rng;
 use crate::tape::Step;
 use crate::tensor::Tensor;
+#[cfg(not(target_arch = "wasm32"))]
+use {
+    crate::checkpoint::{self, Checkpoint},
+    crate::data::{BatchOptions, LoadOptions, Scaling, Unknown},
+    crate::history::History,
+    crate::progress::{Progress, RunShape},
+    crate::report::{overlay_grid, plot_history, ReportError, Sample},
+    anyhow::Context,
+    std::collections::BTreeMap,
+    std::path::Path,
+    std::time::Instant,
+};
 
+pub mod live;
 mod losses;
+#[cfg(not(target_arch = "wasm32"))]
 mod trace;
 pub use losses::LossName;
+#[cfg(not(target_arch = "wasm32"))]
 pub use trace::Trace;
 
 /// Where the tiles come from.
@@ -48,7 +57,8 @@ pub enum DataSource {
         /// Side of each tile in pixels.
         size: usize,
     },
-    /// A dataset directory (Dubai layout or `images/` + `masks/`).
+    /// A dataset directory (Dubai layout or `images/` + `masks/`). Native only.
+    #[cfg(not(target_arch = "wasm32"))]
     Dir {
         /// The directory.
         path: PathBuf,
@@ -220,10 +230,16 @@ impl Accumulators {
     }
 
     /// Read back after `steps` steps: mean loss values and the confusion matrix.
+    #[cfg(not(target_arch = "wasm32"))]
     fn read(&self, gpu: &Gpu, steps: usize) -> (LossValues, Confusion) {
-        let sums = gpu.read(&self.values);
+        pollster::block_on(self.read_async(gpu, steps))
+    }
+
+    /// [`Accumulators::read`] as a future.
+    async fn read_async(&self, gpu: &Gpu, steps: usize) -> (LossValues, Confusion) {
+        let sums = gpu.read_async(&self.values).await;
         let mean: Vec<f32> = sums.iter().map(|s| s / steps.max(1) as f32).collect();
-        (LossValues::from_slice(&mean), Confusion::read(gpu, &self.confusion))
+        (LossValues::from_slice(&mean), Confusion::read_async(gpu, &self.confusion).await)
     }
 }
 
@@ -362,12 +378,18 @@ impl<'g> Trainer<'g> {
     }
 
     /// Predicted class ids `[N,P,P]` of a batch, in eval mode (for pictures).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn predict(&self, x: &Tensor) -> Vec<u8> {
+        pollster::block_on(self.predict_async(x))
+    }
+
+    /// [`Trainer::predict`] as a future.
+    pub async fn predict_async(&self, x: &Tensor) -> Vec<u8> {
         let mut step = Step::eval(self.gpu);
         let logits = self.model.forward(&mut step, x, 0);
         step.submit();
         let [n, c, h, w] = logits.dims4("logits");
-        let z = self.gpu.read(&logits);
+        let z = self.gpu.read_async(&logits).await;
         (0..n * h * w)
             .map(|i| {
                 let (b, pos) = (i / (h * w), i % (h * w));
@@ -391,6 +413,7 @@ impl<'g> Trainer<'g> {
 pub fn load_patches(options: &TrainOptions) -> anyhow::Result<(Palette, Patches, Patches)> {
     let dataset = match &options.data {
         DataSource::Synthetic { tiles, size } => Dataset::synthetic(options.data_seed(), *tiles, *size),
+        #[cfg(not(target_arch = "wasm32"))]
         DataSource::Dir { path, palette, unknown_as_ignore, groups } => {
             let palette = match palette {
                 Some(p) => Palette::load(p)?,
@@ -410,6 +433,7 @@ pub fn load_patches(options: &TrainOptions) -> anyhow::Result<(Palette, Patches,
     Ok((dataset.palette.clone(), train, val))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The metadata a checkpoint carries besides the model's configuration.
 fn run_metadata(
     options: &TrainOptions,
@@ -438,12 +462,14 @@ fn run_metadata(
     meta
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn meta_number<T: std::str::FromStr>(ck: &Checkpoint, key: &str) -> anyhow::Result<T> {
     ck.metadata.get(key).and_then(|v| v.parse().ok()).with_context(|| {
         format!("{}: no readable {key} in the metadata; was it written by `unet-wgpu train`?", ck.path.display())
     })
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// What [`train`] returns.
 #[derive(Debug)]
 pub struct TrainSummary {
@@ -455,6 +481,7 @@ pub struct TrainSummary {
     pub best_checkpoint: PathBuf,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl EpochMetrics {
     /// The row of `history.csv`.
     fn row(&self) -> Vec<(&'static str, f64)> {
@@ -498,6 +525,7 @@ impl EpochMetrics {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Save a picture, or say why not: pictures never stop a training run.
 fn picture(what: &str, result: Result<(), ReportError>) {
     if let Err(e) = result {
@@ -505,6 +533,7 @@ fn picture(what: &str, result: Result<(), ReportError>) {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// `val_predictions.png`: the first few validation patches as image | truth | prediction.
 fn save_predictions(
     trainer: &Trainer,
@@ -536,6 +565,7 @@ fn save_predictions(
     Ok(())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Train a U-Net as `options` say; prints a line per epoch and writes
 /// `last.safetensors`, `best.safetensors` and `history.csv` under `options.out`.
 pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> {
@@ -697,6 +727,7 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
     Ok(TrainSummary { history: EpochMetrics::all(&history), best, best_checkpoint: best_path })
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// One line per class: IoU and Dice on the validation patches, or `absent`.
 fn per_class_table(confusion: &Confusion, palette: &Palette) -> String {
     let mut table = format!("{:<12} {:>7} {:>7}", "class", "IoU", "Dice");

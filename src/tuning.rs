@@ -24,23 +24,31 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Map, Value};
-
-use crate::gpu::{Encoder, Gpu};
+use crate::ops::conv2d;
 use crate::ops::conv2d::gemm::ConvGemm;
-use crate::ops::conv2d::{
-    self, conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_tiled, Conv2d, Epilogue,
+use crate::ops::conv_transpose2d::Workgroups;
+use crate::ops::matmul::{self, SharedTiling, Tiles};
+// The cache (files, environment) and the autotune (blocking waits, wall-clock time): native only.
+#[cfg(not(target_arch = "wasm32"))]
+use {
+    crate::gpu::{Encoder, Gpu},
+    crate::ops::conv2d::{
+        conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_tiled, Conv2d, Epilogue,
+    },
+    crate::ops::conv_transpose2d::{
+        self, conv_transpose2d_backward_data_tiled, conv_transpose2d_backward_weight_tiled,
+        conv_transpose2d_forward_tiled,
+    },
+    crate::ops::matmul::matmul_forward_tiled,
+    crate::testing::{max_rel_error, random_vec, to_f64},
+    serde_json::{json, Map, Value},
+    std::path::Path,
+    std::time::Instant,
 };
-use crate::ops::conv_transpose2d::{
-    self, conv_transpose2d_backward_data_tiled, conv_transpose2d_backward_weight_tiled, conv_transpose2d_forward_tiled,
-    Workgroups,
-};
-use crate::ops::matmul::{self, matmul_forward_tiled, SharedTiling, Tiles};
-use crate::testing::{max_rel_error, random_vec, to_f64};
 
 mod gemm;
 pub use gemm::TilingFamily;
@@ -271,8 +279,10 @@ impl AdapterKey {
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     const FIELDS: [&'static str; 4] = ["name", "driver", "driver_info", "backend"];
 
+    #[cfg(not(target_arch = "wasm32"))]
     fn values(&self) -> [&str; 4] {
         [&self.name, &self.driver, &self.driver_info, &self.backend]
     }
@@ -307,10 +317,12 @@ pub enum CacheError {
 /// `conv_gemm` (version 2 was tuned without the GEMM convolutions among the candidates).
 pub const CACHE_VERSION: u64 = 3;
 /// The `format` field of a cache file.
+#[cfg(not(target_arch = "wasm32"))]
 const CACHE_FORMAT: &str = "unet-wgpu tuning cache";
 
 /// `$UNET_WGPU_CACHE`, else `$XDG_CACHE_HOME/unet-wgpu/tuning.json`, else
 /// `$HOME/.cache/unet-wgpu/tuning.json` (empty variables count as unset); `None` without any.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn default_cache_path() -> Option<PathBuf> {
     cache_path_from(std::env::var_os("UNET_WGPU_CACHE"), std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
 }
@@ -335,6 +347,7 @@ pub struct Resolved {
 }
 
 /// The tuning for an adapter, following `from` (see the module doc); never fails.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn resolve(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, from: &TuningFrom) -> Resolved {
     let (builtin, unfit) = builtin_within(info, limits);
     let path = match from {
@@ -358,6 +371,13 @@ pub fn resolve(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, from: &TuningFro
             )),
         },
     }
+}
+
+/// A web page has no files: [`Tuning::builtin`] (within the device's limits), no cache read.
+#[cfg(target_arch = "wasm32")]
+pub fn resolve(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, _from: &TuningFrom) -> Resolved {
+    let (tuning, warning) = builtin_within(info, limits);
+    Resolved { tuning, source: TuningSource::Builtin { cache: None }, warning }
 }
 
 /// [`Tuning::builtin`] when it fits the device's `limits`; else the CPU drivers' tiling (the
@@ -411,6 +431,7 @@ pub(crate) fn initial(
 /// The entry for `key` in the cache at `path`, checked against the adapter's `limits`.
 /// `Ok(None)` when the file does not exist or has no entry for `key`; `Err` when it cannot be
 /// read, is not a cache of this version, or the entry is malformed or does not fit `limits`.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn load_cache(path: &Path, key: &AdapterKey, limits: &wgpu::Limits) -> Result<Option<Tuning>, CacheError> {
     let Some(entries) = read_entries(path)? else { return Ok(None) };
     let format_error = |reason: String| CacheError::Format { path: path.to_path_buf(), reason };
@@ -429,6 +450,7 @@ pub fn load_cache(path: &Path, key: &AdapterKey, limits: &wgpu::Limits) -> Resul
 /// adapters; a file that cannot be read as a cache is replaced. The parent folders are created;
 /// the file is written to a temporary file and renamed over the old one (never half-written).
 /// `note` is stored beside the entry for people reading the file.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn save_cache(path: &Path, key: &AdapterKey, tuning: &Tuning, note: &str) -> Result<(), CacheError> {
     let mut entries = read_entries(path).ok().flatten().unwrap_or_default();
     entries.retain(|e| entry_key(e).map(|k| k != key.values()).unwrap_or(false));
@@ -446,6 +468,7 @@ pub fn save_cache(path: &Path, key: &AdapterKey, tuning: &Tuning, note: &str) ->
 }
 
 /// The adapter entries of a cache file; `None` when the file does not exist.
+#[cfg(not(target_arch = "wasm32"))]
 fn read_entries(path: &Path) -> Result<Option<Vec<Value>>, CacheError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -473,6 +496,7 @@ fn read_entries(path: &Path) -> Result<Option<Vec<Value>>, CacheError> {
 }
 
 /// The four key strings of an entry (`"adapter": {"name": ..., ...}`).
+#[cfg(not(target_arch = "wasm32"))]
 fn entry_key(entry: &Value) -> Result<[&str; 4], String> {
     let field = |name: &str| {
         entry
@@ -484,6 +508,7 @@ fn entry_key(entry: &Value) -> Result<[&str; 4], String> {
     Ok([field("name")?, field("driver")?, field("driver_info")?, field("backend")?])
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn tuning_to_json(t: &Tuning) -> Value {
     let conv = |t: &conv2d::Tiling| json!({ "wg": t.wg, "rows": t.rows, "tm": t.tm, "bw_threads": t.bw_threads });
     let matmul = match t.matmul {
@@ -500,6 +525,7 @@ fn tuning_to_json(t: &Tuning) -> Value {
     })
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn tuning_from_json(v: &Value) -> Result<Tuning, String> {
     fn object<'a>(v: &'a Value, name: &str) -> Result<&'a Value, String> {
         v.get(name).filter(|o| o.is_object()).ok_or_else(|| format!("no object {name:?}"))
@@ -723,12 +749,15 @@ impl TuneReport {
 }
 
 /// Runs a candidate on small shapes against the reference: `Err(what differs)`.
+#[cfg(not(target_arch = "wasm32"))]
 type Check<'a, C> = Box<dyn Fn(&Gpu, &C) -> Result<(), String> + 'a>;
 /// Records one run of a candidate on one timing shape.
+#[cfg(not(target_arch = "wasm32"))]
 type Record<'a, C> = Box<dyn Fn(&Gpu, &mut Encoder, &C) + 'a>;
 
 /// One kernel family under test: its candidates, how to check one, and how to run it on each
 /// timing shape.
+#[cfg(not(target_arch = "wasm32"))]
 struct Family<'a, C> {
     kernel: &'static str,
     candidates: Vec<C>,
@@ -738,6 +767,7 @@ struct Family<'a, C> {
     shapes: Vec<(String, Record<'a, C>)>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Tuning {
     /// Measure the candidates of each kernel family ([`Candidates::new`] around this adapter's
     /// builtin) on the U-Net's layer shapes ([`TuneShapes::unet`]) and keep the fastest, within
@@ -797,6 +827,7 @@ impl Tuning {
 /// With `timed_builtin`, the builtin (the first candidate) gets its first round even past the
 /// deadline. The runs go in rounds (every candidate once on every shape, then again), so that a
 /// slow spell of a shared machine does not fall on one candidate's runs only.
+#[cfg(not(target_arch = "wasm32"))]
 fn tune_family<C: Copy>(
     gpu: &Gpu,
     f: Family<'_, C>,
@@ -913,6 +944,7 @@ fn tune_family<C: Copy>(
 
 /// Seconds of one run of `record`: the sum of its dispatches' GPU times where the adapter has
 /// timestamps, else the wall clock around submit and wait.
+#[cfg(not(target_arch = "wasm32"))]
 fn time(gpu: &Gpu, record: &dyn Fn(&Gpu, &mut Encoder)) -> f64 {
     if gpu.has_timestamps {
         let mut enc = gpu.timed_encoder(64);
@@ -930,21 +962,25 @@ fn time(gpu: &Gpu, record: &dyn Fn(&Gpu, &mut Encoder)) -> f64 {
 }
 
 /// `Err` naming `what` when `got` is not within `tol` of `want` (the tests' closeness rule).
+#[cfg(not(target_arch = "wasm32"))]
 fn close(what: &str, got: &[f32], want: &[f64], tol: f64) -> Result<(), String> {
     let (err, i) = max_rel_error(&to_f64(got), want);
     (err <= tol).then_some(()).ok_or_else(|| format!("{what}: relative error {err:.1e} at {i}"))
 }
 
 /// `start + g`, what a backward kernel that adds `g` into `start` should leave.
+#[cfg(not(target_arch = "wasm32"))]
 fn plus(g: &[f64], start: &[f32]) -> Vec<f64> {
     g.iter().zip(start).map(|(g, &s)| g + s as f64).collect()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn shape_label(s: &[usize]) -> String {
     s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
 }
 
 /// The three conv2d families: `kernel` says which of the three kernels a candidate tiles.
+#[cfg(not(target_arch = "wasm32"))]
 fn conv2d_family<'a>(
     gpu: &'a Gpu,
     kernel: &'static str,
@@ -1020,6 +1056,7 @@ fn conv2d_family<'a>(
     Family { kernel, candidates, label, check: Box::new(check), shapes }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn conv_transpose2d_family<'a>(
     gpu: &'a Gpu,
     candidates: Vec<Workgroups>,
@@ -1083,6 +1120,7 @@ fn conv_transpose2d_family<'a>(
     Family { kernel: "conv_transpose2d", candidates, label: label_workgroups, check: Box::new(check), shapes }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn matmul_family<'a>(gpu: &'a Gpu, candidates: Vec<Tiles>, shapes: &[[usize; 3]]) -> Family<'a, Tiles> {
     let check = |gpu: &Gpu, tiles: &Tiles| -> Result<(), String> {
         // Multiples of 4 (the vec4 kernel, partial tiles) and not (the scalar one).

@@ -27,7 +27,9 @@ pub mod split;
 pub mod synthetic;
 pub mod tiles;
 
-use std::path::{Path, PathBuf};
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::Path;
+use std::path::PathBuf;
 
 pub use palette::{Palette, Unknown, IGNORE};
 pub use patches::{Augment, Batch, BatchOptions, Batches, ClassFrequencies, Origin, Patches};
@@ -198,7 +200,8 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Read every image/mask pair under `dir` (layouts in [`tiles`]).
+    /// Read every image/mask pair under `dir` (layouts in [`tiles`]). Native only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Dataset, DataError> {
         let pairs = tiles::find_pairs(dir.as_ref(), &options.groups)?;
         let tiles = tiles::load_pairs(&pairs, &options.palette, options.unknown, options.threads)?;

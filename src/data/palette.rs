@@ -152,6 +152,7 @@ impl Palette {
     }
 
     /// Read a palette file (format in the module doc).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load(path: impl AsRef<Path>) -> Result<Palette, DataError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|cause| DataError::Io { path: path.to_path_buf(), cause })?;

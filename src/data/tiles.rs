@@ -16,9 +16,13 @@
 //! Here a [`Tile`] is one image with its mask. (The Dubai dataset calls its
 //! groups of nine images "Tiles"; those are the folders.)
 
-use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+// Reading files (on several threads): native only.
+#[cfg(not(target_arch = "wasm32"))]
+use std::{
+    cmp::Ordering,
+    sync::atomic::{AtomicUsize, Ordering as AtomicOrdering},
+};
 
 use image::DynamicImage;
 
@@ -54,6 +58,7 @@ pub struct Pair {
 }
 
 /// Compare names so that digit runs order by value: `Tile 2` < `Tile 10`.
+#[cfg(not(target_arch = "wasm32"))]
 fn natural_cmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
@@ -81,6 +86,7 @@ fn natural_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// Entries of `dir`, sorted naturally by file name.
+#[cfg(not(target_arch = "wasm32"))]
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let io = |cause| DataError::Io { path: dir.to_path_buf(), cause };
     let mut entries = Vec::new();
@@ -91,10 +97,12 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(entries)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     extensions.contains(&ext.as_str())
@@ -103,6 +111,7 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
 /// The image/mask pairs under `dir`, in either layout (see the module doc),
 /// folders and files in natural order. With `groups` non-empty only those
 /// subfolders are read, in the order given.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn find_pairs(dir: &Path, groups: &[String]) -> Result<Vec<Pair>, DataError> {
     let entries = sorted_entries(dir)?;
     // (name prefix, folder holding images/ and masks/)
@@ -154,6 +163,7 @@ pub fn find_pairs(dir: &Path, groups: &[String]) -> Result<Vec<Pair>, DataError>
 }
 
 /// Decode a JPEG or PNG (format from the file's content, not its name).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn decode(path: &Path) -> Result<DynamicImage, DataError> {
     let bytes = std::fs::read(path).map_err(|cause| DataError::Io { path: path.to_path_buf(), cause })?;
     let decode_error = |reason: String| DataError::Decode { path: path.to_path_buf(), reason };
@@ -176,6 +186,7 @@ pub fn decode(path: &Path) -> Result<DynamicImage, DataError> {
 }
 
 /// Read an image as interleaved RGB `[H,W,3]`: `(width, height, rgb)`.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn read_image(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
     let rgb = decode(path)?.into_rgb8();
     Ok((rgb.width() as usize, rgb.height() as usize, rgb.into_raw()))
@@ -203,6 +214,7 @@ pub fn mask_labels(mask: DynamicImage, palette: &Palette, unknown: Unknown, path
 }
 
 /// Read one pair: decode both, check sizes, convert the mask to class ids.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn load_pair(pair: &Pair, palette: &Palette, unknown: Unknown) -> Result<Tile, DataError> {
     let (width, height, rgb) = read_image(&pair.image)?;
     let mask = decode(&pair.mask)?;
@@ -222,6 +234,7 @@ pub fn load_pair(pair: &Pair, palette: &Palette, unknown: Unknown) -> Result<Til
 /// Read `pairs` on `threads` threads (0: one per core), keeping their order.
 /// On failure returns the error of the first failing pair in order, the same
 /// one a single thread would report.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn load_pairs(pairs: &[Pair], palette: &Palette, unknown: Unknown, threads: usize) -> Result<Vec<Tile>, DataError> {
     let n = pairs.len();
     let threads = match threads {

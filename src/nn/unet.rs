@@ -19,6 +19,7 @@
 
 pub use super::config::{UNetConfig, Upsampling};
 use super::init::{self, Init, Layer};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::gpu::Gpu;
 use crate::ops::batchnorm2d::batchnorm2d_fused;
@@ -171,6 +172,7 @@ impl UNet {
 
     /// Rebuild the model a checkpoint was saved from: its configuration from
     /// the metadata, then every parameter and running statistic.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_checkpoint(gpu: &Gpu, checkpoint: &Checkpoint) -> Result<UNet, CheckpointError> {
         let config = UNetConfig::from_metadata(&checkpoint.metadata)
             .map_err(|reason| CheckpointError::Metadata { path: checkpoint.path.clone(), reason })?;

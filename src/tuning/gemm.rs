@@ -5,21 +5,28 @@
 
 use std::fmt;
 
-use serde_json::{json, Value};
-
-use super::{close, plus, shape_label, Family, Record, Tuning};
-use crate::gpu::{Encoder, Gpu, GpuError};
-use crate::ops::conv2d::gemm::{
-    conv2d_backward_data_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm, BackwardData, BackwardWeight,
-    ConvGemm, Forward, Gemm,
+use super::Tuning;
+use crate::gpu::GpuError;
+use crate::ops::conv2d::gemm::{ConvGemm, Gemm};
+// The cache (JSON) and the autotune's candidates and checks: native only, as the cache and the
+// autotune themselves.
+#[cfg(not(target_arch = "wasm32"))]
+use {
+    super::{close, plus, shape_label, Family, Record},
+    crate::gpu::{Encoder, Gpu},
+    crate::ops::conv2d::gemm::{
+        conv2d_backward_data_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm, BackwardData, BackwardWeight,
+        Forward,
+    },
+    crate::ops::conv2d::{self, Conv2d, Epilogue},
+    crate::ops::conv_transpose2d::gemm::{
+        conv_transpose2d_backward_data_gemm, conv_transpose2d_backward_weight_gemm, conv_transpose2d_forward_gemm,
+    },
+    crate::ops::conv_transpose2d::{self, reference as ct_reference},
+    crate::tape::Accumulate,
+    crate::testing::{random_vec, to_f64},
+    serde_json::{json, Value},
 };
-use crate::ops::conv2d::{self, Conv2d, Epilogue};
-use crate::ops::conv_transpose2d::gemm::{
-    conv_transpose2d_backward_data_gemm, conv_transpose2d_backward_weight_gemm, conv_transpose2d_forward_gemm,
-};
-use crate::ops::conv_transpose2d::{self, reference as ct_reference};
-use crate::tape::Accumulate;
-use crate::testing::{random_vec, to_f64};
 
 /// Which family of tile sizes to use, whatever the adapter (`--tiling`, `UNET_WGPU_TILING`,
 /// [`crate::GpuOptions::tiling`]); when none is named, the adapter's type decides
@@ -64,6 +71,7 @@ impl Tuning {
 }
 
 /// `null`, or `{"conv2d_forward": {"bm": .., "bn": .., "bk": .., "tm": .., "tn": ..}, ...}`.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn to_json(g: &Option<ConvGemm>) -> Value {
     match g {
         None => Value::Null,
@@ -77,6 +85,7 @@ pub(super) fn to_json(g: &Option<ConvGemm>) -> Value {
 }
 
 /// The inverse of [`to_json`].
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn from_json(v: Option<&Value>) -> Result<Option<ConvGemm>, String> {
     let v = match v {
         None => return Err("no \"conv_gemm\" (null for the register tiles)".into()),
@@ -125,6 +134,7 @@ pub(super) fn candidates() -> Vec<Option<ConvGemm>> {
 /// The whole-convolution family: each candidate (register tiles with `registers`' sizes, or GEMM
 /// tilings) runs all three directions of conv2d on `conv2d` shapes and of the transposed
 /// convolution on `transposed` shapes.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn family<'a>(
     gpu: &'a Gpu,
     registers: Tuning,
@@ -184,6 +194,7 @@ pub(super) fn family<'a>(
 }
 
 /// The three transposed-convolution GEMMs: `[x, w, b, y, dy, dx, dw, db]`, dx overwritten.
+#[cfg(not(target_arch = "wasm32"))]
 fn transposed_gemm(gpu: &Gpu, enc: &mut Encoder, t: [&crate::Tensor; 8], g: &ConvGemm) {
     let [x, w, b, y, dy, dx, dw, db] = t;
     conv_transpose2d_forward_gemm(gpu, enc, x, w, Some(b), y, &g.conv_transpose2d_forward);
@@ -194,6 +205,7 @@ fn transposed_gemm(gpu: &Gpu, enc: &mut Encoder, t: [&crate::Tensor; 8], g: &Con
 
 /// A candidate's GEMMs against the references on small odd shapes (the register tiles were
 /// checked by their own families).
+#[cfg(not(target_arch = "wasm32"))]
 fn check(gpu: &Gpu, g: &Option<ConvGemm>) -> Result<(), String> {
     let Some(g) = g else { return Ok(()) };
     let (xd, wd, p) = ([2, 5, 6, 11], [7, 5, 3, 3], Conv2d::new(1, 1));
