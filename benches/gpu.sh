@@ -13,7 +13,8 @@
 #   3. the step bench at batch 4 with the builtin tile sizes;
 #   4. `unet-wgpu tune` with a short budget (into OUT/tuning.json, not the user's cache);
 #   5. the step bench at batch 4 and 16 with the tuned sizes;
-#   6. the step bench at batch 4 with `--tiling gpu` (the GEMM convolutions' builtin sizes), the
+#   6. the step bench at batch 4 with `--tiling gpu` (the GEMM convolutions' builtin sizes) and
+#      `--tiling cpu` (the register tiles), the
 #      kernel bench (GFLOP/s or GB/s, and the share of the measured ceilings), and its
 #      convolutions again with `--tiling gpu`;
 #   7. benches/reference/unet_step.py on CUDA at batch 4 and 16, if PyTorch sees a GPU:
@@ -98,8 +99,10 @@ part step-builtin-b4 45 $STEP --batch 4 --steps 20
 part tune 50 "$UNET" tune --budget 25
 part step-tuned-b4 45 $STEP --batch 4 --steps 20
 part step-tuned-b16 45 $STEP --batch 16 --steps 10
-# The GPU family forced (every convolution a workgroup-memory GEMM, builtin sizes), whatever tune chose.
+# Each family forced, whatever tune chose: every convolution a workgroup-memory GEMM (gpu, the
+# builtin of hardware adapters), then the register tiles of CPU drivers (cpu).
 part step-gpu-tiling-b4 45 $STEP --batch 4 --steps 20 --tiling gpu
+part step-cpu-tiling-b4 45 $STEP --batch 4 --steps 20 --tiling cpu
 BENCH_REPS=5 part kernels 100 $KERNELS
 BENCH_REPS=5 part kernels-gpu-tiling 60 $KERNELS --tiling gpu conv
 
