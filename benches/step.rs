@@ -18,12 +18,17 @@
 
 use std::time::Instant;
 
-use unet_wgpu::bench::{Bench, CEILING_GEMM};
-use unet_wgpu::gpu::MAX_TIMED_DISPATCHES;
+// The kernels bench uses all of the harness; this one only its timing and ceilings.
+#[allow(dead_code)]
+#[path = "common/mod.rs"]
+mod common;
+
+use crate::common::bench::{Bench, CEILING_GEMM};
 use unet_wgpu::loss::{loss_forward_backward, LossConfig, LossOutput, Term, VALUES_LEN};
 use unet_wgpu::nn::{UNet, UNetConfig, Upsampling};
 use unet_wgpu::optim::{Method, OptimConfig, Optimizer};
 use unet_wgpu::rng::Rng;
+use unet_wgpu::runtime::MAX_TIMED_DISPATCHES;
 use unet_wgpu::{Gpu, GpuOptions, Kernels, Mode, Step, Tensor};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -254,16 +259,16 @@ const CATEGORIES: [&str; 8] =
 fn category(name: &str, backward: bool) -> &'static str {
     let (shader, entry) = name.split_once("::").unwrap_or((name, ""));
     match shader {
-        "conv2d_textbook" if entry.starts_with("conv2d_forward") => "conv fwd",
-        "conv2d_textbook" if entry.contains("backward_data") => "conv bwd-data",
-        "conv2d_textbook" => "conv bwd-weight",
-        "conv_transpose2d_textbook" => "transposed conv",
+        "conv2d/textbook" if entry.starts_with("conv2d_forward") => "conv fwd",
+        "conv2d/textbook" if entry.contains("backward_data") => "conv bwd-data",
+        "conv2d/textbook" => "conv bwd-weight",
+        "conv_transpose2d/textbook" => "transposed conv",
         // Backward data of a stride-1 convolution is the forward kernel run on dy.
-        "conv2d" if entry.contains("backward_data") || (backward && entry.starts_with("conv2d_forward")) => {
+        "conv2d/tiled" if entry.contains("backward_data") || (backward && entry.starts_with("conv2d_forward")) => {
             "conv bwd-data"
         }
-        "conv2d" if entry.starts_with("conv2d_forward") => "conv fwd",
-        "conv2d" if entry.contains("backward_weight") || entry.starts_with("conv2d_reduce") => "conv bwd-weight",
+        "conv2d/tiled" if entry.starts_with("conv2d_forward") => "conv fwd",
+        "conv2d/tiled" if entry.contains("backward_weight") || entry.starts_with("conv2d_reduce") => "conv bwd-weight",
         "conv_transpose2d" => "transposed conv",
         "maxpool2d" => "pool",
         "loss" => "loss",

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::gpu::Gpu;
-use crate::tensor::Tensor;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::Gpu;
 
 /// What can go wrong reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]

@@ -5,35 +5,33 @@
 //! `shaders/`, dispatched through wgpu by a small reverse-mode tape.
 //!
 //! Reading order for a newcomer:
-//! [`gpu`] (device, pipelines, buffers) → [`tensor`] → [`tape`] (the `Step`
-//! that records forward and walks backward) → [`ops`] (one file per kernel,
-//! each with its plain-Rust reference).
+//! [`runtime`] (device, pipelines, buffers) → [`autograd`] (the tensor, and the
+//! tape's `Step` that records forward and walks backward) → [`ops`] (one
+//! folder or file per kernel, each with its plain-Rust reference) → [`nn`]
+//! → [`loss`] → [`train`]. Imports only go down these layers:
+//! `tests/module_graph.rs` fails on a circle.
 
-pub mod bench;
-pub mod ceiling;
+pub mod autograd;
 pub mod checkpoint;
 pub mod compare;
 pub mod data;
-pub mod gpu;
 pub mod history;
+pub mod infer;
 pub mod loss;
 pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;
-pub mod params;
-pub mod predict;
 pub mod progress;
 pub mod report;
 pub mod rng;
-pub mod score;
-pub mod tape;
-pub mod tensor;
+pub mod runtime;
+#[doc(hidden)]
 pub mod testing;
 pub mod train;
-pub mod tuning;
+pub mod tune;
 
-pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions, Kernels, Limits};
-pub use tape::{Accumulate, Grads, Mode, Step};
-pub use tensor::Tensor;
-pub use tuning::{Tuning, TuningFrom, TuningSource};
+pub use autograd::tape::{Accumulate, Grads, Mode, Step};
+pub use autograd::tensor::Tensor;
+pub use runtime::{Backend, Encoder, Gpu, GpuError, GpuOptions, Kernels, Limits};
+pub use tune::{Tuning, TuningFrom, TuningSource};

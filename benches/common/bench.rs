@@ -5,10 +5,10 @@
 //!
 //! Used by `benches/kernels/` (`cargo bench --bench kernels [FILTER]`).
 
-use crate::ceiling::copy;
-use crate::gpu::{Encoder, Gpu, MAX_TIMED_DISPATCHES};
-use crate::ops::matmul::matmul_forward;
-use crate::testing::random_vec;
+use super::ceiling::copy;
+use unet_wgpu::ops::matmul::matmul_forward;
+use unet_wgpu::runtime::{Encoder, Gpu, MAX_TIMED_DISPATCHES};
+use unet_wgpu::testing::random_vec;
 
 /// What this GPU reaches with shaders written like ours: the yardsticks of the `% ceil` column.
 #[derive(Clone, Copy, Debug)]

@@ -1,13 +1,13 @@
 //! Ceilings: the fastest this GPU runs the two kinds of work our kernels do, measured with
 //! shaders written like ours, so that a kernel's rate can be read as a share of what is
 //! reachable. Compute-bound kernels are compared with a register-tiled GEMM
-//! ([`crate::ops::matmul`]); memory-bound kernels with [`copy`], `y = x` in vec4 loads and
+//! ([`unet_wgpu::ops::matmul`]); memory-bound kernels with [`copy`], `y = x` in vec4 loads and
 //! stores, which moves `8 * len` bytes and computes nothing. Not part of the model.
-//! [`crate::bench::Bench::measure_ceilings`] times both.
+//! [`super::bench::Bench::measure_ceilings`] times both.
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
-use crate::shader;
-use crate::tensor::Tensor;
+use unet_wgpu::autograd::tensor::Tensor;
+use unet_wgpu::runtime::{groups_1d, Encoder, Gpu, Shader};
+use unet_wgpu::shader;
 
 const SHADER: Shader = shader!("copy");
 /// Threads a workgroup and vec4s a thread of `copy_forward`.
@@ -42,30 +42,5 @@ pub fn copy_tiled(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, y: &Tensor, wg: u32,
     if !n.is_multiple_of(4) {
         let kernel = gpu.kernel(&SHADER, "copy_tail", &constants);
         gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, y)], [1, 1, 1]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{gpu, random_vec};
-
-    #[test]
-    fn copy_equals_its_input_on_odd_lengths() {
-        let gpu = gpu();
-        // 4 * 4 * 65536 + 7 elements in groups of 4 threads need more than 65535 groups.
-        for (seed, n) in [1usize, 3, 4, 5, 255, 1023, 4 * 256 * 3 + 2, 4 * 4 * 65536 + 7].into_iter().enumerate() {
-            for (wg, vpt) in [(256, 1), (64, 4), (4, 1)] {
-                let x = random_vec(seed as u64, n);
-                let (xt, y) = (gpu.upload(&x, &[n]), gpu.upload(&vec![f32::NAN; n], &[n]));
-                let mut enc = gpu.encoder();
-                copy_tiled(gpu, &mut enc, &xt, &y, wg, vpt);
-                gpu.submit(enc);
-                assert!(
-                    gpu.read(&y) == x,
-                    "copy of {n} elements ({vpt} vec4s a thread) differs from its input (wg {wg})"
-                );
-            }
-        }
     }
 }

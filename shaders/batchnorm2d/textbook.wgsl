@@ -1,4 +1,4 @@
-// batchnorm2d_textbook.wgsl: 2-D batch normalisation over NCHW (statistics per channel c over its
+// batchnorm2d/textbook.wgsl: 2-D batch normalisation over NCHW (statistics per channel c over its
 // M = N*H*W values) as the formulas read: one invocation per output element (or per channel for the
 // statistics), loops in the order of the sums, no tiling, no workgroup memory. The oracle the tiled
 // kernels of batchnorm2d.wgsl are tested against, and what `--kernels reference` runs.

@@ -1,4 +1,4 @@
-// batchnorm2d.wgsl: 2-D batch normalisation over NCHW (statistics per channel c over
+// batchnorm2d/tiled.wgsl: 2-D batch normalisation over NCHW (statistics per channel c over
 // its M = N*H*W values), forward and backward, with deterministic tree reductions.
 //   statistics (training): mean_c = sum x / M,  var_c = sum (x - mean_c)^2 / M  (biased),
 //     invstd_c = 1 / sqrt(var_c + eps); running_mean = (1-momentum) running_mean + momentum mean,

@@ -1,4 +1,4 @@
-// conv2d_textbook.wgsl: 2-D convolution (cross-correlation, as PyTorch), NCHW, weights OIHW, as
+// conv2d/textbook.wgsl: 2-D convolution (cross-correlation, as PyTorch), NCHW, weights OIHW, as
 // the formulas read: one invocation per output element, loops in the order of the sums, no tiling,
 // no workgroup memory. The kernel a reader studies first, the oracle the tiled kernels of
 // conv2d.wgsl are tested against, and what `--kernels reference` runs.

@@ -1,4 +1,4 @@
-// conv2d.wgsl: 2-D convolution (cross-correlation, as PyTorch), NCHW, weights OIHW, as implicit GEMM.
+// conv2d/tiled.wgsl: 2-D convolution (cross-correlation, as PyTorch), NCHW, weights OIHW, as implicit GEMM.
 //   forward        : y[n,o,oh,ow] = b[o] + sum_{i,kh,kw} w[o,i,kh,kw] * x[n,i,oh*SH-ph+kh, ow*SW-pw+kw]
 //                    (x outside the image reads as 0: zero padding)
 //   backward data  : dx[n,i,ih,iw] += sum_{o,kh,kw} w[o,i,kh,kw] * dy[n,o,oh,ow]

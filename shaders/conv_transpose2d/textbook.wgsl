@@ -1,4 +1,4 @@
-// conv_transpose2d_textbook.wgsl: 2x2 transposed convolution with stride 2 (the U-Net's
+// conv_transpose2d/textbook.wgsl: 2x2 transposed convolution with stride 2 (the U-Net's
 // up-convolution) as the formulas read: one invocation per output element, loops in the order of
 // the sums, no tiling, no workgroup memory. The oracle the tiled kernels of conv_transpose2d.wgsl
 // are tested against, and what `--kernels reference` runs.

@@ -1,4 +1,4 @@
-// conv_transpose2d.wgsl: 2x2 transposed convolution with stride 2 (the U-Net's up-convolution).
+// conv_transpose2d/tiled.wgsl: 2x2 transposed convolution with stride 2 (the U-Net's up-convolution).
 //   x [N,I,H,W], w [I,O,2,2] (PyTorch layout), b [O], y [N,C,2H,2W] with C >= O: the result fills
 //   channels 0..O of y (C > O when y is a concatenation buffer whose other channels belong to
 //   someone else; dy is read the same way). ab = 2a + b indexes the tap.

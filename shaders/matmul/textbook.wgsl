@@ -1,4 +1,4 @@
-// matmul_textbook.wgsl: dense matrix products, row-major f32, as the formulas read: one invocation
+// matmul/textbook.wgsl: dense matrix products, row-major f32, as the formulas read: one invocation
 // per output element, one loop over the sum, no tiling, no workgroup memory. The oracle the tiled
 // kernels of matmul.wgsl are tested against, and what `--kernels reference` runs.
 //   forward : c[m,n]   = sum_k a[m,k] * b[k,n]          C = A . B

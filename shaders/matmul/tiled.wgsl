@@ -1,4 +1,4 @@
-// matmul.wgsl: dense matrix product, row-major f32, C[M,N] (= or +=) opA[M,K] . opB[K,N].
+// matmul/tiled.wgsl: dense matrix product, row-major f32, C[M,N] (= or +=) opA[M,K] . opB[K,N].
 //   forward : C = A . B                    A [M,K], B [K,N]
 //   backward: dA += dC . B^T               (M, N, K) = (M, K, N), a = dC, b = B read transposed
 //             dB += A^T . dC               (M, N, K) = (K, N, M), a = A read transposed, b = dC

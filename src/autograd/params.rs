@@ -3,9 +3,9 @@
 //! the arena, so ops use it like any tensor, while the optimizer updates every
 //! parameter in one dispatch and zeroing all gradients is one clear.
 
-use crate::gpu::{Encoder, Gpu};
-use crate::tape::Grads;
-use crate::tensor::Tensor;
+use crate::autograd::tape::Grads;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{Encoder, Gpu};
 
 /// A parameter to create: its name (PyTorch `state_dict` style, e.g.
 /// `"enc1.conv1.weight"`), shape and initial values.
@@ -95,7 +95,7 @@ impl ParamArena {
     }
 
     /// A gradient map in which each parameter's gradient is its arena view,
-    /// for [`Step::backward_into`](crate::tape::Step::backward_into).
+    /// for [`Step::backward_into`](crate::autograd::tape::Step::backward_into).
     pub fn grads(&self) -> Grads {
         let mut grads = Grads::default();
         for p in &self.params {

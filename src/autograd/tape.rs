@@ -17,8 +17,8 @@
 
 use std::collections::HashMap;
 
-use crate::gpu::{Encoder, Gpu};
-use crate::tensor::{Tensor, TensorId};
+use crate::autograd::tensor::{Tensor, TensorId};
+use crate::runtime::{Encoder, Gpu};
 
 type BackwardFn<'g> = Box<dyn FnOnce(&mut BackwardCtx<'_, 'g>, &Tensor) + 'g>;
 
@@ -202,7 +202,7 @@ impl<'g> Step<'g> {
     }
 
     /// [`Step::backward`], accumulating into the buffers already in `grads`
-    /// (e.g. [`ParamArena::grads`](crate::params::ParamArena::grads)) where it names one.
+    /// (e.g. [`ParamArena::grads`](crate::autograd::params::ParamArena::grads)) where it names one.
     pub fn backward_into(&mut self, seeds: Vec<(Tensor, Tensor)>, mut grads: Grads) -> Grads {
         for (t, g) in seeds {
             grads.insert(&t, g);

@@ -3,14 +3,14 @@
 //!
 //! Cloning a tensor is cheap and shares the buffer (and the identity that the
 //! tape keys gradients by). When the last clone is dropped the buffer goes
-//! back to the pool of the [`Gpu`](crate::gpu::Gpu) that made it.
+//! back to the pool of the [`Gpu`](crate::runtime::Gpu) that made it.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::gpu::BufferPool;
+use crate::runtime::BufferPool;
 
 /// Identity of a tensor (shared by its clones), used to key gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,7 +33,7 @@ impl Drop for Storage {
 
 /// An n-dimensional array on the GPU: `shape.product()` elements from byte
 /// `offset` of a buffer (0 for tensors of their own; parameters are views
-/// into one shared arena, see [`crate::params`]).
+/// into one shared arena, see [`crate::autograd::params`]).
 #[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,

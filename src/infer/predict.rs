@@ -41,14 +41,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::autograd::tape::Step;
 use crate::checkpoint::{self, CheckpointError};
 use crate::data::tiles::read_image;
 use crate::data::{DataError, Palette, Scaling};
-use crate::gpu::Gpu;
 use crate::nn::unet::UNet;
 use crate::ops::softmax::softmax_forward;
 use crate::report::{blend, colour_labels, write_png, ReportError};
-use crate::tape::Step;
+use crate::runtime::Gpu;
 
 /// How to predict.
 #[derive(Clone, Debug, PartialEq)]

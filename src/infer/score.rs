@@ -3,7 +3,7 @@
 //! Both sides are PNG masks: colour masks read through the [`Palette`]
 //! (the no-class colour is the ignore label), or grayscale class-index masks
 //! (255 = ignore), as [`mask_labels`] reads them. Files pair by stem; a
-//! prediction's `_mask` suffix (what [`predict_files`](crate::predict::predict_files)
+//! prediction's `_mask` suffix (what [`predict_files`](crate::infer::predict::predict_files)
 //! writes) is dropped first, and its `_overlay` pictures are skipped.
 //!
 //! Pixels whose ground truth is ignore are not counted. A pixel with a class

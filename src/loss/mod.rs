@@ -15,10 +15,10 @@
 //! written to memory. The loss is terminal: its gradient is computed at once
 //! and seeds the tape's backward walk (`step.backward(vec![(logits, dlogits)])`).
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tensor::Tensor;
 use crate::ops::softmax::{softmax_backward, softmax_forward};
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("loss");
 /// Most classes the fused kernels handle (per-pixel arrays live in registers).

@@ -8,10 +8,10 @@
 //! recomputes it instead of saving it: `dx += dy * mask / (1 - p)`.
 //! Callers pass a fresh seed per step (and per dropout layer).
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::{Mode, Step};
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::{Mode, Step};
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("dropout");
 const WG: u32 = 256;

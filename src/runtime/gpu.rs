@@ -17,8 +17,9 @@ use std::fmt;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::tensor::Tensor;
-use crate::tuning::{Tuning, TuningFrom, TuningSource};
+use super::wgsl::{compose_wgsl, validate_wgsl};
+use crate::autograd::tensor::Tensor;
+use crate::tune::{Tuning, TuningFrom, TuningSource};
 
 /// Errors at the edge between the program and the machine's GPU drivers.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +115,7 @@ pub struct GpuOptions {
     /// Print the chosen adapter (and where its tile sizes came from) to stderr.
     pub verbose: bool,
     /// Where the kernels' tile sizes come from: by default the tuning cache's entry for the
-    /// adapter (written by `unet-wgpu tune`), else [`Tuning::builtin`]. See [`crate::tuning`].
+    /// adapter (written by `unet-wgpu tune`), else [`Tuning::builtin`]. See [`crate::tune`].
     pub tuning: TuningFrom,
     /// Which limits to ask the device for. When `None`, the `UNET_WGPU_LIMITS` environment
     /// variable is read (`adapter` or `webgpu`), and if that is unset too, [`Limits::Adapter`].
@@ -207,7 +208,7 @@ pub struct Shader {
 #[macro_export]
 macro_rules! shader {
     ($name:literal) => {
-        $crate::gpu::Shader {
+        $crate::runtime::Shader {
             name: $name,
             source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
         }
@@ -489,7 +490,7 @@ impl Gpu {
         // From here on, only what the device was granted counts: the adapter may offer more.
         let granted = device.limits();
         let align = granted.min_uniform_buffer_offset_alignment as u64;
-        let (tuning, tuning_source) = crate::tuning::initial(&info, &granted, &options.tuning);
+        let (tuning, tuning_source) = crate::tune::initial(&info, &granted, &options.tuning);
         let gpu = Gpu {
             device,
             queue,
@@ -612,10 +613,11 @@ impl Gpu {
         if let Some(m) = self.modules.borrow().get(shader.name) {
             return m.clone();
         }
-        let (naga_module, naga_info) = validate_wgsl(shader.name, shader.source).unwrap_or_else(|e| panic!("{e}"));
+        let source = compose_wgsl(shader.name, shader.source);
+        let (naga_module, naga_info) = validate_wgsl(shader.name, &source).unwrap_or_else(|e| panic!("{e}"));
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let entry = (module, Rc::new(naga_module), Rc::new(naga_info));
         self.modules.borrow_mut().insert(shader.name, entry.clone());
@@ -1023,18 +1025,6 @@ impl UniformArena {
         }
         self.current = 0;
     }
-}
-
-/// Parse and validate WGSL with naga, as wgpu will; used by the pipeline cache
-/// and by the test that checks every shader without a GPU. The error names the
-/// file and carries naga's annotated message.
-pub fn validate_wgsl(name: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
-    let path = format!("shaders/{name}.wgsl");
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, &path))?;
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-        .validate(&module)
-        .map_err(|e| e.emit_to_string_with_path(source, &path))?;
-    Ok((module, info))
 }
 
 /// Workgroup counts for `n` threads in groups of `wg`, folded into x and y so

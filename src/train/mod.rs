@@ -15,12 +15,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{
     Batch, BatchOptions, Dataset, InputScaling, LoadOptions, Palette, Patches, Scaling, SplitLevel, SplitOptions,
     Unknown, IGNORE,
 };
-use crate::gpu::{Gpu, Readback};
 use crate::history::History;
 use crate::loss::{loss_forward_backward, LossConfig, LossOutput, LossValues, VALUES_LEN};
 use crate::metrics::{confusion_update, Confusion};
@@ -30,8 +31,7 @@ use crate::optim::{Method, OptimConfig, Optimizer, Schedule};
 use crate::progress::{Progress, RunShape};
 use crate::report::{overlay_grid, plot_history, ReportError, Sample};
 use crate::rng::Rng;
-use crate::tape::Step;
-use crate::tensor::Tensor;
+use crate::runtime::{Gpu, Readback};
 
 mod losses;
 mod trace;

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::gpu::{Encoder, Gpu};
 use crate::ops::conv2d::{
     self, conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_tiled, Conv2d, Epilogue,
 };
@@ -39,6 +38,7 @@ use crate::ops::conv_transpose2d::{
     Workgroups,
 };
 use crate::ops::matmul::{self, matmul_forward_tiled, SharedTiling, Tiles};
+use crate::runtime::{Encoder, Gpu};
 use crate::testing::{max_rel_error, random_vec, to_f64};
 
 /// The tile sizes the default op wrappers use: one choice per kernel family. Each is passed to
@@ -1067,10 +1067,10 @@ fn matmul_family<'a>(gpu: &'a Gpu, candidates: Vec<Tiles>, shapes: &[[usize; 3]]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::GpuOptions;
     use crate::ops::conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward};
     use crate::ops::conv_transpose2d::conv_transpose2d_forward;
     use crate::ops::matmul::matmul_forward;
+    use crate::runtime::GpuOptions;
     use crate::testing::{assert_close_f32, gpu};
 
     /// A fresh folder under the system's temp dir for one test.

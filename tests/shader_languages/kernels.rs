@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use unet_wgpu::ops::conv2d;
 use unet_wgpu::ops::conv_transpose2d::Workgroups;
 use unet_wgpu::ops::matmul::Tiles;
-use unet_wgpu::tuning::{Candidates, Tuning};
+use unet_wgpu::tune::{Candidates, Tuning};
 
 /// Pipeline constants by name, as the wrappers pass them to `Gpu::kernel`.
 pub type Constants = Vec<(&'static str, f64)>;
@@ -157,15 +157,15 @@ pub fn kernels() -> Vec<Kernel> {
     let pack_wgs: BTreeSet<u32> = tile_tilings.iter().map(|t| t.wg).collect();
     let pack: Vec<Constants> = pack_wgs.iter().map(|&wg| c("WG", wg)).collect();
     let taps: Vec<Constants> = CONV_GEOMETRIES.iter().map(|g| [c("KH", g[0]), c("KW", g[1])].concat()).collect();
-    all.extend(sets("conv2d", &["conv2d_pack_weights"], &combine(&[pack, taps])));
+    all.extend(sets("conv2d/tiled", &["conv2d_pack_weights"], &combine(&[pack, taps])));
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled",
         &["conv2d_forward"],
         &combine(&[register(&tile_tilings), geometries(false), epilogues(), flag("VEC_X"), flag("VEC_Y")]),
     ));
     // Backward data adding into dx at stride 1: the forward tile, identity epilogue.
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled",
         &["conv2d_backward_data_stride1"],
         &combine(&[
             register(&t.conv2d_backward_data),
@@ -177,7 +177,7 @@ pub fn kernels() -> Vec<Kernel> {
     ));
     // The gather kernel (stride > 1): register constants and the geometry only.
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled",
         &["conv2d_backward_data"],
         &combine(&[register(&t.conv2d_backward_data), geometries(false)]),
     ));
@@ -185,14 +185,14 @@ pub fn kernels() -> Vec<Kernel> {
     let weight_wgs: BTreeSet<u32> = t.conv2d_backward_weight.iter().map(|t| t.wg).collect();
     let weight: Vec<Constants> = weight_wgs.iter().map(|&wg| c("WG", wg)).collect();
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled",
         &["conv2d_backward_weight"],
         &combine(&[weight.clone(), flag("VEC_DY"), geometries(false)]),
     ));
-    all.extend(sets("conv2d", &["conv2d_reduce_dw", "conv2d_reduce_db"], &weight));
+    all.extend(sets("conv2d/tiled", &["conv2d_reduce_dw", "conv2d_reduce_db"], &weight));
     // The epilogues' backward (none for the identity), EPILOGUE_WG = 256.
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled",
         &["conv2d_epilogue_backward"],
         &combine(&[vec![c("WG", 256)], epilogues()[1..].to_vec()]),
     ));
@@ -200,7 +200,7 @@ pub fn kernels() -> Vec<Kernel> {
     // default tiling; TX, TY, SM, SN, BK and the geometry.
     let s = conv2d::SharedTiling::default();
     let shared = [c("TX", s.tx), c("TY", s.ty), c("SM", s.sm), c("SN", s.sn), c("BK", s.bk)].concat();
-    all.extend(sets("conv2d", &["conv2d_forward_shared"], &combine(&[vec![shared], geometries(false)])));
+    all.extend(sets("conv2d/tiled", &["conv2d_forward_shared"], &combine(&[vec![shared], geometries(false)])));
 
     // conv_transpose2d (src/ops/conv_transpose2d.rs): WG is `Workgroups::quads` for the quad
     // kernels and `general` for the rest; backward data also takes ACCUMULATE (add or overwrite).
@@ -209,17 +209,17 @@ pub fn kernels() -> Vec<Kernel> {
     let quads: Vec<Constants> = quads.iter().map(|&wg| c("WG", wg)).collect();
     let general: Vec<Constants> = general.iter().map(|&wg| c("WG", wg)).collect();
     all.extend(sets(
-        "conv_transpose2d",
+        "conv_transpose2d/tiled",
         &["conv_transpose2d_forward_quads", "conv_transpose2d_backward_weight_quads"],
         &quads,
     ));
     all.extend(sets(
-        "conv_transpose2d",
+        "conv_transpose2d/tiled",
         &["conv_transpose2d_backward_data_quads"],
         &combine(&[quads, flag("ACCUMULATE")]),
     ));
     all.extend(sets(
-        "conv_transpose2d",
+        "conv_transpose2d/tiled",
         &[
             "conv_transpose2d_forward",
             "conv_transpose2d_backward_weight_partial",
@@ -228,7 +228,11 @@ pub fn kernels() -> Vec<Kernel> {
         ],
         &general,
     ));
-    all.extend(sets("conv_transpose2d", &["conv_transpose2d_backward_data"], &combine(&[general, flag("ACCUMULATE")])));
+    all.extend(sets(
+        "conv_transpose2d/tiled",
+        &["conv_transpose2d_backward_data"],
+        &combine(&[general, flag("ACCUMULATE")]),
+    ));
 
     // matmul (src/ops/matmul.rs, `gemm`): register tiles (vec4 and scalar entry points) or
     // shared tiles, with TRANS_A, TRANS_B, ACCUMULATE (the forward and the two backward
@@ -239,14 +243,14 @@ pub fn kernels() -> Vec<Kernel> {
             Tiles::Register(r) => {
                 let tile = [c("WG", r.wg), c("TM", r.tm), c("TN", r.tn)].concat();
                 all.extend(sets(
-                    "matmul",
+                    "matmul/tiled",
                     &["matmul_forward", "matmul_forward_scalar"],
                     &combine(&[vec![tile], flags.clone()]),
                 ));
             }
             Tiles::Shared(s) => {
                 let tile = [c("TX", s.tx), c("TY", s.ty), c("SM", s.sm), c("SN", s.sn), c("BK", s.bk)].concat();
-                all.extend(sets("matmul", &["matmul_forward_shared"], &combine(&[vec![tile], flags.clone()])));
+                all.extend(sets("matmul/tiled", &["matmul_forward_shared"], &combine(&[vec![tile], flags.clone()])));
             }
         }
     }
@@ -256,21 +260,21 @@ pub fn kernels() -> Vec<Kernel> {
     // (at most WG) rounded up to a power of two; `plane_threads`: shrunk to a plane, as above.
     let wgs = |list: Vec<u32>| -> Vec<Constants> { list.into_iter().map(|wg| c("WG", wg)).collect() };
     let (partial, last, plane) = (wgs(powers_of_two(32, 256)), wgs(powers_of_two(1, 256)), wgs(shrunk(256)));
-    all.extend(sets("batchnorm2d", &["batchnorm_stats_running", "batchnorm_backward_param"], &[c("WG", 256)]));
-    all.extend(sets("batchnorm2d", &["batchnorm_stats_partial", "batchnorm_stats_partial_vec4"], &partial));
-    all.extend(sets("batchnorm2d", &["batchnorm_stats_final", "batchnorm_backward_final"], &last));
+    all.extend(sets("batchnorm2d/tiled", &["batchnorm_stats_running", "batchnorm_backward_param"], &[c("WG", 256)]));
+    all.extend(sets("batchnorm2d/tiled", &["batchnorm_stats_partial", "batchnorm_stats_partial_vec4"], &partial));
+    all.extend(sets("batchnorm2d/tiled", &["batchnorm_stats_final", "batchnorm_backward_final"], &last));
     all.extend(sets(
-        "batchnorm2d",
+        "batchnorm2d/tiled",
         &["batchnorm_forward", "batchnorm_forward_vec4"],
         &combine(&[plane.clone(), epilogues()]),
     ));
     all.extend(sets(
-        "batchnorm2d",
+        "batchnorm2d/tiled",
         &["batchnorm_backward_partial", "batchnorm_backward_partial_vec4"],
         &combine(&[partial, epilogues()]),
     ));
     all.extend(sets(
-        "batchnorm2d",
+        "batchnorm2d/tiled",
         &[
             "batchnorm_backward_data",
             "batchnorm_backward_data_vec4",
@@ -321,7 +325,7 @@ pub fn kernels() -> Vec<Kernel> {
     // The textbook kernels (`--kernels reference`, and the oracle of the tests): no constants.
     let textbook: [(&'static str, &[&'static str]); 4] = [
         (
-            "conv2d_textbook",
+            "conv2d/textbook",
             &[
                 "conv2d_forward",
                 "conv2d_backward_data",
@@ -331,7 +335,7 @@ pub fn kernels() -> Vec<Kernel> {
             ],
         ),
         (
-            "conv_transpose2d_textbook",
+            "conv_transpose2d/textbook",
             &[
                 "conv_transpose2d_forward",
                 "conv_transpose2d_backward_data",
@@ -340,9 +344,9 @@ pub fn kernels() -> Vec<Kernel> {
                 "conv_transpose2d_add_runs",
             ],
         ),
-        ("matmul_textbook", &["matmul_forward", "matmul_backward_a", "matmul_backward_b"]),
+        ("matmul/textbook", &["matmul_forward", "matmul_backward_a", "matmul_backward_b"]),
         (
-            "batchnorm2d_textbook",
+            "batchnorm2d/textbook",
             &[
                 "batchnorm_sum_x",
                 "batchnorm_mean",

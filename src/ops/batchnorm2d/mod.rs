@@ -36,15 +36,15 @@
 //! dropout kernels): the oracle the tiled kernels are tested against, and what every default
 //! wrapper here dispatches under [`Kernels::Reference`] (`--kernels reference`).
 
-use crate::gpu::{Encoder, Gpu, Kernels, Shader};
+use crate::autograd::tape::{Accumulate, Mode, Step};
+use crate::autograd::tensor::Tensor;
 use crate::ops::conv2d::{self, Epilogue};
+use crate::runtime::{Encoder, Gpu, Kernels, Shader};
 use crate::shader;
-use crate::tape::{Accumulate, Mode, Step};
-use crate::tensor::Tensor;
 
 pub mod textbook;
 
-const SHADER: Shader = shader!("batchnorm2d");
+const SHADER: Shader = shader!("batchnorm2d/tiled");
 /// Threads a workgroup; a power of two (the shader's reduction tree halves it),
 /// and the most partials per channel (pass 2 gives each partial a thread).
 const WG: u32 = 256;
@@ -195,7 +195,7 @@ fn plane_groups(p: &Params) -> [u32; 3] {
     groups
 }
 
-fn kernel(gpu: &Gpu, entry: &'static str) -> std::rc::Rc<crate::gpu::Kernel> {
+fn kernel(gpu: &Gpu, entry: &'static str) -> std::rc::Rc<crate::runtime::Kernel> {
     gpu.kernel(&SHADER, entry, &[("WG", WG as f64)])
 }
 

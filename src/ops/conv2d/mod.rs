@@ -24,15 +24,15 @@
 //! element, the formulas above as loops): the oracle the tiled kernels are tested against, and what
 //! every default wrapper here dispatches under [`Kernels::Reference`] (`--kernels reference`).
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Kernels, Shader};
+use crate::autograd::tape::{Accumulate, Mode, Step};
+use crate::autograd::tensor::Tensor;
 use crate::ops::dropout::keep_threshold;
+use crate::runtime::{groups_1d, Encoder, Gpu, Kernels, Shader};
 use crate::shader;
-use crate::tape::{Accumulate, Mode, Step};
-use crate::tensor::Tensor;
 
 pub mod textbook;
 
-const SHADER: Shader = shader!("conv2d");
+const SHADER: Shader = shader!("conv2d/tiled");
 
 /// Stride and zero padding of a convolution, per axis `[rows, columns]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,7 +447,7 @@ pub fn conv2d_backward_data_tiled(
 
 /// [`conv2d_backward_data`] into dx as `acc` says: added into, or overwritten (every element
 /// is written, so a fresh gradient buffer needs no zeroing first; see
-/// [`crate::tape::BackwardCtx::grad_to_fill`]).
+/// [`crate::autograd::tape::BackwardCtx::grad_to_fill`]).
 pub fn conv2d_backward_data_into(
     gpu: &Gpu,
     enc: &mut Encoder,

@@ -25,15 +25,15 @@
 //! per output element, the formulas above as loops): the oracle the tiled kernels are tested
 //! against, and what every default wrapper here dispatches under [`Kernels::Reference`].
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Kernels, Shader};
+use crate::autograd::tape::{Accumulate, Step};
+use crate::autograd::tensor::Tensor;
 use crate::ops::concat::{concat_backward_b, concat_forward_part};
+use crate::runtime::{groups_1d, Encoder, Gpu, Kernels, Shader};
 use crate::shader;
-use crate::tape::{Accumulate, Step};
-use crate::tensor::Tensor;
 
 pub mod textbook;
 
-const SHADER: Shader = shader!("conv_transpose2d");
+const SHADER: Shader = shader!("conv_transpose2d/tiled");
 /// Register tile of the general kernels (the shader's `PX`, `TO`, `TC`; keep in step).
 const PX: u32 = 4;
 const TO: u32 = 4;
@@ -72,7 +72,7 @@ pub struct Workgroups {
 
 impl Default for Workgroups {
     /// 64 and 32: the sizes these kernels were written and benchmarked with on lavapipe (the
-    /// README's figures); [`crate::tuning::Tuning::builtin`] keeps them for CPU drivers.
+    /// README's figures); [`crate::tune::Tuning::builtin`] keeps them for CPU drivers.
     fn default() -> Workgroups {
         Workgroups { general: 64, quads: 32 }
     }
@@ -264,7 +264,7 @@ pub fn conv_transpose2d_backward_data_tiled(
 
 /// [`conv_transpose2d_backward_data`] into dx as `acc` says: added into, or overwritten (every
 /// element is written, so a fresh gradient buffer needs no zeroing first; see
-/// [`crate::tape::BackwardCtx::grad_to_fill`]).
+/// [`crate::autograd::tape::BackwardCtx::grad_to_fill`]).
 pub fn conv_transpose2d_backward_data_into(
     gpu: &Gpu,
     enc: &mut Encoder,

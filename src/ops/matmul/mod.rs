@@ -17,14 +17,14 @@
 //! the tiled ones are tested against, which the default wrappers dispatch under
 //! [`Kernels::Reference`].
 
-use crate::gpu::{Encoder, Gpu, Kernels, Shader};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{Encoder, Gpu, Kernels, Shader};
 use crate::shader;
-use crate::tape::Step;
-use crate::tensor::Tensor;
 
 pub mod textbook;
 
-const SHADER: Shader = shader!("matmul");
+const SHADER: Shader = shader!("matmul/tiled");
 
 /// Register tiling (override constants of `matmul_forward` / `matmul_forward_scalar`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

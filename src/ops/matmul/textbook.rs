@@ -1,14 +1,14 @@
 //! The textbook matrix products: `shaders/matmul_textbook.wgsl`, one invocation per output
 //! element running the one loop of its sum, no tiling and no workgroup memory. The oracle the
 //! tiled kernels are tested against, and what [`super::matmul_forward`] and
-//! [`super::matmul_backward`] dispatch under [`Kernels::Reference`](crate::gpu::Kernels).
+//! [`super::matmul_backward`] dispatch under [`Kernels::Reference`](crate::runtime::Kernels).
 
 use super::dims;
-use crate::gpu::{Encoder, Gpu, Shader};
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tensor::Tensor;
 
-const SHADER: Shader = shader!("matmul_textbook");
+const SHADER: Shader = shader!("matmul/textbook");
 /// Threads a workgroup along each of x (columns) and y (rows): the shader's `WG`.
 const WG: u32 = 8;
 /// Lavapipe ends a shader's loops once an invocation has run 65,535 iterations in all: the most
@@ -82,8 +82,8 @@ pub fn matmul_backward(
 mod tests {
     use super::super::{matmul, matmul_backward_tiled, matmul_forward_tiled, reference, SharedTiling, Tiles, Tiling};
     use super::*;
-    use crate::gpu::Kernels;
-    use crate::tape::Step;
+    use crate::autograd::tape::Step;
+    use crate::runtime::Kernels;
     use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
     /// Shapes not multiples of any tile, multiples of 4 but not of the tiles, tiny ones, a long K.

@@ -7,9 +7,9 @@ use super::super::{
     batchnorm2d_stats as stats_default, reference,
 };
 use super::*;
-use crate::gpu::Kernels;
+use crate::autograd::tape::Step;
 use crate::ops::conv2d::Epilogue;
-use crate::tape::Step;
+use crate::runtime::Kernels;
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
 /// Odd planes, planes of whole quads (the tiled vec4 entry points), one pixel a plane, and

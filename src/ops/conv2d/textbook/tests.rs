@@ -7,8 +7,8 @@ use super::super::{
     conv2d_fused, reference, SharedTiling, Tiling,
 };
 use super::*;
-use crate::gpu::Kernels;
-use crate::tape::Step;
+use crate::autograd::tape::Step;
+use crate::runtime::Kernels;
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
 /// One case's random inputs: x, w, b, dy, and the values dx, dw, db start from (the backward

@@ -6,8 +6,8 @@ use super::super::{
     conv_transpose2d_concat, conv_transpose2d_forward_tiled, reference, Workgroups,
 };
 use super::*;
-use crate::gpu::Kernels;
-use crate::tape::Step;
+use crate::autograd::tape::Step;
+use crate::runtime::Kernels;
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
 /// x dims and output channels: general kernels (W = 1, 7, 9, 13), quad kernels (W = 4, 8, 12, 20),
