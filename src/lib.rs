@@ -15,6 +15,7 @@ pub mod autograd;
 pub mod checkpoint;
 pub mod compare;
 pub mod data;
+pub mod files;
 pub mod history;
 pub mod infer;
 pub mod loss;

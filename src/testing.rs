@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use crate::rng::Rng;
 use crate::runtime::{Gpu, GpuOptions, Kernels};
-use crate::tune::TuningFrom;
+use crate::tune::cache::TuningFrom;
 
 /// Devices that no running test holds. The test harness runs each test on a thread of its own:
 /// a thread takes a device from here (or opens one) and hands it back when it ends, so a test

@@ -10,7 +10,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::runtime::BufferPool;
+use crate::runtime::{Binding, BufferPool, Encoder, Gpu};
 
 /// Identity of a tensor (shared by its clones), used to key gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -172,5 +172,83 @@ impl Tensor {
             self.shape
         );
         Tensor { shape: shape.to_vec(), ..self.clone() }
+    }
+}
+
+impl Binding for Tensor {
+    fn buffer(&self) -> &wgpu::Buffer {
+        Tensor::buffer(self)
+    }
+    fn offset(&self) -> u64 {
+        Tensor::offset(self)
+    }
+    fn bytes(&self) -> u64 {
+        Tensor::bytes(self)
+    }
+    fn gpu_id(&self) -> u64 {
+        Tensor::gpu_id(self)
+    }
+}
+
+/// Tensors made, filled and read by the device.
+impl Gpu {
+    /// Allocate a tensor from the pool. Its contents are undefined until
+    /// written; use [`Gpu::zeros`] or an op's output.
+    pub fn empty(&self, shape: &[usize]) -> Tensor {
+        let bytes = (shape.iter().product::<usize>() as u64 * 4).max(16);
+        let buffer = self.alloc(bytes);
+        Tensor::from_pooled(shape, buffer, bytes, self.id(), self.pool.clone())
+    }
+
+    /// A tensor of zeros (the clear is recorded in `enc`, in order).
+    pub fn zeros(&self, enc: &mut Encoder, shape: &[usize]) -> Tensor {
+        let t = self.empty(shape);
+        enc.clear(&t);
+        t
+    }
+
+    /// Upload `f32` data. The write lands at the start of the next submit.
+    pub fn upload(&self, data: &[f32], shape: &[usize]) -> Tensor {
+        self.upload_bytes(bytemuck::cast_slice(data), data.len(), shape)
+    }
+
+    /// Upload `u32` data (labels, indices). The write lands at the start of the next submit.
+    pub fn upload_u32(&self, data: &[u32], shape: &[usize]) -> Tensor {
+        self.upload_bytes(bytemuck::cast_slice(data), data.len(), shape)
+    }
+
+    fn upload_bytes(&self, bytes: &[u8], len: usize, shape: &[usize]) -> Tensor {
+        assert_eq!(len, shape.iter().product::<usize>(), "upload of {len} values into shape {shape:?}");
+        let t = self.empty(shape);
+        self.write(&t, bytes);
+        t
+    }
+
+    /// Overwrite a tensor's contents with `bytes` (f32 or u32 data). The write
+    /// lands at the start of the next submit, before any dispatch recorded in
+    /// the encoder being built.
+    pub fn write(&self, t: &Tensor, bytes: &[u8]) {
+        assert_eq!(bytes.len(), 4 * t.len(), "write of {} bytes into a tensor of shape {:?}", bytes.len(), t.shape());
+        if !bytes.is_empty() {
+            self.queue.write_buffer(t.buffer(), t.offset(), bytes);
+        }
+    }
+
+    /// Read a tensor back as `f32` (submits and waits: never inside a step).
+    pub fn read(&self, t: &Tensor) -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(&self.read_tensor_bytes(t))
+    }
+
+    /// Read a tensor back as `u32` (submits and waits: never inside a step).
+    pub fn read_u32(&self, t: &Tensor) -> Vec<u32> {
+        bytemuck::pod_collect_to_vec(&self.read_tensor_bytes(t))
+    }
+
+    fn read_tensor_bytes(&self, t: &Tensor) -> Vec<u8> {
+        let bytes = 4 * t.len() as u64;
+        if bytes == 0 {
+            return Vec::new();
+        }
+        self.read_buffer(self.encoder(), t.buffer(), t.offset(), bytes)
     }
 }

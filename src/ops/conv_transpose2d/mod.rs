@@ -33,6 +33,8 @@ use crate::shader;
 
 pub mod textbook;
 
+pub use crate::tune::tiling::conv_transpose2d::Workgroups;
+
 const SHADER: Shader = shader!("conv_transpose2d/tiled");
 /// Register tile of the general kernels (the shader's `PX`, `TO`, `TC`; keep in step).
 const PX: u32 = 4;
@@ -58,40 +60,6 @@ const WEIGHT_THREADS: u32 = 256;
 /// Most loop iterations a weight-gradient thread may run: lavapipe silently stops a loop after
 /// 65535 (counted over the invocation), so slices are cut well below that.
 const MAX_STEPS: u32 = 16384;
-
-/// Workgroup sizes of the kernels (the shader's `WG` override constant): the default wrappers take
-/// them from [`Gpu::tuning`], the `_tiled` variants from their caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Workgroups {
-    /// Threads a workgroup of the general kernels (W not a multiple of 4), of the bias gradient
-    /// and of the pass that sums the weight gradient's partial sums (which every shape runs).
-    pub general: u32,
-    /// Threads a workgroup of the quad kernels (W a multiple of 4: every U-Net level).
-    pub quads: u32,
-}
-
-impl Default for Workgroups {
-    /// 64 and 32: the sizes these kernels were written and benchmarked with on lavapipe (the
-    /// README's figures); [`crate::tune::Tuning::builtin`] keeps them for CPU drivers.
-    fn default() -> Workgroups {
-        Workgroups { general: 64, quads: 32 }
-    }
-}
-
-impl Workgroups {
-    /// `Err(why)` when a size is 0 (adapter limits aside).
-    pub fn check(&self) -> Result<(), String> {
-        (self.general > 0 && self.quads > 0)
-            .then_some(())
-            .ok_or_else(|| format!("workgroups {self:?} must be positive"))
-    }
-
-    fn assert_valid(&self) {
-        if let Err(e) = self.check() {
-            panic!("conv_transpose2d: {e}");
-        }
-    }
-}
 
 /// Mirrors `Params` in `shaders/conv_transpose2d.wgsl`.
 #[repr(C)]
