@@ -84,6 +84,20 @@ impl Measurement {
     }
 }
 
+/// What a row of the table names: kernel, shape, and the work of one repetition.
+struct Case<'a> {
+    name: &'a str,
+    shape: &'a str,
+    flops: Option<f64>,
+    bytes: Option<f64>,
+}
+
+/// How a case runs: repetitions, and whether an untimed run goes first.
+struct Runs {
+    reps: usize,
+    warm_up: bool,
+}
+
 /// Runs cases whose name contains the filter, printing a row for each.
 pub struct Bench<'g> {
     /// The GPU.
@@ -176,7 +190,8 @@ impl<'g> Bench<'g> {
         bytes: Option<f64>,
         mut record: impl FnMut(&Gpu, &mut Encoder),
     ) {
-        self.case_with(name, shape, flops, bytes, self.reps, true, &mut record);
+        let runs = Runs { reps: self.reps, warm_up: true };
+        self.case_with(Case { name, shape, flops, bytes }, runs, &mut record);
     }
 
     /// [`Bench::case`] for work that takes seconds: `reps` repetitions and no warm-up run (the
@@ -191,20 +206,11 @@ impl<'g> Bench<'g> {
         reps: usize,
         mut record: impl FnMut(&Gpu, &mut Encoder),
     ) {
-        self.case_with(name, shape, flops, bytes, reps, false, &mut record);
+        self.case_with(Case { name, shape, flops, bytes }, Runs { reps, warm_up: false }, &mut record);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn case_with(
-        &mut self,
-        name: &str,
-        shape: &str,
-        flops: Option<f64>,
-        bytes: Option<f64>,
-        reps: usize,
-        warm_up: bool,
-        record: &mut dyn FnMut(&Gpu, &mut Encoder),
-    ) {
+    fn case_with(&mut self, case: Case, runs: Runs, record: &mut dyn FnMut(&Gpu, &mut Encoder)) {
+        let (Case { name, shape, flops, bytes }, Runs { reps, warm_up }) = (case, runs);
         if !self.wants(name) {
             return;
         }
