@@ -1,7 +1,7 @@
 // batchnorm2d/textbook.wgsl: 2-D batch normalisation over NCHW (statistics per channel c over its
 // M = N*H*W values) as the formulas read: one invocation per output element (or per channel for the
 // statistics), loops in the order of the sums, no tiling, no workgroup memory. The oracle the tiled
-// kernels of batchnorm2d.wgsl are tested against, and what `--kernels reference` runs.
+// kernels of shaders/batchnorm2d/tiled.wgsl are tested against, and what `--kernels reference` runs.
 //   statistics (training): mean_c = sum x / M,  var_c = sum (x - mean_c)^2 / M  (biased),
 //     invstd_c = 1 / sqrt(var_c + eps),  running_mean_c = (1 - momentum) running_mean_c + momentum mean_c,
 //     running_var_c = (1 - momentum) running_var_c + momentum var_c M / (M - 1)   (unbiased, as PyTorch)

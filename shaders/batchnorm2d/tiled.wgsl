@@ -5,7 +5,7 @@
 //     running_var = (1-momentum) running_var + momentum var * M / (M - 1)   (unbiased, as PyTorch)
 //   statistics (evaluation): mean_c = running_mean_c, invstd_c = 1 / sqrt(running_var_c + eps)
 //   forward : xhat = (x - mean_c) * invstd_c,   z = gamma_c * xhat + beta_c,   y = epilogue(z)
-//   epilogue (RELU, DROPOUT: pipeline constants, as in conv2d.wgsl): the identity y = z, ReLU
+//   epilogue (RELU, DROPOUT: pipeline constants, as in shaders/conv2d/tiled.wgsl): the identity y = z, ReLU
 //     y = max(z, 0), or ReLU then inverted dropout y = keep(i) * max(z, 0) / (1 - p), with keep(i)
 //     dropout.wgsl's hash of (seed, flat index i of y), bit for bit. The activation then makes
 //     no round trip through memory, forward or backward.
@@ -61,107 +61,7 @@
 // threads. Elementwise entry points use one thread per element (or quad), a row of
 // workgroups per (n, c) plane, of at most one plane's units (rounded up to 8); the
 // per-channel ones (running, param) one thread per channel.
-override WG: u32 = 256u;
-// Epilogue of the forward, and the gate of dy in the backward (see the header). Pipeline
-// constants rather than uniforms: the unfused kernels carry no branch and no extra load.
-override RELU: bool = false;
-override DROPOUT: bool = false;
-// The backward's dx: added into (dx += ..., the default), or overwritten (dx = ...) when the
-// tape hands over a fresh, unzeroed gradient buffer (every element is written).
-override ACCUMULATE: bool = true;
-
-struct Params {
-    n: u32,
-    c: u32,
-    hw: u32,
-    splits: u32,    // partials per channel (pass-1 workgroups along x)
-    chunk: u32,     // values of a channel per partial
-    momentum: f32,
-    eps: f32,
-    which: u32,     // batchnorm_backward_param: 0 adds sum dz (dbeta), 1 sum dz xhat (dgamma)
-    // Epilogue dropout: keep when bits(i) >= drop_threshold; kept values are scaled by
-    // drop_scale = 1 / (1 - p). The seed is split in two u32 halves (WGSL has no u64).
-    drop_threshold: u32,
-    drop_seed_lo: u32,
-    drop_seed_hi: u32,
-    drop_scale: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read> gamma: array<f32>;
-@group(0) @binding(4) var<storage, read> beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> mean: array<f32>;
-@group(0) @binding(6) var<storage, read_write> invstd: array<f32>;
-@group(0) @binding(7) var<storage, read_write> running_mean: array<f32>;
-@group(0) @binding(8) var<storage, read_write> running_var: array<f32>;
-@group(0) @binding(9) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(10) var<storage, read_write> sums: array<f32>;
-@group(0) @binding(11) var<storage, read_write> out: array<f32>;
-@group(0) @binding(13) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(14) var<storage, read> dy4: array<vec4<f32>>;
-@group(0) @binding(15) var<storage, read_write> out4: array<vec4<f32>>;
-
-// Welford/Chan triples (count, mean, M2) and plain sums share this scratch.
-var<workgroup> t0: array<f32, WG>;
-var<workgroup> t1: array<f32, WG>;
-var<workgroup> t2: array<f32, WG>;
-
-// Walks the values m = first, first + WG, ... of channel c (in (n, h, w) order) and
-// yields their indices in x without a division per value: the stride WG advances
-// the image n by WG / hw and the pixel q by WG % hw, carrying into n when q passes hw.
-// `hw` counts the plane's units: values, or quads of 4 values for the vec4 entry points.
-struct Walk { n: u32, q: u32 }
-
-fn walk_start(first: u32, hw: u32) -> Walk {
-    let n = first / hw;
-    return Walk(n, first - n * hw);
-}
-
-fn walk_index(w: Walk, c: u32, hw: u32) -> u32 {
-    return (w.n * p.c + c) * hw + w.q;
-}
-
-fn walk_next(w: ptr<function, Walk>, hw: u32) {
-    let dn = WG / hw;
-    (*w).n += dn;
-    (*w).q += WG - dn * hw;
-    if (*w).q >= hw {
-        (*w).q -= hw;
-        (*w).n += 1u;
-    }
-}
-
-// Chan's merge of triple b into triple a (slots i and j of the scratch), into slot i.
-fn merge(i: u32, j: u32) {
-    let na = t0[i];
-    let nb = t0[j];
-    let n = na + nb;
-    if nb == 0.0 { return; } // also covers n == 0: nothing to divide
-    let d = t1[j] - t1[i];
-    let f = nb / n;
-    t0[i] = n;
-    t1[i] += d * f;
-    t2[i] += t2[j] + d * d * na * f;
-}
-
-// Tree over the WG slots of t0..t2 (merge of triples when `triples`, else sums of
-// t0 and t1); the result lands in slot 0. Same order every run.
-fn tree(t: u32, triples: bool) {
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if t < stride {
-            if triples {
-                merge(t, t + stride);
-            } else {
-                t0[t] += t0[t + stride];
-                t1[t] += t1[t + stride];
-            }
-        }
-        workgroupBarrier();
-    }
-}
+// #include batchnorm2d/tiled_common.wgsl
 
 @compute @workgroup_size(WG)
 fn batchnorm_stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
@@ -259,28 +159,14 @@ fn batchnorm_stats_running(@builtin(global_invocation_id) id: vec3<u32>) {
     invstd[c] = 1.0 / sqrt(running_var[c] + p.eps);
 }
 
-// dropout.wgsl's hash, copied bit for bit (WGSL has no includes; a test compares the fused
-// mask with dropout.wgsl's): lowbias32, two keyed rounds.
-fn hash_mix(x: u32) -> u32 {
-    var z = x;
-    z ^= z >> 16u;
-    z *= 0x21f0aaadu;
-    z ^= z >> 15u;
-    z *= 0x735a2d97u;
-    z ^= z >> 15u;
-    return z;
-}
-
 // The two round keys from the seed, the same for every element.
 fn drop_keys() -> vec2<u32> {
-    let key0 = hash_mix(p.drop_seed_lo ^ hash_mix(p.drop_seed_hi ^ 0x85ebca6bu));
-    let key1 = hash_mix(p.drop_seed_hi ^ hash_mix(p.drop_seed_lo ^ 0xc2b2ae35u));
-    return vec2(key0, key1);
+    return hash_keys(p.drop_seed_lo, p.drop_seed_hi);
 }
 
 // Whether element i of y survives the dropout: bits(i) >= threshold.
 fn kept(keys: vec2<u32>, i: u32) -> bool {
-    return hash_mix(hash_mix(i ^ keys.x) + keys.y) >= p.drop_threshold;
+    return hash_bits(keys, i) >= p.drop_threshold;
 }
 
 // kept() for the quad of elements i .. i + 3 (the keys hashed once).
@@ -514,3 +400,5 @@ fn batchnorm_backward_param(@builtin(global_invocation_id) id: vec3<u32>) {
     // forward: z = gamma xhat + beta  =>  dgamma += sum dz xhat,  dbeta += sum dz
     out[c] += sums[p.which * p.c + c];
 }
+
+// #include common/dropout_hash.wgsl

@@ -1,7 +1,7 @@
 // conv2d/textbook.wgsl: 2-D convolution (cross-correlation, as PyTorch), NCHW, weights OIHW, as
 // the formulas read: one invocation per output element, loops in the order of the sums, no tiling,
 // no workgroup memory. The kernel a reader studies first, the oracle the tiled kernels of
-// conv2d.wgsl are tested against, and what `--kernels reference` runs.
+// shaders/conv2d/tiled.wgsl are tested against, and what `--kernels reference` runs.
 //   forward        : y[n,o,oh,ow]  = b[o] + sum_{i,kh,kw} w[o,i,kh,kw] * x[n,i, oh*sh-ph+kh, ow*sw-pw+kw]
 //                    (x outside the image reads as 0: zero padding)
 //   backward data  : dx[n,i,ih,iw] (+)= sum_{o,kh,kw} w[o,i,kh,kw] * dy[n,o,oh,ow]

@@ -1,6 +1,6 @@
 // conv_transpose2d/textbook.wgsl: 2x2 transposed convolution with stride 2 (the U-Net's
 // up-convolution) as the formulas read: one invocation per output element, loops in the order of
-// the sums, no tiling, no workgroup memory. The oracle the tiled kernels of conv_transpose2d.wgsl
+// the sums, no tiling, no workgroup memory. The oracle the tiled kernels of shaders/conv_transpose2d/tiled.wgsl
 // are tested against, and what `--kernels reference` runs.
 //   x [N,I,H,W], w [I,O,2,2] (PyTorch layout), b [O], y [N,C,2H,2W] with C >= O: the result fills
 //   channels 0..O of y (C > O when y is a concatenation buffer; dy is read the same way).

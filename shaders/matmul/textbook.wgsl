@@ -1,6 +1,6 @@
 // matmul/textbook.wgsl: dense matrix products, row-major f32, as the formulas read: one invocation
 // per output element, one loop over the sum, no tiling, no workgroup memory. The oracle the tiled
-// kernels of matmul.wgsl are tested against, and what `--kernels reference` runs.
+// kernels of shaders/matmul/tiled.wgsl are tested against, and what `--kernels reference` runs.
 //   forward : c[m,n]   = sum_k a[m,k] * b[k,n]          C = A . B
 //   backward: da[m,k] += sum_n dc[m,n] * b[k,n]         dA += dC . B^T
 //             db[k,n] += sum_m a[m,k] * dc[m,n]         dB += A^T . dC

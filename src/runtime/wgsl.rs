@@ -8,11 +8,23 @@
 //! // #include common/dropout_hash.wgsl
 //! ```
 //!
-//! [`compose_wgsl`] replaces that line with the piece's text. The program compiles the composed
+//! [`compose_wgsl`] replaces that line with the piece's text (composed in turn: a piece may
+//! include another). The program compiles the composed
 //! text, and the tests that validate and translate every shader compose it the same way.
 
 /// The shared pieces, by path relative to `shaders/` (without `.wgsl`).
-const PIECES: &[(&str, &str)] = &[];
+const PIECES: &[(&str, &str)] = &[
+    ("common/dropout_hash", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common/dropout_hash.wgsl"))),
+    (
+        "batchnorm2d/tiled_common",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/batchnorm2d/tiled_common.wgsl")),
+    ),
+    (
+        "conv_transpose2d/tiled_common",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/conv_transpose2d/tiled_common.wgsl")),
+    ),
+    ("conv2d/tiled_common", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/conv2d/tiled_common.wgsl"))),
+];
 
 /// `source` with each `// #include <piece>.wgsl` line replaced by the piece. `name` (the shader's
 /// path under `shaders/`) only labels the panic for an unknown piece, which is a mistake in the
@@ -31,7 +43,7 @@ pub fn compose_wgsl(name: &str, source: &str) -> String {
                         "shaders/{name}.wgsl includes {piece}, which is not one of the pieces in src/runtime/wgsl.rs"
                     )
                 });
-                out.push_str(text);
+                out.push_str(&compose_wgsl(key, text));
             }
             None => {
                 out.push_str(line);

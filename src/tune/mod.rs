@@ -23,6 +23,7 @@
 
 pub mod autotune;
 pub mod cache;
+mod families;
 pub mod tiling;
 
 #[cfg(test)]

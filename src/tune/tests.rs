@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::autotune::*;
 use super::cache::*;
+use super::families::Family;
 use super::tiling::conv_transpose2d::Workgroups;
 use super::tiling::matmul::{SharedTiling, Tiles};
 use super::tiling::*;
@@ -215,15 +216,15 @@ fn default_wrappers_use_the_gpus_tuning() {
         assert!(!all.is_empty(), "{shader}::{entry} was not compiled");
         all.iter().map(|c| c.iter().find(|(k, _)| *k == name).expect("constant").1).collect()
     };
-    assert_eq!(wg_of("conv2d", "conv2d_forward", "WG"), [32.0]);
-    assert_eq!(wg_of("conv2d", "conv2d_forward", "ROWS"), [2.0]);
-    assert_eq!(wg_of("conv2d", "conv2d_backward_data_stride1", "WG"), [128.0]);
-    assert_eq!(wg_of("conv2d", "conv2d_backward_data_stride1", "ROWS"), [4.0]);
-    assert_eq!(wg_of("conv2d", "conv2d_backward_data_stride1", "TM"), [2.0]);
-    assert_eq!(wg_of("conv2d", "conv2d_backward_weight", "WG"), [16.0]);
-    assert_eq!(wg_of("conv_transpose2d", "conv_transpose2d_forward_quads", "WG"), [8.0]);
-    assert_eq!(wg_of("matmul", "matmul_forward_shared", "BK"), [16.0]);
-    assert!(gpu.compiled_constants("matmul", "matmul_forward").is_empty(), "the register GEMM ran");
+    assert_eq!(wg_of("conv2d/tiled", "conv2d_forward", "WG"), [32.0]);
+    assert_eq!(wg_of("conv2d/tiled", "conv2d_forward", "ROWS"), [2.0]);
+    assert_eq!(wg_of("conv2d/tiled", "conv2d_backward_data_stride1", "WG"), [128.0]);
+    assert_eq!(wg_of("conv2d/tiled", "conv2d_backward_data_stride1", "ROWS"), [4.0]);
+    assert_eq!(wg_of("conv2d/tiled", "conv2d_backward_data_stride1", "TM"), [2.0]);
+    assert_eq!(wg_of("conv2d/tiled_backward", "conv2d_backward_weight", "WG"), [16.0]);
+    assert_eq!(wg_of("conv_transpose2d/tiled_quads", "conv_transpose2d_forward_quads", "WG"), [8.0]);
+    assert_eq!(wg_of("matmul/tiled", "matmul_forward_shared", "BK"), [16.0]);
+    assert!(gpu.compiled_constants("matmul/tiled", "matmul_forward").is_empty(), "the register GEMM ran");
 }
 
 #[test]

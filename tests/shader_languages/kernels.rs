@@ -138,7 +138,7 @@ pub fn kernels() -> Vec<Kernel> {
     let t = tilings();
     let mut all = Vec::new();
 
-    // conv2d (src/ops/conv2d.rs). The register tile (`dispatch_tile`) runs the forward's
+    // conv2d (src/ops/conv2d/mod.rs). The register tile (`dispatch_tile`) runs the forward's
     // tilings and, at stride 1, backward data's; `register_constants(&t.for_tiles(tiles))` gives
     // WG (shrunk to the tiles), ROWS, TM; the packing pass takes the tiling's WG unshrunk.
     let tile_tilings: Vec<conv2d::Tiling> = t.conv2d_forward.iter().chain(&t.conv2d_backward_data).copied().collect();
@@ -177,7 +177,7 @@ pub fn kernels() -> Vec<Kernel> {
     ));
     // The gather kernel (stride > 1): register constants and the geometry only.
     all.extend(sets(
-        "conv2d/tiled",
+        "conv2d/tiled_backward",
         &["conv2d_backward_data"],
         &combine(&[register(&t.conv2d_backward_data), geometries(false)]),
     ));
@@ -185,14 +185,14 @@ pub fn kernels() -> Vec<Kernel> {
     let weight_wgs: BTreeSet<u32> = t.conv2d_backward_weight.iter().map(|t| t.wg).collect();
     let weight: Vec<Constants> = weight_wgs.iter().map(|&wg| c("WG", wg)).collect();
     all.extend(sets(
-        "conv2d/tiled",
+        "conv2d/tiled_backward",
         &["conv2d_backward_weight"],
         &combine(&[weight.clone(), flag("VEC_DY"), geometries(false)]),
     ));
-    all.extend(sets("conv2d/tiled", &["conv2d_reduce_dw", "conv2d_reduce_db"], &weight));
+    all.extend(sets("conv2d/tiled_backward", &["conv2d_reduce_dw", "conv2d_reduce_db"], &weight));
     // The epilogues' backward (none for the identity), EPILOGUE_WG = 256.
     all.extend(sets(
-        "conv2d/tiled",
+        "conv2d/tiled_backward",
         &["conv2d_epilogue_backward"],
         &combine(&[vec![c("WG", 256)], epilogues()[1..].to_vec()]),
     ));
@@ -200,21 +200,21 @@ pub fn kernels() -> Vec<Kernel> {
     // default tiling; TX, TY, SM, SN, BK and the geometry.
     let s = conv2d::SharedTiling::default();
     let shared = [c("TX", s.tx), c("TY", s.ty), c("SM", s.sm), c("SN", s.sn), c("BK", s.bk)].concat();
-    all.extend(sets("conv2d/tiled", &["conv2d_forward_shared"], &combine(&[vec![shared], geometries(false)])));
+    all.extend(sets("conv2d/shared", &["conv2d_forward_shared"], &combine(&[vec![shared], geometries(false)])));
 
-    // conv_transpose2d (src/ops/conv_transpose2d.rs): WG is `Workgroups::quads` for the quad
+    // conv_transpose2d (src/ops/conv_transpose2d/mod.rs): WG is `Workgroups::quads` for the quad
     // kernels and `general` for the rest; backward data also takes ACCUMULATE (add or overwrite).
     let quads: BTreeSet<u32> = t.conv_transpose2d.iter().map(|w| w.quads).collect();
     let general: BTreeSet<u32> = t.conv_transpose2d.iter().map(|w| w.general).collect();
     let quads: Vec<Constants> = quads.iter().map(|&wg| c("WG", wg)).collect();
     let general: Vec<Constants> = general.iter().map(|&wg| c("WG", wg)).collect();
     all.extend(sets(
-        "conv_transpose2d/tiled",
+        "conv_transpose2d/tiled_quads",
         &["conv_transpose2d_forward_quads", "conv_transpose2d_backward_weight_quads"],
         &quads,
     ));
     all.extend(sets(
-        "conv_transpose2d/tiled",
+        "conv_transpose2d/tiled_quads",
         &["conv_transpose2d_backward_data_quads"],
         &combine(&[quads, flag("ACCUMULATE")]),
     ));
@@ -234,7 +234,7 @@ pub fn kernels() -> Vec<Kernel> {
         &combine(&[general, flag("ACCUMULATE")]),
     ));
 
-    // matmul (src/ops/matmul.rs, `gemm`): register tiles (vec4 and scalar entry points) or
+    // matmul (src/ops/matmul/mod.rs, `gemm`): register tiles (vec4 and scalar entry points) or
     // shared tiles, with TRANS_A, TRANS_B, ACCUMULATE (the forward and the two backward
     // products use three of the eight combinations; all eight are translated).
     let flags = combine(&[flag("TRANS_A"), flag("TRANS_B"), flag("ACCUMULATE")]);
@@ -255,7 +255,7 @@ pub fn kernels() -> Vec<Kernel> {
         }
     }
 
-    // batchnorm2d (src/ops/batchnorm2d.rs, WG = 256): workgroups sized to the shape.
+    // batchnorm2d (src/ops/batchnorm2d/mod.rs, WG = 256): workgroups sized to the shape.
     // `partial_threads`: powers of two from 32 to WG; `final_threads`: the number of chunks
     // (at most WG) rounded up to a power of two; `plane_threads`: shrunk to a plane, as above.
     let wgs = |list: Vec<u32>| -> Vec<Constants> { list.into_iter().map(|wg| c("WG", wg)).collect() };
@@ -284,14 +284,14 @@ pub fn kernels() -> Vec<Kernel> {
         &combine(&[plane, epilogues(), flag("ACCUMULATE")]),
     ));
 
-    // loss (src/loss.rs, WG = 256): FROM_PROBS (logits, or probabilities stored by a fused
+    // loss (src/loss/mod.rs, WG = 256): FROM_PROBS (logits, or probabilities stored by a fused
     // softmax) on all three.
     all.extend(sets("loss", &["loss_stats", "loss_finalize"], &flag("FROM_PROBS")));
     all.extend(sets("loss", &["loss_backward"], &combine(&[vec![c("WG", 256)], flag("FROM_PROBS")])));
 
     // Fixed constants, private to each wrapper module: `WG` (256) in src/ops/{bias_add, concat,
     // dropout, elementwise, relu, softmax, upsample}.rs and src/optim.rs; `WG` and `ITEMS` in
-    // src/ops/reduce.rs; `TILE` in src/ops/maxpool2d.rs; `WG` and `VPT` in src/ceiling.rs (the
+    // src/ops/reduce.rs; `TILE` in src/ops/maxpool2d.rs; `WG` and `VPT` in benches/common/ceiling.rs (the
     // copy ceiling); none for the optimiser's gradient norm and src/metrics.rs.
     let wg = c("WG", 256);
     let fixed: [(&'static str, &[&'static str], Constants); 13] = [

@@ -1,4 +1,4 @@
-//! The textbook batch normalisation: `shaders/batchnorm2d_textbook.wgsl`, one invocation per
+//! The textbook batch normalisation: `shaders/batchnorm2d/textbook.wgsl`, one invocation per
 //! output element (or per channel for the statistics) running the loops of the formulas in
 //! [`super`]'s doc: the mean first, then the mean of squared deviations from it; no tiling, no
 //! workgroup memory, no Welford merges. The oracle the tiled kernels are tested against, and what
@@ -22,7 +22,7 @@ const SHADER: Shader = shader!("batchnorm2d/textbook");
 /// Threads a workgroup (the shader's `WG`).
 const WG: u32 = 64;
 
-/// Mirrors `Norm` in `shaders/batchnorm2d_textbook.wgsl`.
+/// Mirrors `Norm` in `shaders/batchnorm2d/textbook.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Norm {

@@ -1,4 +1,4 @@
-//! The textbook convolution: `shaders/conv2d_textbook.wgsl`, one invocation per output element
+//! The textbook convolution: `shaders/conv2d/textbook.wgsl`, one invocation per output element
 //! running the loops of the formulas in [`super`]'s doc, no tiling and no workgroup memory. It is
 //! the version to read first, the oracle the tiled kernels are tested against on the GPU, and what
 //! the default wrappers ([`super::conv2d_forward`], ...) dispatch under
@@ -32,7 +32,7 @@ pub(crate) fn runs(rows: usize, len: usize) -> (u32, u32) {
     (per_run as u32, rows.div_ceil(per_run) as u32)
 }
 
-/// Mirrors `Conv` in `shaders/conv2d_textbook.wgsl`.
+/// Mirrors `Conv` in `shaders/conv2d/textbook.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {

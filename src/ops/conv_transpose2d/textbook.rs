@@ -1,4 +1,4 @@
-//! The textbook transposed convolution: `shaders/conv_transpose2d_textbook.wgsl`, one invocation
+//! The textbook transposed convolution: `shaders/conv_transpose2d/textbook.wgsl`, one invocation
 //! per output element running the loops of the formulas in [`super`]'s doc, no tiling and no
 //! workgroup memory. The oracle the tiled kernels are tested against on the GPU, and what the
 //! default wrappers ([`super::conv_transpose2d_forward`], the fused up-convolution and
@@ -20,7 +20,7 @@ const SHADER: Shader = shader!("conv_transpose2d/textbook");
 /// Threads a workgroup (the shader's `WG`).
 const WG: u32 = 64;
 
-/// Mirrors `ConvT` in `shaders/conv_transpose2d_textbook.wgsl`.
+/// Mirrors `ConvT` in `shaders/conv_transpose2d/textbook.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Dims {

@@ -10,7 +10,7 @@
 //! best GEMM rate this GPU reaches with our kind of shader; see `benches/kernels/matmul.rs`).
 //! One shader runs all three products: the backward ones are the forward kernel reading an
 //! operand transposed (pipeline constants `TRANS_A`, `TRANS_B`) and adding into the output
-//! (`ACCUMULATE`). Two tilings (see `shaders/matmul.wgsl`): register tiles ([`Tiling`], the
+//! (`ACCUMULATE`). Two tilings (see `shaders/matmul/tiled.wgsl`): register tiles ([`Tiling`], the
 //! default; vec4 loads when M, N and K are multiples of 4, scalar loads otherwise), and the
 //! classic workgroup-memory tiles ([`SharedTiling`]) a real GPU wants. [`textbook`] holds the
 //! direct kernels (one invocation per element of the product, one loop over its sum), the oracle
@@ -33,7 +33,7 @@ const SHADER: Shader = shader!("matmul/tiled");
 /// `1 + BK + (copy trips)` times per K slice of BK.
 const LOOP_GUARD: usize = 65_535;
 
-/// Mirrors `Params` in `shaders/matmul.wgsl`.
+/// Mirrors `Params` in `shaders/matmul/tiled.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {

@@ -1,4 +1,4 @@
-//! The textbook matrix products: `shaders/matmul_textbook.wgsl`, one invocation per output
+//! The textbook matrix products: `shaders/matmul/textbook.wgsl`, one invocation per output
 //! element running the one loop of its sum, no tiling and no workgroup memory. The oracle the
 //! tiled kernels are tested against, and what [`super::matmul_forward`] and
 //! [`super::matmul_backward`] dispatch under [`Kernels::Reference`](crate::runtime::Kernels).
@@ -15,7 +15,7 @@ const WG: u32 = 8;
 /// terms one sum may have.
 const LOOP_GUARD: usize = 65_535;
 
-/// Mirrors `Dims` in `shaders/matmul_textbook.wgsl`.
+/// Mirrors `Dims` in `shaders/matmul/textbook.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Dims {
@@ -174,6 +174,6 @@ mod tests {
         for (k, name) in ["c", "da", "db"].iter().enumerate() {
             assert_close_f32(name, &tuned[k], &to_f64(&textbook[k]), if k == 0 { 1e-4 } else { 1e-3 });
         }
-        assert!(!gpu.compiled_constants("matmul_textbook", "matmul_backward_b").is_empty());
+        assert!(!gpu.compiled_constants("matmul/textbook", "matmul_backward_b").is_empty());
     }
 }

@@ -99,7 +99,7 @@ impl Tiles {
     }
 }
 
-// Bounds of the shader's arrays (keep in step with `shaders/matmul.wgsl`).
+// Bounds of the shader's arrays (keep in step with `shaders/matmul/tiled.wgsl`).
 pub(crate) const MAX_TM: u32 = 32;
 pub(crate) const MAX_TN: u32 = 16;
 pub(crate) const MAX_TILE: u32 = 2048;
