@@ -3,7 +3,7 @@
 //!
 //! Cloning a tensor is cheap and shares the buffer (and the identity that the
 //! tape keys gradients by). When the last clone is dropped the buffer goes
-//! back to the pool of the [`Gpu`](crate::runtime::Gpu) that made it.
+//! back to the pool of the [`Gpu`] that made it.
 
 use std::cell::RefCell;
 use std::fmt;

@@ -99,7 +99,7 @@ pub struct GpuOptions {
     /// Print the chosen adapter (and where its tile sizes came from) to stderr.
     pub verbose: bool,
     /// Where the kernels' tile sizes come from: by default the tuning cache's entry for the
-    /// adapter (written by `unet-wgpu tune`), else [`Tuning::builtin`]. See [`crate::tune`].
+    /// adapter (written by `unet-wgpu tune`), else [`Tuning::builtin`](crate::tune::Tuning::builtin). See [`crate::tune`].
     pub tuning: TuningFrom,
     /// Which limits to ask the device for. When `None`, the `UNET_WGPU_LIMITS` environment
     /// variable is read (`adapter` or `webgpu`), and if that is unset too, [`Limits::Adapter`].
@@ -114,7 +114,7 @@ pub struct GpuOptions {
 /// `batchnorm2d_stats`, ...) dispatch, for the whole program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kernels {
-    /// The tiled kernels, with the tile sizes of [`Gpu::tuning`] (the default).
+    /// The tiled kernels, with the tile sizes of [`Gpu::tuning`](crate::runtime::Gpu::tuning) (the default).
     #[default]
     Tuned,
     /// The textbook kernels (`shaders/*_textbook.wgsl`): one invocation per output element,

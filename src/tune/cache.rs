@@ -12,7 +12,7 @@ use super::tiling::conv_transpose2d::Workgroups;
 use super::tiling::matmul::{self, SharedTiling, Tiles};
 use super::tiling::{conv2d, Tuning};
 
-/// Where [`Gpu::new`] should take the tuning from ([`crate::GpuOptions::tuning`]).
+/// Where [`Gpu::new`](crate::runtime::Gpu::new) should take the tuning from ([`crate::GpuOptions::tuning`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum TuningFrom {
     /// The cache at [`default_cache_path`], if it has an entry for the adapter; else builtin.

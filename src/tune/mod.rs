@@ -5,7 +5,7 @@
 //! compiled: the workgroup size, how many channels a thread owns, how many threads a weight
 //! gradient spreads over. What is fastest depends on the adapter: a CPU driver (lavapipe) wants
 //! few, fat threads and no workgroup memory; a GPU wants many threads and shared tiles. A
-//! [`Tuning`] holds one choice per kernel family, and [`Gpu::new`] picks it once:
+//! [`Tuning`] holds one choice per kernel family, and [`Gpu::new`](crate::runtime::Gpu::new) picks it once:
 //!
 //! 1. the cache file's entry for this adapter, if the file has one and it is valid;
 //! 2. else [`Tuning::builtin`]: the sizes measured on lavapipe for CPU drivers, and unmeasured

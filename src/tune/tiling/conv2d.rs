@@ -47,7 +47,7 @@ impl Tiling {
     }
 }
 
-/// Workgroup-memory tiling of [`conv2d_forward_shared`].
+/// Workgroup-memory tiling of [`conv2d_forward_shared`](crate::ops::conv2d::conv2d_forward_shared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedTiling {
     /// Threads along pixels.
