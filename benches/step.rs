@@ -8,7 +8,7 @@
 //! pipelines it compiled and the time that took, the warm steps' median / min / max, images
 //! per second, submits and blocking readbacks per warm step (1 and 0), the pool's allocations
 //! and bytes (its peak: a warm step allocates nothing), and then the ceilings (see
-//! `unet_wgpu::ceiling`) and GPU time by category (conv forward, backward data, backward
+//! `benches/common/ceiling.rs`) and GPU time by category (conv forward, backward data, backward
 //! weight, transposed conv, pool, loss, optimizer, other, which holds the buffer copies and
 //! clears) with the convolutions' GFLOP/s as a share of the GEMM ceiling. `--trace` adds
 //! every dispatch of the timed step, in the order they ran (forward then backward), so
@@ -18,12 +18,17 @@
 
 use std::time::Instant;
 
-use unet_wgpu::bench::{Bench, CEILING_GEMM};
-use unet_wgpu::gpu::MAX_TIMED_DISPATCHES;
+// The kernels bench uses all of the harness; this one only its timing and ceilings.
+#[allow(dead_code)]
+#[path = "common/mod.rs"]
+mod common;
+
+use crate::common::bench::{Bench, CEILING_GEMM};
 use unet_wgpu::loss::{loss_forward_backward, LossConfig, LossOutput, Term, VALUES_LEN};
 use unet_wgpu::nn::{UNet, UNetConfig, Upsampling};
 use unet_wgpu::optim::{Method, OptimConfig, Optimizer};
 use unet_wgpu::rng::Rng;
+use unet_wgpu::runtime::MAX_TIMED_DISPATCHES;
 use unet_wgpu::{Gpu, GpuOptions, Kernels, Mode, Step, Tensor};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -258,17 +263,21 @@ const CATEGORIES: [&str; 8] =
 fn category(name: &str, backward: bool) -> &'static str {
     let (shader, entry) = name.split_once("::").unwrap_or((name, ""));
     match shader {
-        "conv2d_textbook" if entry.starts_with("conv2d_forward") => "conv fwd",
-        "conv2d_textbook" if entry.contains("backward_data") => "conv bwd-data",
-        "conv2d_textbook" => "conv bwd-weight",
-        "conv_transpose2d_textbook" => "transposed conv",
+        "conv2d/textbook" if entry.starts_with("conv2d_forward") => "conv fwd",
+        "conv2d/textbook" if entry.contains("backward_data") => "conv bwd-data",
+        "conv2d/textbook" => "conv bwd-weight",
+        "conv_transpose2d/textbook" => "transposed conv",
         // Backward data of a stride-1 convolution is the forward kernel run on dy.
-        "conv2d" if entry.contains("backward_data") || (backward && entry.starts_with("conv2d_forward")) => {
+        "conv2d/tiled" | "conv2d/tiled_backward" | "conv2d/shared"
+            if entry.contains("backward_data") || (backward && entry.starts_with("conv2d_forward")) =>
+        {
             "conv bwd-data"
         }
-        "conv2d" if entry.starts_with("conv2d_forward") => "conv fwd",
-        "conv2d" if entry.contains("backward_weight") || entry.starts_with("conv2d_reduce") => "conv bwd-weight",
-        "conv_transpose2d" => "transposed conv",
+        "conv2d/tiled" | "conv2d/shared" if entry.starts_with("conv2d_forward") => "conv fwd",
+        "conv2d/tiled_backward" if entry.contains("backward_weight") || entry.starts_with("conv2d_reduce") => {
+            "conv bwd-weight"
+        }
+        "conv_transpose2d/tiled" | "conv_transpose2d/tiled_quads" => "transposed conv",
         "maxpool2d" => "pool",
         "loss" => "loss",
         "optim" => "optimizer",

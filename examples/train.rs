@@ -1,7 +1,7 @@
 //! The training loop with nothing hidden: a small U-Net learns the built-in
 //! synthetic aerial tiles, one explicit step at a time. Each line names the
 //! module (and shader) that does the work, so the path from here down to a
-//! WGSL line can be followed. `unet-wgpu train` (src/train.rs) runs the same
+//! WGSL line can be followed. `unet-wgpu train` (src/train/mod.rs) runs the same
 //! step, plus validation, metrics, checkpoints and pictures.
 //!
 //! `cargo run --release --example train`
@@ -14,7 +14,7 @@ use unet_wgpu::train::LossName;
 use unet_wgpu::{Gpu, GpuOptions, Step};
 
 fn main() -> anyhow::Result<()> {
-    // src/gpu.rs: the best adapter (a software one when there is no GPU). With
+    // src/runtime/: the best adapter (a software one when there is no GPU). With
     // UNET_WGPU_KERNELS=reference every op below runs its textbook kernel
     // (shaders/*_textbook.wgsl: one invocation per output element) instead of the tuned one.
     let gpu = Gpu::new(&GpuOptions { verbose: true, ..GpuOptions::default() })?;
@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
             let x = gpu.upload(&batch.images, &[batch.n, 3, patch, patch]);
             let y = gpu.upload_u32(&batch.labels, &[batch.n, patch, patch]);
 
-            let mut step = Step::train(&gpu); // one command encoder and one tape (src/tape.rs)
+            let mut step = Step::train(&gpu); // one command encoder and one tape (src/autograd/tape.rs)
             model.arena.zero_grads(&mut step.enc); // backward kernels add into gradients: start at zero
             let logits = model.forward(&mut step, &x, seed); // conv2d, relu, maxpool2d, ... (src/ops, shaders/)
             let out = loss(&gpu, &mut step.enc, &dice_ce, &logits, &y); // fused softmax + Dice + CE (shaders/loss.wgsl)
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             step.submit(); // one queue.submit for the whole step
             seed += 1;
 
-            // A blocking read, for the example's sake: src/train.rs sums the
+            // A blocking read, for the example's sake: src/train/mod.rs sums the
             // values on the GPU and reads them once per epoch instead.
             losses.push(LossValues::from_slice(&gpu.read(&out.values)).total);
         }

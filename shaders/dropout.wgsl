@@ -3,16 +3,8 @@
 //   keep(i)  : bits(i) >= threshold, threshold = round(p * 2^32)  =>  P(keep) = 1 - p
 //   forward  : y[i] = keep(i) ? x[i] * scale : 0          scale = 1 / (1 - p)
 //   backward : dx[i] += keep(i) ? dy[i] * scale : 0       (the mask is recomputed)
-// The hash (mirrored bit for bit by `reference::mask_bits` in src/ops/dropout.rs):
-//   mix(z)  = lowbias32: z ^= z >> 16; z *= 0x21f0aaad; z ^= z >> 15; z *= 0x735a2d97; z ^= z >> 15
-//             (all u32, wrapping; a bijection with near-ideal avalanche, from
-//             Chris Wellons' hash-prospector search)
-//   key0    = mix(seed_lo ^ mix(seed_hi ^ 0x85ebca6b))
-//   key1    = mix(seed_hi ^ mix(seed_lo ^ 0xc2b2ae35))
-//   bits(i) = mix(mix(i ^ key0) + key1)
-//   Two keyed rounds: the first alone would make two seeds' masks mere index
-//   permutations of each other. Only u32 multiply, xor, shift, add: every adapter
-//   computes the same bits, and so the same mask, for the same seed.
+// The hash is common/dropout_hash.wgsl's (mirrored bit for bit by `reference::mask_bits` in
+// src/ops/dropout.rs), shared with the fused epilogues of conv2d and batch norm.
 // group 0:  0 uniform Params {n, threshold, seed_lo, seed_hi, scale}
 //           1 read x | dy   2 read_write y | dx
 // 256 threads a group, one element each; the dispatch folds the group count into
@@ -25,21 +17,9 @@ struct Params { n: u32, threshold: u32, seed_lo: u32, seed_hi: u32, scale: f32 }
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-fn mix(x: u32) -> u32 {
-    var z = x;
-    z ^= z >> 16u;
-    z *= 0x21f0aaadu;
-    z ^= z >> 15u;
-    z *= 0x735a2d97u;
-    z ^= z >> 15u;
-    return z;
-}
-
 // Whether element i survives: bits(i) >= threshold.
 fn keep(i: u32) -> bool {
-    let key0 = mix(p.seed_lo ^ mix(p.seed_hi ^ 0x85ebca6bu));
-    let key1 = mix(p.seed_hi ^ mix(p.seed_lo ^ 0xc2b2ae35u));
-    return mix(mix(i ^ key0) + key1) >= p.threshold;
+    return hash_bits(hash_keys(p.seed_lo, p.seed_hi), i) >= p.threshold;
 }
 
 @compute @workgroup_size(WG)
@@ -57,3 +37,5 @@ fn dropout_backward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_w
     // forward: y = x * mask * scale  =>  dx += dy * mask * scale
     dst[i] += select(0.0, src[i] * p.scale, keep(i));
 }
+
+// #include common/dropout_hash.wgsl

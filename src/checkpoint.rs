@@ -7,13 +7,12 @@
 //! checkpoint intact.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::gpu::Gpu;
-use crate::tensor::Tensor;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::Gpu;
 
 /// What can go wrong reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -105,19 +104,8 @@ pub fn save(
 
 /// Write `bytes` to a temporary file beside `path`, sync it, rename it over `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    crate::files::write_atomically(path, bytes)
+        .map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
 }
 
 /// Read a checkpoint file.

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::gpu::Gpu;
 use crate::history::{Goal, History};
 use crate::nn::UNetConfig;
 use crate::report::plot_comparison;
+use crate::runtime::Gpu;
 use crate::train::{train, LossName, TrainOptions};
 
 /// The columns the table compares, each by its best value over a run's epochs.

@@ -5,48 +5,46 @@
 //! `shaders/`, dispatched through wgpu by a small reverse-mode tape.
 //!
 //! Reading order for a newcomer:
-//! [`gpu`] (device, pipelines, buffers) → [`tensor`] → [`tape`] (the `Step`
-//! that records forward and walks backward) → [`ops`] (one file per kernel,
-//! each with its plain-Rust reference).
+//! [`runtime`] (device, pipelines, buffers) → [`autograd`] (the tensor, and the
+//! tape's `Step` that records forward and walks backward) → [`ops`] (one
+//! folder or file per kernel, each with its plain-Rust reference) → [`nn`]
+//! → [`loss`] → [`train`]. Imports only go down these layers:
+//! `tests/module_graph.rs` fails on a circle.
 //!
 //! The training core builds for every target, `wasm32-unknown-unknown` (a web
 //! page on WebGPU) included. The modules that read or write files, print
 //! progress bars, draw pictures or time with blocking waits are native only.
 
-#[cfg(not(target_arch = "wasm32"))]
-pub mod bench;
-pub mod ceiling;
+pub mod autograd;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod checkpoint;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod compare;
 pub mod data;
-pub mod gpu;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod files;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod history;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod infer;
 pub mod loss;
 pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;
-pub mod params;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod predict;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod progress;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod report;
 pub mod rng;
+pub mod runtime;
 #[cfg(not(target_arch = "wasm32"))]
-pub mod score;
-pub mod tape;
-pub mod tensor;
-#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
 pub mod testing;
 pub mod train;
-pub mod tuning;
+pub mod tune;
 
-pub use gpu::{Backend, Encoder, Gpu, GpuError, GpuOptions, Kernels, Limits};
-pub use tape::{Accumulate, Grads, Mode, Step};
-pub use tensor::Tensor;
-pub use tuning::{TilingFamily, Tuning, TuningFrom, TuningSource};
+pub use autograd::tape::{Accumulate, Grads, Mode, Step};
+pub use autograd::tensor::Tensor;
+pub use runtime::{Backend, Encoder, Gpu, GpuError, GpuOptions, Kernels, Limits};
+pub use tune::{TilingFamily, Tuning, TuningFrom, TuningSource};

@@ -7,12 +7,12 @@ use clap::{Args, Parser, Subcommand};
 
 use unet_wgpu::compare::{compare_losses, CompareOptions};
 use unet_wgpu::data::{InputScaling, Palette, SplitLevel, Unknown};
+use unet_wgpu::infer::predict::{predict_files, PredictOptions};
+use unet_wgpu::infer::score::score_dirs;
 use unet_wgpu::nn::{Init, UNetConfig, Upsampling};
 use unet_wgpu::optim::{Method, OptimConfig, Schedule};
-use unet_wgpu::predict::{predict_files, PredictOptions};
-use unet_wgpu::score::score_dirs;
 use unet_wgpu::train::{train, DataSource, LossName, TrainOptions};
-use unet_wgpu::tuning::{default_cache_path, save_cache, AdapterKey, CacheError, Tuning};
+use unet_wgpu::tune::{default_cache_path, save_cache, AdapterKey, CacheError, Tuning};
 use unet_wgpu::{Backend, Gpu, GpuOptions, Kernels, Limits, TilingFamily};
 
 /// A U-Net trainer for semantic segmentation whose every kernel is a WGSL

@@ -8,9 +8,9 @@
 //! (Keras' `jacard_coef`) comes with the loss values, see
 //! [`LossValues::soft_jaccard`](crate::loss::LossValues::soft_jaccard).
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("metrics");
 const WG: usize = 256;

@@ -6,10 +6,10 @@
 //! The update rules are PyTorch's (`torch.optim.SGD` with dampening 0,
 //! `Adam` with L2 weight decay, `AdamW` with decoupled weight decay).
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
-use crate::params::ParamArena;
+use crate::autograd::params::ParamArena;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("optim");
 const WG: u32 = 256;
@@ -241,7 +241,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::ParamSpec;
+    use crate::autograd::params::ParamSpec;
     use crate::testing::{assert_close_f32, gpu, random_vec, to_f64};
 
     #[test]

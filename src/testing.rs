@@ -10,9 +10,9 @@
 
 use std::sync::Mutex;
 
-use crate::gpu::{Gpu, GpuOptions, Kernels};
 use crate::rng::Rng;
-use crate::tuning::TuningFrom;
+use crate::runtime::{Gpu, GpuOptions, Kernels};
+use crate::tune::cache::TuningFrom;
 
 /// Devices that no running test holds. The test harness runs each test on a thread of its own:
 /// a thread takes a device from here (or opens one) and hands it back when it ends, so a test
@@ -57,7 +57,7 @@ thread_local! {
 }
 
 /// This thread's GPU (tests run on several threads), with
-/// [`crate::tuning::Tuning::builtin`]'s tile sizes and the tuned kernels. Tests that ran earlier on other threads
+/// [`crate::tune::Tuning::builtin`]'s tile sizes and the tuned kernels. Tests that ran earlier on other threads
 /// may have used it: compare its counters before and after, not their absolute values.
 /// Panics with the reason when there is no adapter: GPU tests never skip.
 pub fn gpu() -> &'static Gpu {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use unet_wgpu::checkpoint;
 use unet_wgpu::data::{InputScaling, Scaling, SplitLevel};
+use unet_wgpu::infer::predict::{predict_files, predict_image, PredictOptions};
 use unet_wgpu::nn::{Init, UNet, UNetConfig};
-use unet_wgpu::predict::{predict_files, predict_image, PredictOptions};
 use unet_wgpu::testing::gpu;
 use unet_wgpu::train::{load_patches, train, DataSource, TrainOptions};
 

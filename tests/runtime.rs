@@ -91,7 +91,7 @@ fn a_dispatch_with_the_wrong_bindings_names_the_kernel() {
 
 #[test]
 fn parameters_are_views_into_one_arena_and_gradients_land_there() {
-    use unet_wgpu::params::{ParamArena, ParamSpec};
+    use unet_wgpu::autograd::params::{ParamArena, ParamSpec};
     let gpu = gpu();
     let specs = vec![
         ParamSpec { name: "first".into(), shape: vec![5], init: random_vec(1, 5) },

@@ -2,7 +2,7 @@
 //! normalisation, and the training backward, plain and with the ReLU + dropout
 //! epilogue fused in (the U-Net's batch-norm path). Memory-bound (GB/s).
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::batchnorm2d::{
     batchnorm2d_backward, batchnorm2d_backward_fused, batchnorm2d_forward, batchnorm2d_forward_fused,
     batchnorm2d_stats, reference,

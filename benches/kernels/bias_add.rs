@@ -1,6 +1,6 @@
 //! Per-channel bias forward and backward (data and bias): memory-bound (GB/s).
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::bias_add::{bias_add_backward_bias, bias_add_backward_data, bias_add_forward, reference};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 

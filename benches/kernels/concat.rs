@@ -3,7 +3,7 @@
 //! the backward into fresh gradients are buffer copies (timed between timestamps
 //! like a dispatch); the backward into gradients that already hold a sum is a kernel.
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::concat::{concat_backward_a, concat_backward_b, concat_forward, reference};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::Accumulate;

@@ -9,7 +9,7 @@
 //! workgroup-memory forward is timed only when the filter names it (`conv2d_forward_shared`):
 //! it takes tens of seconds on a CPU driver.
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::conv2d::{
     conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_shared, conv2d_forward_tiled, reference,
     Conv2d, Epilogue, SharedTiling, Tiling,

@@ -4,7 +4,7 @@
 //! Compute-bound: GFLOP/s counting 2 flops a multiply-add of the GEMM. Timed only when the filter
 //! names them (`gemm`, or `conv` on a hardware adapter): on a CPU driver they take minutes.
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::conv2d::gemm::{
     conv2d_backward_data_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm, BackwardData, BackwardWeight, Forward,
 };
@@ -14,7 +14,7 @@ use unet_wgpu::ops::conv_transpose2d::gemm::{
 };
 use unet_wgpu::ops::conv_transpose2d::reference as ct_reference;
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
-use unet_wgpu::tuning::is_software;
+use unet_wgpu::tune::is_software;
 use unet_wgpu::Accumulate;
 
 use crate::{shape_str, unet_levels};

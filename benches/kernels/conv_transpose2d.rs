@@ -9,7 +9,7 @@
 //!
 //! `CT_LEVELS=0,3` times only those levels (0: the output at 16ch@256², ... 3: at 128ch@32²).
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::concat::{concat_backward_a, concat_backward_b, reference as concat_reference};
 use unet_wgpu::ops::conv_transpose2d::{
     conv_transpose2d_backward_data, conv_transpose2d_backward_data_into, conv_transpose2d_backward_weight,

@@ -1,6 +1,6 @@
 //! Elementwise add and scale, forward and backward: memory-bound (GB/s).
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::elementwise::{accumulate, add_forward, reference, scale_forward};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 

@@ -4,7 +4,7 @@
 //! counts the fused path's minimum traffic for both, so the ratio of times is
 //! the ratio of GB/s.
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::loss::{loss_forward_backward, loss_unfused, reference, LossConfig, LossOutput, Term, VALUES_LEN};
 use unet_wgpu::rng::Rng;
 use unet_wgpu::testing::{assert_close_f32, to_f64};

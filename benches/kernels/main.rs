@@ -10,8 +10,11 @@
 //! cannot post a number. The ceilings are measured again at the end: on a
 //! shared machine whose speed drifts, the two show by how much.
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::{Gpu, GpuOptions};
+
+#[path = "../common/mod.rs"]
+mod common;
 
 mod batchnorm2d;
 mod bias_add;

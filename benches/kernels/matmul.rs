@@ -8,8 +8,8 @@
 //! `MATMUL_SWEEP=1` times a list of register tilings at 1024^3 instead (`MATMUL_TILING=wg,tm,tn`
 //! just that one), and copies with several threads-per-group / vec4s-per-thread.
 
-use unet_wgpu::bench::Bench;
-use unet_wgpu::ceiling::{copy, copy_tiled};
+use crate::common::bench::Bench;
+use crate::common::ceiling::{copy, copy_tiled};
 use unet_wgpu::ops::matmul::{matmul_backward_tiled, matmul_forward_tiled, reference, SharedTiling, Tiles, Tiling};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::{Gpu, Tensor};

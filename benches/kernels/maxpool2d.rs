@@ -1,6 +1,6 @@
 //! 2x2 max pooling forward and backward: memory-bound (GB/s).
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::maxpool2d::{maxpool2d_backward, maxpool2d_forward, reference};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 

@@ -1,7 +1,7 @@
 //! The confusion matrix that training and validation accumulate every step:
 //! memory-bound (GB/s over the logits and labels it reads).
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::metrics::{confusion_update, reference, Confusion};
 use unet_wgpu::rng::Rng;
 use unet_wgpu::testing::random_vec;

@@ -1,7 +1,7 @@
 //! Tree sums (over everything, and per channel) and their broadcast backward:
 //! memory-bound (GB/s, counting the input once; the later passes are small).
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::reduce::{reference, sum_backward, sum_forward, sum_per_channel_forward};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 

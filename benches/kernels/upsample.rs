@@ -1,6 +1,6 @@
 //! 2x upsampling (nearest, bilinear), forward and backward: memory-bound (GB/s).
 
-use unet_wgpu::bench::Bench;
+use crate::common::bench::Bench;
 use unet_wgpu::ops::upsample::{reference, upsample_backward, upsample_forward, Upsample};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 

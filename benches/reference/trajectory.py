@@ -19,7 +19,7 @@ Keras' `jacard_coef` `(I + 1) / (T + P - I + 1)` over flattened one-hot
 targets and softmax outputs (the mean over validation batches, as Keras and
 our trainer report it).
 
-The losses are written from their formulas as src/loss.rs documents them (and
+The losses are written from their formulas as src/loss/mod.rs documents them (and
 tests/fixtures/make_parity.py checks): smoothing 1, class weights 1, label 255
 (or any label >= C) ignored, and, as `unet-wgpu train` sets them, classes
 absent from a batch's target and argmax prediction left out of the class means
@@ -74,7 +74,7 @@ def pixel_terms(logits, labels, t, p, valid):
 
 
 def loss_fn(name):
-    """The loss `name` as unet-wgpu trains with it (src/train/losses.rs, src/loss.rs)."""
+    """The loss `name` as unet-wgpu trains with it (src/train/losses.rs, src/loss/mod.rs)."""
 
     def tversky(i, pr, tt, k, a, b, e):
         ti = (i + S) / (i + a * (pr - i) + b * (tt - i) + S)

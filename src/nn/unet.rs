@@ -19,19 +19,19 @@
 
 pub use super::config::{UNetConfig, Upsampling};
 use super::init::{self, Init, Layer};
+use crate::autograd::params::{ParamArena, ParamSpec};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::gpu::Gpu;
 use crate::ops::batchnorm2d::batchnorm2d_fused;
 use crate::ops::concat::concat;
 use crate::ops::conv2d::{conv2d, conv2d_fused, Conv2d, Epilogue};
 use crate::ops::conv_transpose2d::conv_transpose2d_concat;
 use crate::ops::maxpool2d::maxpool2d;
 use crate::ops::upsample::{upsample, Upsample};
-use crate::params::{ParamArena, ParamSpec};
 use crate::rng::Rng;
-use crate::tape::Step;
-use crate::tensor::Tensor;
+use crate::runtime::Gpu;
 
 /// Indices into the arena of one convolution's weight and bias.
 #[derive(Clone, Copy, Debug)]

@@ -4,11 +4,11 @@
 //! `db[c] += sum_{n,h,w} dy[n,c,h,w]` (the deterministic per-channel tree sum of
 //! [`reduce`]), so only the forward has a shader of its own.
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
 use crate::ops::{elementwise, reduce};
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Step;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("bias_add");
 const WG: u32 = 256;

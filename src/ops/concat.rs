@@ -11,10 +11,10 @@
 //! writes its output straight into channels `0..O` of the buffer and copies only
 //! the skip tensor, with [`concat_forward_part`].
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::{Accumulate, Step};
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::{Accumulate, Step};
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("concat");
 const WG: u32 = 256;
@@ -117,7 +117,7 @@ fn backward_part(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, dpart: &Tensor, offs
 }
 
 /// `da += dy[:, :C1]`, or `da = dy[:, :C1]` when `acc` is [`Accumulate::Overwrite`] (a fresh
-/// gradient buffer: see [`crate::tape::BackwardCtx::grad_to_fill`]). dy: `[N,C1+C2,H,W]`;
+/// gradient buffer: see [`crate::autograd::tape::BackwardCtx::grad_to_fill`]). dy: `[N,C1+C2,H,W]`;
 /// da: `[N,C1,H,W]`.
 pub fn concat_backward_a(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, da: &Tensor, acc: Accumulate) {
     backward_part(gpu, enc, dy, da, 0, acc);

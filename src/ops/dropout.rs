@@ -3,15 +3,15 @@
 //! x, y: any shape (the same).
 //!
 //! The mask is a pure function of `(seed, i)`: a counter-based hash written in
-//! plain u32 arithmetic (see `shaders/dropout.wgsl` and [`reference::mask_bits`]),
+//! plain u32 arithmetic (see `shaders/common/dropout_hash.wgsl` and [`reference::mask_bits`]),
 //! so the same seed gives the same mask on every adapter, and the backward
 //! recomputes it instead of saving it: `dx += dy * mask / (1 - p)`.
 //! Callers pass a fresh seed per step (and per dropout layer).
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::{Mode, Step};
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::{Mode, Step};
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("dropout");
 const WG: u32 = 256;

@@ -7,10 +7,10 @@
 //! Both backwards are one kernel, `dx += s * dy` ([`accumulate`]), which other
 //! ops reuse wherever a gradient passes through unchanged.
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Step;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("elementwise");
 const WG: u32 = 256;

@@ -10,10 +10,10 @@
 //! winner, else nothing. It runs in gather form, one thread per dx element
 //! checking the argmax of its one window, so it needs no atomics.
 
-use crate::gpu::{Encoder, Gpu, Shader};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Step;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("maxpool2d");
 /// Threads of a workgroup along w and h (one plane per workgroup in z).

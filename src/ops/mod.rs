@@ -1,8 +1,8 @@
 //! One op per file, each paired with `shaders/<op>.wgsl`. Every file reads in
 //! the same order: a doc comment with shapes and math; the GPU wrappers
-//! `<op>_forward` / `<op>_backward` (dispatch only, on an [`Encoder`](crate::gpu::Encoder));
+//! `<op>_forward` / `<op>_backward` (dispatch only, on an [`Encoder`](crate::runtime::Encoder));
 //! the tape-level function that records the backward on a
-//! [`Step`](crate::tape::Step); `mod reference` in plain Rust (f64); tests.
+//! [`Step`](crate::autograd::tape::Step); `mod reference` in plain Rust (f64); tests.
 
 pub mod batchnorm2d;
 pub mod bias_add;

@@ -14,10 +14,10 @@
 //! `log(len)`, not `len`. [`sum_per_channel_accumulate`] adds into its output
 //! instead of overwriting it, for bias gradients.
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Step;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("reduce");
 const WG: u32 = 256;

@@ -2,10 +2,10 @@
 //! Backward: `dx += dy * (y > 0)`; it reads the saved output, since `y > 0`
 //! exactly where `x > 0`.
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Step;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("relu");
 const WG: u32 = 256;

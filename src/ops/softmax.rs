@@ -6,10 +6,10 @@
 //! Backward (the Jacobian-vector product, reading the saved output):
 //! `dx[c] += y[c] * (dy[c] - sum_c' dy[c'] * y[c'])`.
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Step;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("softmax");
 const WG: u32 = 256;

@@ -10,10 +10,10 @@
 //!
 //! Backward: `dx[r,s] += sum_{Y,X} a(Y,r) a(X,s) dy[Y,X]`, gathered (one thread per dx element).
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Step;
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Step;
-use crate::tensor::Tensor;
 
 const SHADER: Shader = shader!("upsample");
 const WG: u32 = 256;

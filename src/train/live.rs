@@ -13,8 +13,8 @@ use web_time::Instant;
 
 use super::{load_patches, Accumulators, EpochMetrics, TrainOptions, Trainer};
 use crate::data::{BatchOptions, Patches, Scaling};
-use crate::gpu::Gpu;
 use crate::metrics::Confusion;
+use crate::runtime::Gpu;
 
 /// What a run is about to train, told once before its first step.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ use unet_wgpu::ops::conv2d;
 use unet_wgpu::ops::conv2d::gemm::ConvGemm;
 use unet_wgpu::ops::conv_transpose2d::Workgroups;
 use unet_wgpu::ops::matmul::Tiles;
-use unet_wgpu::tuning::{Candidates, Tuning};
+use unet_wgpu::tune::{Candidates, Tuning};
 
 /// Pipeline constants by name, as the wrappers pass them to `Gpu::kernel`.
 pub type Constants = Vec<(&'static str, f64)>;
@@ -142,7 +142,7 @@ pub fn kernels() -> Vec<Kernel> {
     let t = tilings();
     let mut all = Vec::new();
 
-    // conv2d (src/ops/conv2d.rs). The register tile (`dispatch_tile`) runs the forward's
+    // conv2d (src/ops/conv2d/mod.rs). The register tile (`dispatch_tile`) runs the forward's
     // tilings and, at stride 1, backward data's; `register_constants(&t.for_tiles(tiles))` gives
     // WG (shrunk to the tiles), ROWS, TM; the packing pass takes the tiling's WG unshrunk.
     let tile_tilings: Vec<conv2d::Tiling> = t.conv2d_forward.iter().chain(&t.conv2d_backward_data).copied().collect();
@@ -161,15 +161,15 @@ pub fn kernels() -> Vec<Kernel> {
     let pack_wgs: BTreeSet<u32> = tile_tilings.iter().map(|t| t.wg).collect();
     let pack: Vec<Constants> = pack_wgs.iter().map(|&wg| c("WG", wg)).collect();
     let taps: Vec<Constants> = CONV_GEOMETRIES.iter().map(|g| [c("KH", g[0]), c("KW", g[1])].concat()).collect();
-    all.extend(sets("conv2d", &["conv2d_pack_weights"], &combine(&[pack, taps])));
+    all.extend(sets("conv2d/tiled", &["conv2d_pack_weights"], &combine(&[pack, taps])));
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled",
         &["conv2d_forward"],
         &combine(&[register(&tile_tilings), geometries(false), epilogues(), flag("VEC_X"), flag("VEC_Y")]),
     ));
     // Backward data adding into dx at stride 1: the forward tile, identity epilogue.
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled",
         &["conv2d_backward_data_stride1"],
         &combine(&[
             register(&t.conv2d_backward_data),
@@ -181,7 +181,7 @@ pub fn kernels() -> Vec<Kernel> {
     ));
     // The gather kernel (stride > 1): register constants and the geometry only.
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled_backward",
         &["conv2d_backward_data"],
         &combine(&[register(&t.conv2d_backward_data), geometries(false)]),
     ));
@@ -189,14 +189,14 @@ pub fn kernels() -> Vec<Kernel> {
     let weight_wgs: BTreeSet<u32> = t.conv2d_backward_weight.iter().map(|t| t.wg).collect();
     let weight: Vec<Constants> = weight_wgs.iter().map(|&wg| c("WG", wg)).collect();
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled_backward",
         &["conv2d_backward_weight"],
         &combine(&[weight.clone(), flag("VEC_DY"), geometries(false)]),
     ));
-    all.extend(sets("conv2d", &["conv2d_reduce_dw", "conv2d_reduce_db"], &weight));
+    all.extend(sets("conv2d/tiled_backward", &["conv2d_reduce_dw", "conv2d_reduce_db"], &weight));
     // The epilogues' backward (none for the identity), EPILOGUE_WG = 256.
     all.extend(sets(
-        "conv2d",
+        "conv2d/tiled_backward",
         &["conv2d_epilogue_backward"],
         &combine(&[vec![c("WG", 256)], epilogues()[1..].to_vec()]),
     ));
@@ -204,7 +204,7 @@ pub fn kernels() -> Vec<Kernel> {
     // default tiling; TX, TY, SM, SN, BK and the geometry.
     let s = conv2d::SharedTiling::default();
     let shared = [c("TX", s.tx), c("TY", s.ty), c("SM", s.sm), c("SN", s.sn), c("BK", s.bk)].concat();
-    all.extend(sets("conv2d", &["conv2d_forward_shared"], &combine(&[vec![shared], geometries(false)])));
+    all.extend(sets("conv2d/shared", &["conv2d_forward_shared"], &combine(&[vec![shared], geometries(false)])));
 
     // The workgroup-memory GEMMs (src/ops/conv2d/gemm.rs, src/ops/conv_transpose2d/gemm.rs): each
     // direction's tiling (BM, BN, BK, TM, TN) of every GEMM candidate; conv2d's with the geometry,
@@ -216,58 +216,58 @@ pub fn kernels() -> Vec<Kernel> {
         };
         let conv = geometries(false);
         all.extend(sets(
-            "conv2d_gemm",
+            "conv2d/gemm",
             &["conv2d_gemm_forward"],
             &combine(&[tile(g.conv2d_forward), conv.clone(), epilogues()]),
         ));
         all.extend(sets(
-            "conv2d_gemm",
+            "conv2d/gemm",
             &["conv2d_gemm_backward_data"],
             &combine(&[tile(g.conv2d_backward_data), conv.clone(), flag("ACCUMULATE")]),
         ));
         all.extend(sets(
-            "conv2d_gemm",
+            "conv2d/gemm",
             &["conv2d_gemm_backward_weight"],
             &combine(&[tile(g.conv2d_backward_weight), conv]),
         ));
         all.extend(sets(
-            "conv_transpose2d_gemm",
+            "conv_transpose2d/gemm",
             &["conv_transpose2d_gemm_forward"],
             &tile(g.conv_transpose2d_forward),
         ));
         all.extend(sets(
-            "conv_transpose2d_gemm",
+            "conv_transpose2d/gemm",
             &["conv_transpose2d_gemm_backward_data"],
             &combine(&[tile(g.conv_transpose2d_backward_data), flag("ACCUMULATE")]),
         ));
         all.extend(sets(
-            "conv_transpose2d_gemm",
+            "conv_transpose2d/gemm",
             &["conv_transpose2d_gemm_backward_weight"],
             &tile(g.conv_transpose2d_backward_weight),
         ));
     }
     let taps: Vec<Constants> = CONV_GEOMETRIES.iter().map(|g| [c("KH", g[0]), c("KW", g[1])].concat()).collect();
-    all.extend(sets("conv2d_gemm", &["conv2d_gemm_reduce"], &taps));
-    all.extend(sets("conv_transpose2d_gemm", &["conv_transpose2d_gemm_reduce"], &[vec![]]));
+    all.extend(sets("conv2d/gemm", &["conv2d_gemm_reduce"], &taps));
+    all.extend(sets("conv_transpose2d/gemm", &["conv_transpose2d_gemm_reduce"], &[vec![]]));
 
-    // conv_transpose2d (src/ops/conv_transpose2d.rs): WG is `Workgroups::quads` for the quad
+    // conv_transpose2d (src/ops/conv_transpose2d/mod.rs): WG is `Workgroups::quads` for the quad
     // kernels and `general` for the rest; backward data also takes ACCUMULATE (add or overwrite).
     let quads: BTreeSet<u32> = t.conv_transpose2d.iter().map(|w| w.quads).collect();
     let general: BTreeSet<u32> = t.conv_transpose2d.iter().map(|w| w.general).collect();
     let quads: Vec<Constants> = quads.iter().map(|&wg| c("WG", wg)).collect();
     let general: Vec<Constants> = general.iter().map(|&wg| c("WG", wg)).collect();
     all.extend(sets(
-        "conv_transpose2d",
+        "conv_transpose2d/tiled_quads",
         &["conv_transpose2d_forward_quads", "conv_transpose2d_backward_weight_quads"],
         &quads,
     ));
     all.extend(sets(
-        "conv_transpose2d",
+        "conv_transpose2d/tiled_quads",
         &["conv_transpose2d_backward_data_quads"],
         &combine(&[quads, flag("ACCUMULATE")]),
     ));
     all.extend(sets(
-        "conv_transpose2d",
+        "conv_transpose2d/tiled",
         &[
             "conv_transpose2d_forward",
             "conv_transpose2d_backward_weight_partial",
@@ -276,9 +276,13 @@ pub fn kernels() -> Vec<Kernel> {
         ],
         &general,
     ));
-    all.extend(sets("conv_transpose2d", &["conv_transpose2d_backward_data"], &combine(&[general, flag("ACCUMULATE")])));
+    all.extend(sets(
+        "conv_transpose2d/tiled",
+        &["conv_transpose2d_backward_data"],
+        &combine(&[general, flag("ACCUMULATE")]),
+    ));
 
-    // matmul (src/ops/matmul.rs, `gemm`): register tiles (vec4 and scalar entry points) or
+    // matmul (src/ops/matmul/mod.rs, `gemm`): register tiles (vec4 and scalar entry points) or
     // shared tiles, with TRANS_A, TRANS_B, ACCUMULATE (the forward and the two backward
     // products use three of the eight combinations; all eight are translated).
     let flags = combine(&[flag("TRANS_A"), flag("TRANS_B"), flag("ACCUMULATE")]);
@@ -287,38 +291,38 @@ pub fn kernels() -> Vec<Kernel> {
             Tiles::Register(r) => {
                 let tile = [c("WG", r.wg), c("TM", r.tm), c("TN", r.tn)].concat();
                 all.extend(sets(
-                    "matmul",
+                    "matmul/tiled",
                     &["matmul_forward", "matmul_forward_scalar"],
                     &combine(&[vec![tile], flags.clone()]),
                 ));
             }
             Tiles::Shared(s) => {
                 let tile = [c("TX", s.tx), c("TY", s.ty), c("SM", s.sm), c("SN", s.sn), c("BK", s.bk)].concat();
-                all.extend(sets("matmul", &["matmul_forward_shared"], &combine(&[vec![tile], flags.clone()])));
+                all.extend(sets("matmul/tiled", &["matmul_forward_shared"], &combine(&[vec![tile], flags.clone()])));
             }
         }
     }
 
-    // batchnorm2d (src/ops/batchnorm2d.rs, WG = 256): workgroups sized to the shape.
+    // batchnorm2d (src/ops/batchnorm2d/mod.rs, WG = 256): workgroups sized to the shape.
     // `partial_threads`: powers of two from 32 to WG; `final_threads`: the number of chunks
     // (at most WG) rounded up to a power of two; `plane_threads`: shrunk to a plane, as above.
     let wgs = |list: Vec<u32>| -> Vec<Constants> { list.into_iter().map(|wg| c("WG", wg)).collect() };
     let (partial, last, plane) = (wgs(powers_of_two(32, 256)), wgs(powers_of_two(1, 256)), wgs(shrunk(256)));
-    all.extend(sets("batchnorm2d", &["batchnorm_stats_running", "batchnorm_backward_param"], &[c("WG", 256)]));
-    all.extend(sets("batchnorm2d", &["batchnorm_stats_partial", "batchnorm_stats_partial_vec4"], &partial));
-    all.extend(sets("batchnorm2d", &["batchnorm_stats_final", "batchnorm_backward_final"], &last));
+    all.extend(sets("batchnorm2d/tiled", &["batchnorm_stats_running", "batchnorm_backward_param"], &[c("WG", 256)]));
+    all.extend(sets("batchnorm2d/tiled", &["batchnorm_stats_partial", "batchnorm_stats_partial_vec4"], &partial));
+    all.extend(sets("batchnorm2d/tiled", &["batchnorm_stats_final", "batchnorm_backward_final"], &last));
     all.extend(sets(
-        "batchnorm2d",
+        "batchnorm2d/tiled",
         &["batchnorm_forward", "batchnorm_forward_vec4"],
         &combine(&[plane.clone(), epilogues()]),
     ));
     all.extend(sets(
-        "batchnorm2d",
+        "batchnorm2d/tiled",
         &["batchnorm_backward_partial", "batchnorm_backward_partial_vec4"],
         &combine(&[partial, epilogues()]),
     ));
     all.extend(sets(
-        "batchnorm2d",
+        "batchnorm2d/tiled",
         &[
             "batchnorm_backward_data",
             "batchnorm_backward_data_vec4",
@@ -328,14 +332,14 @@ pub fn kernels() -> Vec<Kernel> {
         &combine(&[plane, epilogues(), flag("ACCUMULATE")]),
     ));
 
-    // loss (src/loss.rs, WG = 256): FROM_PROBS (logits, or probabilities stored by a fused
+    // loss (src/loss/mod.rs, WG = 256): FROM_PROBS (logits, or probabilities stored by a fused
     // softmax) on all three.
     all.extend(sets("loss", &["loss_stats", "loss_finalize"], &flag("FROM_PROBS")));
     all.extend(sets("loss", &["loss_backward"], &combine(&[vec![c("WG", 256)], flag("FROM_PROBS")])));
 
     // Fixed constants, private to each wrapper module: `WG` (256) in src/ops/{bias_add, concat,
     // dropout, elementwise, relu, softmax, upsample}.rs and src/optim.rs; `WG` and `ITEMS` in
-    // src/ops/reduce.rs; `TILE` in src/ops/maxpool2d.rs; `WG` and `VPT` in src/ceiling.rs (the
+    // src/ops/reduce.rs; `TILE` in src/ops/maxpool2d.rs; `WG` and `VPT` in benches/common/ceiling.rs (the
     // copy ceiling); none for the optimiser's gradient norm and src/metrics.rs.
     let wg = c("WG", 256);
     let fixed: [(&'static str, &[&'static str], Constants); 13] = [
@@ -369,7 +373,7 @@ pub fn kernels() -> Vec<Kernel> {
     // The textbook kernels (`--kernels reference`, and the oracle of the tests): no constants.
     let textbook: [(&'static str, &[&'static str]); 4] = [
         (
-            "conv2d_textbook",
+            "conv2d/textbook",
             &[
                 "conv2d_forward",
                 "conv2d_backward_data",
@@ -379,7 +383,7 @@ pub fn kernels() -> Vec<Kernel> {
             ],
         ),
         (
-            "conv_transpose2d_textbook",
+            "conv_transpose2d/textbook",
             &[
                 "conv_transpose2d_forward",
                 "conv_transpose2d_backward_data",
@@ -388,9 +392,9 @@ pub fn kernels() -> Vec<Kernel> {
                 "conv_transpose2d_add_runs",
             ],
         ),
-        ("matmul_textbook", &["matmul_forward", "matmul_backward_a", "matmul_backward_b"]),
+        ("matmul/textbook", &["matmul_forward", "matmul_backward_a", "matmul_backward_b"]),
         (
-            "batchnorm2d_textbook",
+            "batchnorm2d/textbook",
             &[
                 "batchnorm_sum_x",
                 "batchnorm_mean",

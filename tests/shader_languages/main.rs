@@ -25,6 +25,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::Path;
 use std::time::Instant;
 
 use naga::back::{glsl, hlsl, msl, spv, PipelineConstants};
@@ -144,23 +145,34 @@ fn every_shader_translates_to_every_backend_language() {
 }
 
 /// Every `shaders/*.wgsl`: name, source, and the module and info naga validated (as
-/// `Gpu::kernel` does, with `unet_wgpu::gpu::validate_wgsl`).
+/// `Gpu::kernel` does, with `unet_wgpu::runtime::validate_wgsl`).
 fn shaders() -> Vec<Shader> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
     let mut list = Vec::new();
-    for entry in fs::read_dir(dir).expect("shaders/ exists") {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
-            continue;
-        }
-        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
-        let source = fs::read_to_string(&path).unwrap();
-        let (module, info) = unet_wgpu::gpu::validate_wgsl(&name, &source).unwrap_or_else(|e| panic!("{e}"));
-        list.push(Shader { name, source, module, info });
-    }
+    collect(Path::new(dir), "", &mut list);
     list.sort_by(|a, b| a.name.cmp(&b.name));
     assert!(!list.is_empty(), "no shaders in {dir}");
     list
+}
+
+/// The shaders under `dir`, named by their path relative to `shaders/` without `.wgsl`, each
+/// with the shared pieces it includes spliced in, as the program compiles it.
+fn collect(dir: &Path, prefix: &str, list: &mut Vec<Shader>) {
+    for entry in fs::read_dir(dir).expect("shaders/ exists") {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        if path.is_dir() {
+            collect(&path, &format!("{prefix}{stem}/"), list);
+            continue;
+        }
+        if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
+            continue;
+        }
+        let name = format!("{prefix}{stem}");
+        let source = unet_wgpu::runtime::compose_wgsl(&name, &fs::read_to_string(&path).unwrap());
+        let (module, info) = unet_wgpu::runtime::validate_wgsl(&name, &source).unwrap_or_else(|e| panic!("{e}"));
+        list.push(Shader { name, source, module, info });
+    }
 }
 
 /// Substitute `k`'s constants as wgpu does, then write every target: one message per failure.

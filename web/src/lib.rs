@@ -6,7 +6,7 @@ mod config;
 mod watch;
 
 use unet_wgpu::train::live::train_live;
-use unet_wgpu::tuning::TuningFrom;
+use unet_wgpu::tune::TuningFrom;
 use unet_wgpu::{Gpu, GpuOptions, Limits};
 use wasm_bindgen::prelude::*;
 

@@ -1,9 +1,9 @@
-//! The textbook batch normalisation: `shaders/batchnorm2d_textbook.wgsl`, one invocation per
+//! The textbook batch normalisation: `shaders/batchnorm2d/textbook.wgsl`, one invocation per
 //! output element (or per channel for the statistics) running the loops of the formulas in
 //! [`super`]'s doc: the mean first, then the mean of squared deviations from it; no tiling, no
 //! workgroup memory, no Welford merges. The oracle the tiled kernels are tested against, and what
 //! the default wrappers ([`super::batchnorm2d_stats`], ...) dispatch under
-//! [`Kernels::Reference`](crate::gpu::Kernels).
+//! [`Kernels::Reference`](crate::runtime::Kernels).
 //!
 //! A channel's sums over its `M = N*H*W` values are cut into runs of whole rows (n, h) under
 //! lavapipe's loop guard (as conv2d's, see [`conv2d::textbook::MAX_RUN`]), added in run order by
@@ -12,17 +12,17 @@
 //! [`conv2d::textbook::epilogue_forward`], and the backward starts from dz, the gradient before
 //! them, from [`conv2d::textbook::epilogue_backward`].
 
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::{Accumulate, Mode};
+use crate::autograd::tensor::Tensor;
 use crate::ops::conv2d;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::{Accumulate, Mode};
-use crate::tensor::Tensor;
 
-const SHADER: Shader = shader!("batchnorm2d_textbook");
+const SHADER: Shader = shader!("batchnorm2d/textbook");
 /// Threads a workgroup (the shader's `WG`).
 const WG: u32 = 64;
 
-/// Mirrors `Norm` in `shaders/batchnorm2d_textbook.wgsl`.
+/// Mirrors `Norm` in `shaders/batchnorm2d/textbook.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Norm {

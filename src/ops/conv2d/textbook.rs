@@ -1,8 +1,8 @@
-//! The textbook convolution: `shaders/conv2d_textbook.wgsl`, one invocation per output element
+//! The textbook convolution: `shaders/conv2d/textbook.wgsl`, one invocation per output element
 //! running the loops of the formulas in [`super`]'s doc, no tiling and no workgroup memory. It is
 //! the version to read first, the oracle the tiled kernels are tested against on the GPU, and what
 //! the default wrappers ([`super::conv2d_forward`], ...) dispatch under
-//! [`Kernels::Reference`](crate::gpu::Kernels) (`--kernels reference`).
+//! [`Kernels::Reference`](crate::runtime::Kernels) (`--kernels reference`).
 //!
 //! The weight and bias gradients sum over every output pixel, more than lavapipe lets one
 //! invocation loop over (65,535 iterations in all): each sum is cut, in order, into runs of whole
@@ -10,13 +10,13 @@
 //! (see the shader's header).
 
 use super::{dims, Conv2d, Dims, Epilogue};
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Accumulate;
+use crate::autograd::tensor::Tensor;
 use crate::ops::{dropout, relu};
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Accumulate;
-use crate::tensor::Tensor;
 
-const SHADER: Shader = shader!("conv2d_textbook");
+const SHADER: Shader = shader!("conv2d/textbook");
 /// Threads a workgroup (the shader's `WG`).
 const WG: u32 = 64;
 /// Most loop iterations one invocation of the weight or bias sum runs: a quarter of lavapipe's loop
@@ -32,7 +32,7 @@ pub(crate) fn runs(rows: usize, len: usize) -> (u32, u32) {
     (per_run as u32, rows.div_ceil(per_run) as u32)
 }
 
-/// Mirrors `Conv` in `shaders/conv2d_textbook.wgsl`.
+/// Mirrors `Conv` in `shaders/conv2d/textbook.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {

@@ -1,22 +1,22 @@
 //! The 2x2 stride-2 transposed convolution as GEMMs tiled through workgroup memory
-//! (`shaders/conv_transpose2d_gemm.wgsl`): the GPU-shaped kernels, which the default wrappers
+//! (`shaders/conv_transpose2d/gemm.wgsl`): the GPU-shaped kernels, which the default wrappers
 //! dispatch when [`Gpu::tuning`] has [`ConvGemm`](crate::ops::conv2d::gemm::ConvGemm) tilings.
 //! Same contracts as the tiled kernels in [`super`]: y and dy may be concatenation buffers
 //! `[N,C,2H,2W]` with C >= O (the op owns channels 0..O), dx is added into or overwritten, dw and
 //! db are added into.
 
 use super::{params, Params};
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Accumulate;
+use crate::autograd::tensor::Tensor;
 use crate::ops::conv2d::gemm::Gemm;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Accumulate;
-use crate::tensor::Tensor;
 
-const SHADER: Shader = shader!("conv_transpose2d_gemm");
+const SHADER: Shader = shader!("conv_transpose2d/gemm");
 /// Threads a workgroup of the split-K reduction (the shader's literal 256).
 const REDUCE_WG: u32 = 256;
 
-/// Mirrors `Params` in `shaders/conv_transpose2d_gemm.wgsl`.
+/// Mirrors `Params` in `shaders/conv_transpose2d/gemm.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Dims {

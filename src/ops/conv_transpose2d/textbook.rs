@@ -1,8 +1,8 @@
-//! The textbook transposed convolution: `shaders/conv_transpose2d_textbook.wgsl`, one invocation
+//! The textbook transposed convolution: `shaders/conv_transpose2d/textbook.wgsl`, one invocation
 //! per output element running the loops of the formulas in [`super`]'s doc, no tiling and no
 //! workgroup memory. The oracle the tiled kernels are tested against on the GPU, and what the
 //! default wrappers ([`super::conv_transpose2d_forward`], the fused up-convolution and
-//! concatenation, ...) dispatch under [`Kernels::Reference`](crate::gpu::Kernels).
+//! concatenation, ...) dispatch under [`Kernels::Reference`](crate::runtime::Kernels).
 //!
 //! As in the fused op, y and dy may be concatenation buffers `[N,C,2H,2W]` with C >= O: the
 //! convolution owns channels 0..O. The weight and bias sums are cut into runs of whole rows under
@@ -10,17 +10,17 @@
 //! second pass.
 
 use super::{params, Params};
-use crate::gpu::{groups_1d, Encoder, Gpu, Shader};
+use crate::autograd::tape::Accumulate;
+use crate::autograd::tensor::Tensor;
 use crate::ops::conv2d;
+use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tape::Accumulate;
-use crate::tensor::Tensor;
 
-const SHADER: Shader = shader!("conv_transpose2d_textbook");
+const SHADER: Shader = shader!("conv_transpose2d/textbook");
 /// Threads a workgroup (the shader's `WG`).
 const WG: u32 = 64;
 
-/// Mirrors `ConvT` in `shaders/conv_transpose2d_textbook.wgsl`.
+/// Mirrors `ConvT` in `shaders/conv_transpose2d/textbook.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Dims {

@@ -1,21 +1,21 @@
-//! The textbook matrix products: `shaders/matmul_textbook.wgsl`, one invocation per output
+//! The textbook matrix products: `shaders/matmul/textbook.wgsl`, one invocation per output
 //! element running the one loop of its sum, no tiling and no workgroup memory. The oracle the
 //! tiled kernels are tested against, and what [`super::matmul_forward`] and
-//! [`super::matmul_backward`] dispatch under [`Kernels::Reference`](crate::gpu::Kernels).
+//! [`super::matmul_backward`] dispatch under [`Kernels::Reference`](crate::runtime::Kernels).
 
 use super::dims;
-use crate::gpu::{Encoder, Gpu, Shader};
+use crate::autograd::tensor::Tensor;
+use crate::runtime::{Encoder, Gpu, Shader};
 use crate::shader;
-use crate::tensor::Tensor;
 
-const SHADER: Shader = shader!("matmul_textbook");
+const SHADER: Shader = shader!("matmul/textbook");
 /// Threads a workgroup along each of x (columns) and y (rows): the shader's `WG`.
 const WG: u32 = 8;
 /// Lavapipe ends a shader's loops once an invocation has run 65,535 iterations in all: the most
 /// terms one sum may have.
 const LOOP_GUARD: usize = 65_535;
 
-/// Mirrors `Dims` in `shaders/matmul_textbook.wgsl`.
+/// Mirrors `Dims` in `shaders/matmul/textbook.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Dims {
@@ -82,8 +82,8 @@ pub fn matmul_backward(
 mod tests {
     use super::super::{matmul, matmul_backward_tiled, matmul_forward_tiled, reference, SharedTiling, Tiles, Tiling};
     use super::*;
-    use crate::gpu::Kernels;
-    use crate::tape::Step;
+    use crate::autograd::tape::Step;
+    use crate::runtime::Kernels;
     use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
     /// Shapes not multiples of any tile, multiples of 4 but not of the tiles, tiny ones, a long K.
@@ -174,6 +174,6 @@ mod tests {
         for (k, name) in ["c", "da", "db"].iter().enumerate() {
             assert_close_f32(name, &tuned[k], &to_f64(&textbook[k]), if k == 0 { 1e-4 } else { 1e-3 });
         }
-        assert!(!gpu.compiled_constants("matmul_textbook", "matmul_backward_b").is_empty());
+        assert!(!gpu.compiled_constants("matmul/textbook", "matmul_backward_b").is_empty());
     }
 }

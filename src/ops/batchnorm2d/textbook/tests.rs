@@ -7,9 +7,9 @@ use super::super::{
     batchnorm2d_stats as stats_default, reference,
 };
 use super::*;
-use crate::gpu::Kernels;
+use crate::autograd::tape::Step;
 use crate::ops::conv2d::Epilogue;
-use crate::tape::Step;
+use crate::runtime::Kernels;
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
 /// Odd planes, planes of whole quads (the tiled vec4 entry points), one pixel a plane, and
@@ -146,5 +146,5 @@ fn the_tape_on_the_textbook_kernels_gives_the_tuned_gradients() {
         let tol = if k < 3 { 1e-4 } else { 1e-3 };
         assert_close_f32(name, &tuned[k], &to_f64(&textbook[k]), tol);
     }
-    assert!(!gpu.compiled_constants("batchnorm2d_textbook", "batchnorm_backward_data").is_empty());
+    assert!(!gpu.compiled_constants("batchnorm2d/textbook", "batchnorm_backward_data").is_empty());
 }

@@ -5,6 +5,7 @@ use super::super::tests::{cases, yd};
 use super::super::textbook;
 use super::*;
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64};
+use crate::tune::tiling::gemm::MAX_SLICES;
 
 /// Tilings to test: the default, one that leaves partly empty tiles everywhere (odd sizes, threads
 /// that own 3x5 outputs), a small one and the largest (8x8 tiles of 128x128).

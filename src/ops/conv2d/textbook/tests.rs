@@ -7,8 +7,8 @@ use super::super::{
     conv2d_fused, reference, SharedTiling, Tiling,
 };
 use super::*;
-use crate::gpu::Kernels;
-use crate::tape::Step;
+use crate::autograd::tape::Step;
+use crate::runtime::Kernels;
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
 /// One case's random inputs: x, w, b, dy, and the values dx, dw, db start from (the backward
@@ -199,5 +199,5 @@ fn the_tape_on_the_textbook_kernels_gives_the_tuned_gradients() {
         let tol = if k == 0 { 1e-4 } else { 1e-3 };
         assert_close_f32(name, &tuned[k], &to_f64(&textbook[k]), tol);
     }
-    assert!(!gpu.compiled_constants("conv2d_textbook", "conv2d_backward_weight").is_empty());
+    assert!(!gpu.compiled_constants("conv2d/textbook", "conv2d_backward_weight").is_empty());
 }

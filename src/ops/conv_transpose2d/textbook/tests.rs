@@ -6,8 +6,8 @@ use super::super::{
     conv_transpose2d_concat, conv_transpose2d_forward_tiled, reference, Workgroups,
 };
 use super::*;
-use crate::gpu::Kernels;
-use crate::tape::Step;
+use crate::autograd::tape::Step;
+use crate::runtime::Kernels;
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64, with_kernels};
 
 /// x dims and output channels: general kernels (W = 1, 7, 9, 13), quad kernels (W = 4, 8, 12, 20),
@@ -171,5 +171,5 @@ fn the_fused_concatenation_on_the_textbook_kernels_gives_the_tuned_results() {
         let tol = if k == 0 { 1e-4 } else { 1e-3 };
         assert_close_f32(name, &tuned[k], &to_f64(&textbook[k]), tol);
     }
-    assert!(!gpu.compiled_constants("conv_transpose2d_textbook", "conv_transpose2d_backward_weight").is_empty());
+    assert!(!gpu.compiled_constants("conv_transpose2d/textbook", "conv_transpose2d_backward_weight").is_empty());
 }

@@ -1,0 +1,151 @@
+//! Batch norm's backward dispatch: the gradients of the input, of the scale and of the shift,
+//! plain or through the fused ReLU and dropout.
+
+use super::*;
+
+/// Backward of [`batchnorm2d_forward`], accumulating into whichever of `dx`
+/// (`[N,C,H,W]`), `dgamma`, `dbeta` (`[C]`) are given. x, dy: `[N,C,H,W]`;
+/// mean, invstd (as saved by the forward), gamma: `[C]`. In [`Mode::Train`]
+/// mean and invstd are the batch statistics and dx includes their dependence
+/// on x; in [`Mode::Eval`] they are constants (the running statistics).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm2d_backward(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    mode: Mode,
+    x: &Tensor,
+    dy: &Tensor,
+    mean: &Tensor,
+    invstd: &Tensor,
+    gamma: &Tensor,
+    dx: Option<&Tensor>,
+    dgamma: Option<&Tensor>,
+    dbeta: Option<&Tensor>,
+) {
+    // The identity's gate reads no beta, but the entry points bind one: gamma stands in.
+    batchnorm2d_backward_fused(
+        gpu,
+        enc,
+        mode,
+        x,
+        dy,
+        mean,
+        invstd,
+        gamma,
+        gamma,
+        dx.map(|dx| (dx, Accumulate::Add)),
+        dgamma,
+        dbeta,
+        Epilogue::Identity,
+    );
+}
+
+/// Backward of [`batchnorm2d_forward_fused`]: [`batchnorm2d_backward`] with
+/// `dz = dy * (y > 0) * scale` (scale `1 / (1 - p)` for [`Epilogue::ReluDropout`], else 1)
+/// in place of dy, computed where dy is read. `y > 0` is recomputed from x, beta and the
+/// dropout hash (`z > 0` and kept), so y itself is not needed; beta: `[C]`. dx is added
+/// into or overwritten as its [`Accumulate`] says. Other shapes and the accumulation as
+/// [`batchnorm2d_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm2d_backward_fused(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    mode: Mode,
+    x: &Tensor,
+    dy: &Tensor,
+    mean: &Tensor,
+    invstd: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    dx: Option<(&Tensor, Accumulate)>,
+    dgamma: Option<&Tensor>,
+    dbeta: Option<&Tensor>,
+    epilogue: Epilogue,
+) {
+    let dims = x.dims4("batchnorm2d x");
+    let c = dims[1];
+    assert_eq!(x.shape(), dy.shape(), "batchnorm2d backward: x {:?} vs dy {:?}", x.shape(), dy.shape());
+    if let Some((dx, _)) = dx {
+        assert_eq!(x.shape(), dx.shape(), "batchnorm2d backward: x {:?} vs dx {:?}", x.shape(), dx.shape());
+    }
+    for (what, t) in [("mean", Some(mean)), ("invstd", Some(invstd)), ("gamma", Some(gamma)), ("beta", Some(beta))]
+        .into_iter()
+        .chain([("dgamma", dgamma), ("dbeta", dbeta)])
+    {
+        if let Some(t) = t {
+            assert_channels(what, c, t);
+        }
+    }
+    if gpu.kernels() == Kernels::Reference {
+        // dz (the gradient before the epilogue) by the plain kernels, then the textbook backward.
+        let ch = textbook::Channels { mean, invstd, gamma, beta };
+        let dz = textbook::epilogue_backward(gpu, enc, x, dy, ch, epilogue);
+        let grads = textbook::Grads { dx, dgamma, dbeta };
+        return textbook::batchnorm2d_backward(gpu, enc, mode, x, &dz, ch, grads);
+    }
+    let mut p = Params::new(dims);
+    let [relu, dropout] = p.epilogue(epilogue);
+    let partial_constants = [("WG", p.partial_threads() as f64), relu, dropout];
+    // The dx passes: elementwise workgroups, and dx added into or overwritten.
+    let data_constants = |acc: Accumulate| [("WG", p.plane_threads() as f64), relu, dropout, acc.constant()];
+    let groups = plane_groups(&p);
+    let v = Views::of(&p);
+
+    if mode == Mode::Eval {
+        if let Some((dx, acc)) = dx {
+            gpu.dispatch(
+                enc,
+                &gpu.kernel(
+                    &SHADER,
+                    v.entry("batchnorm_backward_data_eval", "batchnorm_backward_data_eval_vec4"),
+                    &data_constants(acc),
+                ),
+                &p,
+                &[(v.x(), x), (v.dy(), dy), (3, gamma), (4, beta), (5, mean), (6, invstd), (v.out(), dx)],
+                groups,
+            );
+        }
+        if dgamma.is_none() && dbeta.is_none() {
+            return; // the channel sums are only needed for the parameters
+        }
+    }
+
+    // sums = [sum dz (C values) | sum dz * xhat (C values)], in two passes.
+    let partial = gpu.empty(&[c, p.splits as usize, 2]);
+    let sums = gpu.empty(&[2, c]);
+    gpu.dispatch(
+        enc,
+        &gpu.kernel(
+            &SHADER,
+            v.entry("batchnorm_backward_partial", "batchnorm_backward_partial_vec4"),
+            &partial_constants,
+        ),
+        &p,
+        &[(v.x(), x), (v.dy(), dy), (3, gamma), (4, beta), (5, mean), (6, invstd), (9, &partial)],
+        [p.splits, c as u32, 1],
+    );
+    let final_kernel = gpu.kernel(&SHADER, "batchnorm_backward_final", &[("WG", p.final_threads() as f64)]);
+    gpu.dispatch(enc, &final_kernel, &p, &[(9, &partial), (10, &sums)], [c as u32, 1, 1]);
+
+    if let (Mode::Train, Some((dx, acc))) = (mode, dx) {
+        let entry = v.entry("batchnorm_backward_data", "batchnorm_backward_data_vec4");
+        gpu.dispatch(
+            enc,
+            &gpu.kernel(&SHADER, entry, &data_constants(acc)),
+            &p,
+            &[(v.x(), x), (v.dy(), dy), (3, gamma), (4, beta), (5, mean), (6, invstd), (10, &sums), (v.out(), dx)],
+            groups,
+        );
+    }
+    for (which, dparam) in [(0, dbeta), (1, dgamma)] {
+        if let Some(dparam) = dparam {
+            gpu.dispatch(
+                enc,
+                &kernel(gpu, "batchnorm_backward_param"),
+                &Params { which, ..p },
+                &[(10, &sums), (11, dparam)],
+                [(c as u32).div_ceil(WG), 1, 1],
+            );
+        }
+    }
+}
