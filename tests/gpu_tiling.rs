@@ -51,7 +51,7 @@ fn check(batch_norm: bool, upsampling: Upsampling) {
         gpu.write(t, bytemuck::cast_slice(v));
     }
     let gemm = step(&model, TilingFamily::Gpu, &x, &labels);
-    assert!(!gpu.compiled_constants("conv2d_gemm", "conv2d_gemm_backward_weight").is_empty(), "the GEMMs ran");
+    assert!(!gpu.compiled_constants("conv2d/gemm", "conv2d_gemm_backward_weight").is_empty(), "the GEMMs ran");
 
     let what = format!("batch norm {batch_norm}, {upsampling:?}");
     assert_close_f32(&format!("logits ({what})"), &gemm.logits, &to_f64(&cpu.logits), 1e-4);
