@@ -617,6 +617,7 @@ impl Gpu {
         });
         let nanos = started.elapsed().as_nanos() as u64;
         self.count(|c| (c.pipelines, c.pipeline_nanos) = (c.pipelines + 1, c.pipeline_nanos + nanos));
+        crate::pipeline_log::record(self.info.backend, shader.name, entry, constants, nanos as f64 * 1e-9);
         let layout = pipeline.get_bind_group_layout(0);
         let kernel = Rc::new(Kernel { name: format!("{}::{entry}", shader.name), pipeline, layout, bindings });
         self.kernels.borrow_mut().insert(key, kernel.clone());

@@ -22,6 +22,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod pipeline_log;
 pub mod predict;
 pub mod progress;
 pub mod report;

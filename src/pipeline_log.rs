@@ -1,0 +1,41 @@
+//! `UNET_WGPU_PIPELINE_LOG=FILE`: a line appended to FILE for each compute pipeline a
+//! [`crate::Gpu`] compiles, so that a run can say what it compiled on which backend (CI's GL step
+//! counts the shaders and entry points its tests reached this way). Tab-separated:
+//!
+//! ```text
+//! Gl	conv2d	conv2d_forward_shared	TX=16,TY=16,SM=4,SN=4,BK=8,KH=3,KW=3,SH=1,SW=1	0.031
+//! ```
+//!
+//! backend, shader (file stem in `shaders/`), entry point, override constants (`-` for none), and
+//! the seconds `create_compute_pipeline` took. Drivers differ in when they compile: a GPU driver
+//! mostly at creation; Mesa's software drivers (lavapipe, llvmpipe) at the first dispatch, so
+//! there the figure is small and the cost shows in the first submit instead.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Once;
+
+/// The environment variable that names the log file.
+pub const VAR: &str = "UNET_WGPU_PIPELINE_LOG";
+
+/// Appends one pipeline's line to the file `UNET_WGPU_PIPELINE_LOG` names; nothing when it is
+/// unset. A file that cannot be written gets one warning per process, and the run goes on.
+pub(crate) fn record(backend: wgpu::Backend, shader: &str, entry: &str, constants: &[(&str, f64)], seconds: f64) {
+    let Some(path) = std::env::var_os(VAR).filter(|p| !p.is_empty()) else { return };
+    let constants = if constants.is_empty() {
+        "-".to_string()
+    } else {
+        constants.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    };
+    let line = format!("{backend:?}\t{shader}\t{entry}\t{constants}\t{seconds:.3}\n");
+    // One write of one short line to a file opened for appending: lines from test threads that
+    // compile at the same time do not interleave.
+    let written =
+        OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        static WARNED: Once = Once::new();
+        WARNED.call_once(|| {
+            eprintln!("warning: cannot append to {} ({VAR}): {e}; pipelines go unlogged", path.display())
+        });
+    }
+}
