@@ -611,7 +611,6 @@ impl Gpu {
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants,
                 zero_initialize_workgroup_memory: zero_workgroup_memory(self.info.backend),
-                ..Default::default()
             },
             cache: None,
         });

@@ -1,15 +1,16 @@
 //! `UNET_WGPU_PIPELINE_LOG=FILE`: a line appended to FILE for each compute pipeline a
 //! [`crate::Gpu`] compiles, so that a run can say what it compiled on which backend (CI's GL step
-//! counts the shaders and entry points its tests reached this way). Tab-separated:
+//! counts the shaders and entry points its tests reached this way). Five fields, separated by
+//! tabs: the backend, the shader (file stem in `shaders/`), the entry point, the override
+//! constants (`-` for none), and the seconds `create_compute_pipeline` took:
 //!
 //! ```text
-//! Gl	conv2d	conv2d_forward_shared	TX=16,TY=16,SM=4,SN=4,BK=8,KH=3,KW=3,SH=1,SW=1	0.031
+//! Gl  conv2d  conv2d_forward_shared  TX=16,TY=16,SM=4,SN=4,BK=8,KH=3,KW=3,SH=1,SW=1  0.022
 //! ```
 //!
-//! backend, shader (file stem in `shaders/`), entry point, override constants (`-` for none), and
-//! the seconds `create_compute_pipeline` took. Drivers differ in when they compile: a GPU driver
-//! mostly at creation; Mesa's software drivers (lavapipe, llvmpipe) at the first dispatch, so
-//! there the figure is small and the cost shows in the first submit instead.
+//! Drivers differ in when they compile: a GPU driver mostly at creation; Mesa's software drivers
+//! (lavapipe, llvmpipe) at the first dispatch, so there the figure is small and the cost shows in
+//! the first submit instead.
 
 use std::fs::OpenOptions;
 use std::io::Write;
