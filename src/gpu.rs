@@ -438,17 +438,6 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (kind, api)
 }
 
-/// Whether wgpu zeroes a kernel's workgroup memory before it runs (WGSL's rule) on `backend`.
-/// Not on GL: there naga zeroes each workgroup array with one constructor of all its elements
-/// (`float[2048](0.0, 0.0, ...)` for the shared tiles), and llvmpipe's GL driver spends minutes
-/// of LLVM time compiling each such kernel (`docs/performance.md`, "On the GL backend"). No
-/// kernel needs the zeroes: each writes every workgroup cell it reads before the barrier that
-/// precedes the read (the GL tests check every such kernel against its reference). Elsewhere
-/// the zeroing stays (Vulkan 1.3 drivers do it themselves, at no compile cost).
-fn zero_workgroup_memory(backend: wgpu::Backend) -> bool {
-    backend != wgpu::Backend::Gl
-}
-
 impl Gpu {
     /// Open the best adapter: a hardware GPU if there is one, else a software
     /// driver (lavapipe, llvmpipe). See [`GpuOptions`] for the overrides.
@@ -608,15 +597,12 @@ impl Gpu {
             layout: None, // derived from the entry point's own bindings
             module: &module,
             entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: zero_workgroup_memory(self.info.backend),
-            },
+            compilation_options: crate::compilation::options(self.info.backend, constants),
             cache: None,
         });
         let nanos = started.elapsed().as_nanos() as u64;
         self.count(|c| (c.pipelines, c.pipeline_nanos) = (c.pipelines + 1, c.pipeline_nanos + nanos));
-        crate::pipeline_log::record(self.info.backend, shader.name, entry, constants, nanos as f64 * 1e-9);
+        crate::compilation::record(self.info.backend, shader.name, entry, constants, nanos as f64 * 1e-9);
         let layout = pipeline.get_bind_group_layout(0);
         let kernel = Rc::new(Kernel { name: format!("{}::{entry}", shader.name), pipeline, layout, bindings });
         self.kernels.borrow_mut().insert(key, kernel.clone());

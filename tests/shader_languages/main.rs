@@ -373,8 +373,8 @@ fn hlsl(
 }
 
 /// GLSL: uniform and storage buffers each numbered from 0, as wgpu numbers them; GL gets no
-/// naga bounds checks but images' (none here), and no zeroing of workgroup memory (`Gpu::kernel`
-/// turns it off on GL).
+/// naga bounds checks but images' (none here), and no zeroing of workgroup memory
+/// (`unet_wgpu::compilation::options` turns it off on GL).
 fn glsl(
     module: &Module,
     info: &ModuleInfo,

@@ -1,3 +1,6 @@
+//! How a compute pipeline is compiled on each backend ([`options`]), and the log of what a run
+//! compiled ([`record`]).
+//!
 //! `UNET_WGPU_PIPELINE_LOG=FILE`: a line appended to FILE for each compute pipeline a
 //! [`crate::Gpu`] compiles, so that a run can say what it compiled on which backend (CI's GL step
 //! counts the shaders and entry points its tests reached this way). Five fields, separated by
@@ -15,6 +18,21 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::Once;
+
+/// The compilation options of a pipeline on `backend`: its override constants, and whether wgpu
+/// zeroes its workgroup memory before it runs (WGSL's rule). Not on GL: there naga zeroes each
+/// workgroup array with one constructor of all its elements (`float[2048](0.0, 0.0, ...)` for the
+/// shared tiles), and llvmpipe's GL driver spends minutes of LLVM time compiling each such kernel
+/// (`docs/performance.md`, "On the GL backend"). No kernel needs the zeroes: each writes every
+/// workgroup cell it reads before the barrier that precedes the read (the GL tests check every
+/// such kernel against its reference). Elsewhere the zeroing stays (Vulkan 1.3 drivers do it
+/// themselves, at no compile cost).
+pub(crate) fn options<'a>(
+    backend: wgpu::Backend,
+    constants: &'a [(&'a str, f64)],
+) -> wgpu::PipelineCompilationOptions<'a> {
+    wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: backend != wgpu::Backend::Gl }
+}
 
 /// The environment variable that names the log file.
 pub const VAR: &str = "UNET_WGPU_PIPELINE_LOG";
