@@ -9,6 +9,7 @@
 //! 3. [`Gpu::submit`] uploads the arena, submits the whole step at once, and
 //!    hands the buffers that tensors released during the step back to the pool.
 
+pub mod compilation;
 mod encoder;
 mod gpu;
 mod options;

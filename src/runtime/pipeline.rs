@@ -94,11 +94,12 @@ impl Gpu {
             layout: None, // derived from the entry point's own bindings
             module: &module,
             entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            compilation_options: super::compilation::options(self.info.backend, constants),
             cache: None,
         });
         let nanos = started.elapsed().as_nanos() as u64;
         self.count(|c| (c.pipelines, c.pipeline_nanos) = (c.pipelines + 1, c.pipeline_nanos + nanos));
+        super::compilation::record(self.info.backend, shader.name, entry, constants, nanos as f64 * 1e-9);
         let layout = pipeline.get_bind_group_layout(0);
         let kernel = Rc::new(Kernel { name: format!("{}::{entry}", shader.name), pipeline, layout, bindings });
         self.kernels.borrow_mut().insert(key, kernel.clone());

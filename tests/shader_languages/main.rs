@@ -386,7 +386,8 @@ fn hlsl(
 }
 
 /// GLSL: uniform and storage buffers each numbered from 0, as wgpu numbers them; GL gets no
-/// naga bounds checks but images' (none here).
+/// naga bounds checks but images' (none here), and no zeroing of workgroup memory
+/// (`unet_wgpu::runtime::compilation::options` turns it off on GL).
 fn glsl(
     module: &Module,
     info: &ModuleInfo,
@@ -405,7 +406,7 @@ fn glsl(
         version,
         writer_flags: glsl::WriterFlags::ADJUST_COORDINATE_SPACE,
         binding_map,
-        zero_initialize_workgroup_memory: true,
+        zero_initialize_workgroup_memory: false,
     };
     let pipeline =
         glsl::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.to_string(), multiview: None };
