@@ -10,7 +10,9 @@
 
 use crate::common::bench::Bench;
 use crate::common::ceiling::{copy, copy_tiled};
-use unet_wgpu::ops::matmul::{matmul_backward_tiled, matmul_forward_tiled, reference, SharedTiling, Tiles, Tiling};
+use unet_wgpu::ops::matmul::{
+    matmul_backward_tiled, matmul_forward_tiled, reference, Backward, SharedTiling, Tiles, Tiling,
+};
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::{Gpu, Tensor};
 
@@ -75,7 +77,12 @@ pub fn run(b: &mut Bench) {
             enc.clear(&da);
             enc.clear(&db);
             matmul_forward_tiled(gpu, &mut enc, &at, &bt, &c, &tiles);
-            matmul_backward_tiled(gpu, &mut enc, &at, &bt, &dct, Some(&da), Some(&db), &tiles);
+            matmul_backward_tiled(
+                gpu,
+                &mut enc,
+                Backward { a: &at, b: &bt, dc: &dct, da: Some(&da), db: Some(&db) },
+                &tiles,
+            );
             gpu.submit(enc);
             assert_close_f32(&format!("matmul {tiles:?}"), &gpu.read(&c), &want, 1e-4);
             assert_close_f32(&format!("matmul da {tiles:?}"), &gpu.read(&da), &want_da, 1e-3);
@@ -106,7 +113,7 @@ pub fn run(b: &mut Bench) {
     }
     let (da, db) = (gpu.empty(&[n, n]), gpu.empty(&[n, n]));
     b.case("matmul_backward", &format!("{shape} dA+dB"), Some(2.0 * gemm_flops(n)), None, |gpu, enc| {
-        matmul_backward_tiled(gpu, enc, &at, &bt, &c, Some(&da), Some(&db), &reg)
+        matmul_backward_tiled(gpu, enc, Backward { a: &at, b: &bt, dc: &c, da: Some(&da), db: Some(&db) }, &reg)
     });
     b.case_reps("matmul_forward_shared", &shape, Some(gemm_flops(n)), None, b.reps.min(3), |gpu, enc| {
         matmul_forward_tiled(gpu, enc, &at, &bt, &c, &shared)

@@ -50,7 +50,6 @@ pub(super) fn backward(
 /// `y = [conv_transpose2d(x, w) + b, skip]` along channels, the convolution written straight into
 /// channels 0..O of y and the skip tensor copied after it. x: `[N,I,H,W]`, w: `[I,O,2,2]`, b: `[O]`,
 /// skip: `[N,S,2H,2W]`, y: `[N,O+S,2H,2W]`.
-#[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_concat_forward(
     gpu: &Gpu,
     enc: &mut Encoder,

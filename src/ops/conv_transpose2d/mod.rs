@@ -32,6 +32,7 @@ use crate::runtime::{groups_1d, Encoder, Gpu, Kernels, Shader};
 use crate::shader;
 
 pub mod gemm;
+use gemm::Operands;
 pub mod textbook;
 
 pub use crate::tune::tiling::conv_transpose2d::Workgroups;
@@ -159,10 +160,8 @@ pub fn conv_transpose2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Te
 /// The forward of the default wrappers: tiled as `gpu.tuning()` says, or textbook.
 fn forward_default(gpu: &Gpu, enc: &mut Encoder, p: Params, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
     match (gpu.kernels(), gpu.tuning().conv_gemm) {
-        (Kernels::Tuned, Some(g)) => {
-            gemm::forward(gpu, enc, p, gemm::Operands { x, w, b, y }, &g.conv_transpose2d_forward)
-        }
-        (Kernels::Tuned, None) => forward(gpu, enc, p, x, w, b, y, &gpu.tuning().conv_transpose2d),
+        (Kernels::Tuned, Some(g)) => gemm::forward(gpu, enc, p, Operands { x, w, b, y }, &g.conv_transpose2d_forward),
+        (Kernels::Tuned, None) => forward(gpu, enc, p, Operands { x, w, b, y }, &gpu.tuning().conv_transpose2d),
         (Kernels::Reference, _) => textbook::forward(gpu, enc, p, x, w, b, y),
     }
 }
@@ -177,20 +176,12 @@ pub fn conv_transpose2d_forward_tiled(
     y: &Tensor,
     wg: &Workgroups,
 ) {
-    forward(gpu, enc, params("conv_transpose2d", x, w, y, false), x, w, b, y, wg);
+    forward(gpu, enc, params("conv_transpose2d", x, w, y, false), Operands { x, w, b, y }, wg);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn forward(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    mut params: Params,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    y: &Tensor,
-    wg: &Workgroups,
-) {
+/// The forward with the register-tiled kernels: y = conv_transpose2d(x, w) + b.
+fn forward(gpu: &Gpu, enc: &mut Encoder, mut params: Params, t: Operands, wg: &Workgroups) {
+    let Operands { x, w, b, y } = t;
     wg.assert_valid();
     if let Some(b) = b {
         assert_eq!(b.len(), params.co as usize, "conv_transpose2d: b {:?} vs w {:?}", b.shape(), w.shape());
@@ -232,7 +223,7 @@ pub fn conv_transpose2d_backward_data_tiled(
     wg: &Workgroups,
 ) {
     let params = params("conv_transpose2d backward_data", dx, w, dy, false);
-    backward_data(gpu, enc, params, w, dy, dx, Accumulate::Add, wg);
+    backward_data(gpu, enc, params, Operands { x: dx, w, b: None, y: dy }, Accumulate::Add, wg);
 }
 
 /// [`conv_transpose2d_backward_data`] into dx as `acc` says: added into, or overwritten (every
@@ -262,25 +253,20 @@ fn backward_data_default(
 ) {
     match (gpu.kernels(), gpu.tuning().conv_gemm) {
         (Kernels::Tuned, Some(g)) => {
-            let t = gemm::Operands { x: dx, w, b: None, y: dy };
+            let t = Operands { x: dx, w, b: None, y: dy };
             gemm::backward_data(gpu, enc, p, t, acc, &g.conv_transpose2d_backward_data)
         }
-        (Kernels::Tuned, None) => backward_data(gpu, enc, p, w, dy, dx, acc, &gpu.tuning().conv_transpose2d),
+        (Kernels::Tuned, None) => {
+            let t = Operands { x: dx, w, b: None, y: dy };
+            backward_data(gpu, enc, p, t, acc, &gpu.tuning().conv_transpose2d)
+        }
         (Kernels::Reference, _) => textbook::backward_data(gpu, enc, p, w, dy, dx, acc),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backward_data(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    params: Params,
-    w: &Tensor,
-    dy: &Tensor,
-    dx: &Tensor,
-    acc: Accumulate,
-    wg: &Workgroups,
-) {
+/// `dx (+)= conv_transpose2d^T(dy)` with the register-tiled kernels; `t` holds dx as x and dy as y.
+fn backward_data(gpu: &Gpu, enc: &mut Encoder, params: Params, t: Operands, acc: Accumulate, wg: &Workgroups) {
+    let Operands { x: dx, w, y: dy, .. } = t;
     wg.assert_valid();
     if dx.is_empty() {
         return; // nothing to write
@@ -335,10 +321,10 @@ fn backward_weight_default(
     match (gpu.kernels(), dw, db) {
         (Kernels::Tuned, Some(dw), db) => match gpu.tuning().conv_gemm {
             Some(g) => {
-                let t = gemm::Operands { x, w: dw, b: db, y: dy };
+                let t = Operands { x, w: dw, b: db, y: dy };
                 gemm::backward_weight(gpu, enc, p, t, &g.conv_transpose2d_backward_weight)
             }
-            None => backward_weight(gpu, enc, p, x, dy, dw, db, &wg),
+            None => backward_weight(gpu, enc, p, Operands { x, w: dw, b: db, y: dy }, &wg),
         },
         (Kernels::Tuned, None, Some(db)) => bias(gpu, enc, p, dy, db, &wg),
         (Kernels::Reference, Some(dw), db) => textbook::backward_weight(gpu, enc, p, x, dy, dw, db),
@@ -348,7 +334,6 @@ fn backward_weight_default(
 }
 
 /// [`conv_transpose2d_backward_weight`] with chosen workgroup sizes.
-#[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_backward_weight_tiled(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -359,20 +344,13 @@ pub fn conv_transpose2d_backward_weight_tiled(
     wg: &Workgroups,
 ) {
     let params = params("conv_transpose2d backward_weight", x, dw, dy, false);
-    backward_weight(gpu, enc, params, x, dy, dw, db, wg);
+    backward_weight(gpu, enc, params, Operands { x, w: dw, b: db, y: dy }, wg);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backward_weight(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    params: Params,
-    x: &Tensor,
-    dy: &Tensor,
-    dw: &Tensor,
-    db: Option<&Tensor>,
-    wg: &Workgroups,
-) {
+/// `dw += x (*) dy`, `db += sum dy` with the register-tiled kernels; `t` holds dw as w, db as b
+/// and dy as y.
+fn backward_weight(gpu: &Gpu, enc: &mut Encoder, params: Params, t: Operands, wg: &Workgroups) {
+    let Operands { x, w: dw, b: db, y: dy } = t;
     wg.assert_valid();
     let (ci, co) = (params.ci, params.co);
     if let Some(db) = db {
@@ -449,7 +427,6 @@ fn bias(gpu: &Gpu, enc: &mut Encoder, params: Params, dy: &Tensor, db: &Tensor, 
 }
 
 /// `dst += sum over slices of partial[base..]` (`[slices, len]` -> `[len]`), in slice order.
-#[allow(clippy::too_many_arguments)]
 fn sum_partials(
     gpu: &Gpu,
     enc: &mut Encoder,

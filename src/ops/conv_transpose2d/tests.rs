@@ -50,7 +50,8 @@ fn check_shape_with(seed: u64, dims: [usize; 4], co: usize, wg: &Workgroups) {
     conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y_nobias, wg);
     conv_transpose2d_backward_data_tiled(gpu, &mut enc, &wt, &dyt, &dxt, wg);
     let params = params("test", &dx_fresh, &wt, &dyt, false);
-    backward_data(gpu, &mut enc, params, &wt, &dyt, &dx_fresh, Accumulate::Overwrite, wg);
+    let fresh = Operands { x: &dx_fresh, w: &wt, b: None, y: &dyt };
+    backward_data(gpu, &mut enc, params, fresh, Accumulate::Overwrite, wg);
     conv_transpose2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dwt, Some(&dbt), wg);
     conv_transpose2d_backward_bias(gpu, &mut enc, &dyt, &db_alone);
     gpu.submit(enc);

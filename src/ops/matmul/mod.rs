@@ -159,23 +159,30 @@ pub fn matmul_backward(
     db: Option<&Tensor>,
 ) {
     match gpu.kernels() {
-        Kernels::Tuned => matmul_backward_tiled(gpu, enc, a, b, dc, da, db, &gpu.tuning().matmul),
+        Kernels::Tuned => matmul_backward_tiled(gpu, enc, Backward { a, b, dc, da, db }, &gpu.tuning().matmul),
         Kernels::Reference => textbook::matmul_backward(gpu, enc, a, b, dc, da, db),
     }
 }
 
+/// The operands of a backward: a `[M,K]`, b `[K,N]`, dc `[M,N]`, and the gradients to add
+/// into, each when given: da `[M,K]`, db `[K,N]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Backward<'a> {
+    /// `[M,K]`.
+    pub a: &'a Tensor,
+    /// `[K,N]`.
+    pub b: &'a Tensor,
+    /// `[M,N]`.
+    pub dc: &'a Tensor,
+    /// `[M,K]`, added into; none to skip.
+    pub da: Option<&'a Tensor>,
+    /// `[K,N]`, added into; none to skip.
+    pub db: Option<&'a Tensor>,
+}
+
 /// [`matmul_backward`] with a chosen kernel and tiling.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_backward_tiled(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    a: &Tensor,
-    b: &Tensor,
-    dc: &Tensor,
-    da: Option<&Tensor>,
-    db: Option<&Tensor>,
-    tiles: &Tiles,
-) {
+pub fn matmul_backward_tiled(gpu: &Gpu, enc: &mut Encoder, op: Backward, tiles: &Tiles) {
+    let Backward { a, b, dc, da, db } = op;
     let (m, k, n) = dims(a, b);
     assert_eq!(
         dc.shape(),
@@ -273,7 +280,12 @@ mod tests {
         let (dat, dbt, c) = (gpu.upload(&da0, &[m, k]), gpu.upload(&db0, &[k, n]), gpu.empty(&[m, n]));
         let mut enc = gpu.encoder();
         matmul_forward_tiled(gpu, &mut enc, &at, &bt, &c, tiles);
-        matmul_backward_tiled(gpu, &mut enc, &at, &bt, &dct, Some(&dat), Some(&dbt), tiles);
+        matmul_backward_tiled(
+            gpu,
+            &mut enc,
+            Backward { a: &at, b: &bt, dc: &dct, da: Some(&dat), db: Some(&dbt) },
+            tiles,
+        );
         gpu.submit(enc);
 
         let (af, bf, dcf) = (to_f64(&a), to_f64(&b), to_f64(&dc));

@@ -80,7 +80,9 @@ pub fn matmul_backward(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{matmul, matmul_backward_tiled, matmul_forward_tiled, reference, SharedTiling, Tiles, Tiling};
+    use super::super::{
+        matmul, matmul_backward_tiled, matmul_forward_tiled, reference, Backward, SharedTiling, Tiles, Tiling,
+    };
     use super::*;
     use crate::autograd::tape::Step;
     use crate::runtime::Kernels;
@@ -109,7 +111,12 @@ mod tests {
             }
             Some(t) => {
                 matmul_forward_tiled(gpu, &mut enc, &at, &bt, &c, t);
-                matmul_backward_tiled(gpu, &mut enc, &at, &bt, &dct, Some(&da), Some(&db), t);
+                matmul_backward_tiled(
+                    gpu,
+                    &mut enc,
+                    Backward { a: &at, b: &bt, dc: &dct, da: Some(&da), db: Some(&db) },
+                    t,
+                );
             }
         }
         gpu.submit(enc);

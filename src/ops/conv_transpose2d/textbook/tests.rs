@@ -3,7 +3,7 @@
 
 use super::super::{
     backward_data as tiled_backward_data, bias as tiled_bias, conv_transpose2d_backward_weight_tiled,
-    conv_transpose2d_concat, conv_transpose2d_forward_tiled, reference, Workgroups,
+    conv_transpose2d_concat, conv_transpose2d_forward_tiled, reference, Operands, Workgroups,
 };
 use super::*;
 use crate::autograd::tape::Step;
@@ -73,8 +73,9 @@ fn run(seed: u64, dims: [usize; 4], co: usize, wg: Option<&Workgroups>) -> Resul
         Some(wg) => {
             conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, Some(&bt), &y, wg);
             conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y_nobias, wg);
-            tiled_backward_data(gpu, &mut enc, p, &wt, &dyt, &dx, Accumulate::Add, wg);
-            tiled_backward_data(gpu, &mut enc, p, &wt, &dyt, &dx_fresh, Accumulate::Overwrite, wg);
+            tiled_backward_data(gpu, &mut enc, p, Operands { x: &dx, w: &wt, b: None, y: &dyt }, Accumulate::Add, wg);
+            let fresh = Operands { x: &dx_fresh, w: &wt, b: None, y: &dyt };
+            tiled_backward_data(gpu, &mut enc, p, fresh, Accumulate::Overwrite, wg);
             conv_transpose2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), wg);
             tiled_bias(gpu, &mut enc, p, &dyt, &db_alone, wg);
         }
