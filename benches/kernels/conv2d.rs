@@ -12,7 +12,7 @@
 use crate::common::bench::Bench;
 use unet_wgpu::ops::conv2d::{
     conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_shared, conv2d_forward_tiled, reference,
-    Conv2d, Epilogue, SharedTiling, Tiling,
+    BackwardWeight, Conv2d, Epilogue, Forward, SharedTiling, Tiling,
 };
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::Gpu;
@@ -49,10 +49,20 @@ pub fn run(b: &mut Bench) {
     let mut enc = gpu.encoder();
     enc.clear(&dx);
     enc.clear(&dw);
-    conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y, p, Epilogue::Identity, &t);
-    conv2d_forward_shared(gpu, &mut enc, &xt, &wt, None, &ys, p, &st);
+    conv2d_forward_tiled(
+        gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity },
+        &t,
+    );
+    conv2d_forward_shared(
+        gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: None, y: &ys, p, epilogue: Epilogue::Identity },
+        &st,
+    );
     conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dx, p, &td);
-    conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &tw);
+    conv2d_backward_weight_tiled(gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p }, &tw);
     gpu.submit(enc);
     let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
     let want_y = reference::conv2d_forward(&xf, xd, &wf, wd, None, &p);
@@ -75,7 +85,7 @@ pub fn run(b: &mut Bench) {
         let (xt, dyt, dw) = (gpu.upload(&x, &xd), gpu.upload(&dy, &yd), gpu.empty(&wd));
         let mut enc = gpu.encoder();
         enc.clear(&dw);
-        conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, None, p, &tw);
+        conv2d_backward_weight_tiled(gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p }, &tw);
         gpu.submit(enc);
         let (want_dw, _) = reference::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
         assert_close_f32(&format!("conv2d backward weight {xd:?}"), &gpu.read(&dw), &want_dw, 1e-3);
@@ -103,22 +113,37 @@ pub fn run(b: &mut Bench) {
         let (y, dx, dw, db) = (gpu.empty(&yd), gpu.empty(&xd), gpu.empty(&wd), gpu.empty(&[wd[0]]));
         let shape = format!("{} k{}x{} o{}", shape_str(&xd), wd[2], wd[3], wd[0]);
         b.case("conv2d_forward", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_forward_tiled(gpu, enc, &x, &w, Some(&bias), &y, p, Epilogue::Identity, &t)
+            conv2d_forward_tiled(
+                gpu,
+                enc,
+                &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: Epilogue::Identity },
+                &t,
+            )
         });
         let relu_dropout = Epilogue::ReluDropout { p: 0.1, seed: 1 };
         b.case("conv2d_forward_relu_dropout", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_forward_tiled(gpu, enc, &x, &w, Some(&bias), &y, p, relu_dropout, &t)
+            conv2d_forward_tiled(
+                gpu,
+                enc,
+                &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: relu_dropout },
+                &t,
+            )
         });
         if shared {
             b.case("conv2d_forward_shared", &shape, Some(flops), None, |gpu, enc| {
-                conv2d_forward_shared(gpu, enc, &x, &w, Some(&bias), &y, p, &st)
+                conv2d_forward_shared(
+                    gpu,
+                    enc,
+                    &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: Epilogue::Identity },
+                    &st,
+                )
             });
         }
         b.case("conv2d_backward_data", &shape, Some(flops), None, |gpu, enc| {
             conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, &td)
         });
         b.case("conv2d_backward_weight", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), p, &tw)
+            conv2d_backward_weight_tiled(gpu, enc, &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p }, &tw)
         });
     }
 }

@@ -2,7 +2,8 @@
 //! at each timing shape, and how its result is checked against the f64 reference.
 
 use crate::ops::conv2d::{
-    self, conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_tiled, Conv2d, Epilogue,
+    self, conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_tiled, BackwardWeight, Conv2d,
+    Epilogue, Forward,
 };
 use crate::ops::conv_transpose2d::{
     self, conv_transpose2d_backward_data_tiled, conv_transpose2d_backward_weight_tiled, conv_transpose2d_forward_tiled,
@@ -56,7 +57,12 @@ pub(super) fn conv2d_family<'a>(
         match kernel {
             "conv2d_forward" => {
                 let y = gpu.empty(&yd);
-                conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, Some(&bt), &y, p, Epilogue::Identity, t);
+                conv2d_forward_tiled(
+                    gpu,
+                    &mut enc,
+                    &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: Epilogue::Identity },
+                    t,
+                );
                 gpu.submit(enc);
                 let want = conv2d::reference::conv2d_forward(&xf, xd, &wf, wd, Some(&to_f64(&b)), &p);
                 close("y", &gpu.read(&y), &want, 1e-4)
@@ -70,7 +76,12 @@ pub(super) fn conv2d_family<'a>(
             }
             _ => {
                 let (dw, db) = (gpu.upload(&start[..w.len()], &wd), gpu.upload(&start[..7], &[7]));
-                conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), p, t);
+                conv2d_backward_weight_tiled(
+                    gpu,
+                    &mut enc,
+                    &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p },
+                    t,
+                );
                 gpu.submit(enc);
                 let (want_dw, want_db) = conv2d::reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
                 close("dw", &gpu.read(&dw), &plus(&want_dw, &start), 1e-3)?;
@@ -93,12 +104,24 @@ pub(super) fn conv2d_family<'a>(
             );
             let record: Record<conv2d::Tiling> = match kernel {
                 "conv2d_forward" => Box::new(move |gpu, enc, t| {
-                    conv2d_forward_tiled(gpu, enc, &x, &w, Some(&b), &y, p, Epilogue::Relu, t)
+                    conv2d_forward_tiled(
+                        gpu,
+                        enc,
+                        &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu },
+                        t,
+                    )
                 }),
                 "conv2d_backward_data" => {
                     Box::new(move |gpu, enc, t| conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, t))
                 }
-                _ => Box::new(move |gpu, enc, t| conv2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), p, t)),
+                _ => Box::new(move |gpu, enc, t| {
+                    conv2d_backward_weight_tiled(
+                        gpu,
+                        enc,
+                        &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p },
+                        t,
+                    )
+                }),
             };
             (shape_label(&xd), record)
         })

@@ -61,9 +61,19 @@ pub(super) fn family<'a>(
             }
             None => {
                 let t = &registers;
-                conv2d::conv2d_forward_tiled(gpu, enc, &x, &w, Some(&b), &y, p, Epilogue::Relu, &t.conv2d_forward);
+                conv2d::conv2d_forward_tiled(
+                    gpu,
+                    enc,
+                    &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu },
+                    &t.conv2d_forward,
+                );
                 conv2d::conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, &t.conv2d_backward_data);
-                conv2d::conv2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), p, &t.conv2d_backward_weight);
+                conv2d::conv2d_backward_weight_tiled(
+                    gpu,
+                    enc,
+                    &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p },
+                    &t.conv2d_backward_weight,
+                );
             }
         });
         shapes.push((format!("conv2d {} fwd+bwd", shape_label(&xd)), record));

@@ -12,7 +12,7 @@ use super::tiling::gemm::{ConvGemm, Gemm, TilingFamily};
 use super::tiling::matmul::{SharedTiling, Tiles};
 use super::tiling::*;
 use crate::ops::conv2d::{
-    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, conv2d_forward_tiled, Conv2d, Epilogue,
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, conv2d_forward_tiled, Conv2d, Epilogue, Forward,
 };
 use crate::ops::conv_transpose2d::conv_transpose2d_forward;
 use crate::ops::matmul::{matmul_forward, matmul_forward_tiled};
@@ -320,7 +320,12 @@ fn autotune_chooses_from_the_candidates_within_the_budget() {
     let (x, w) = (random_vec(70, 2 * 5 * 84), random_vec(71, 6 * 5 * 9));
     let (xt, wt, y) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.empty(&[2, 6, 7, 12]));
     let mut enc = gpu.encoder();
-    conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y, p, Epilogue::Identity, &t.conv2d_forward);
+    conv2d_forward_tiled(
+        gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity },
+        &t.conv2d_forward,
+    );
     gpu.submit(enc);
     let want = crate::ops::conv2d::reference::conv2d_forward(&to_f64(&x), xd, &to_f64(&w), wd, None, &p);
     assert_close_f32("y with the chosen tiling", &gpu.read(&y), &want, 1e-4);

@@ -22,7 +22,7 @@ pub fn conv2d_backward_data_tiled(
     p: Conv2d,
     t: &Tiling,
 ) {
-    backward_data(gpu, enc, dy, w, dx, p, t, Accumulate::Add);
+    backward_data(gpu, enc, &BackwardData { dy, w, dx, p, acc: Accumulate::Add }, t);
 }
 
 /// [`conv2d_backward_data`] into dx as `acc` says: added into, or overwritten (every element
@@ -37,27 +37,17 @@ pub fn conv2d_backward_data_into(
     p: Conv2d,
     acc: Accumulate,
 ) {
+    let a = BackwardData { dy, w, dx, p, acc };
     match (gpu.kernels(), gpu.tuning().conv_gemm) {
-        (Kernels::Tuned, Some(g)) => {
-            let a = gemm::BackwardData { dy, w, dx, p, acc };
-            gemm::conv2d_backward_data_gemm(gpu, enc, &a, &g.conv2d_backward_data)
-        }
-        (Kernels::Tuned, None) => backward_data(gpu, enc, dy, w, dx, p, &gpu.tuning().conv2d_backward_data, acc),
+        (Kernels::Tuned, Some(g)) => gemm::conv2d_backward_data_gemm(gpu, enc, &a, &g.conv2d_backward_data),
+        (Kernels::Tuned, None) => backward_data(gpu, enc, &a, &gpu.tuning().conv2d_backward_data),
         (Kernels::Reference, _) => textbook::conv2d_backward_data(gpu, enc, dy, w, dx, p, acc),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn backward_data(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    dy: &Tensor,
-    w: &Tensor,
-    dx: &Tensor,
-    p: Conv2d,
-    t: &Tiling,
-    acc: Accumulate,
-) {
+/// `dx (+)= conv2d_backward_data(dy, w)` with the register-tiled kernels.
+pub(super) fn backward_data(gpu: &Gpu, enc: &mut Encoder, a: &BackwardData, t: &Tiling) {
+    let BackwardData { dy, w, dx, p, acc } = *a;
     let d = dims("conv2d backward data", dx, w, dy, &p);
     let [o, i, kh, kw] = d.w;
     if p.stride == [1, 1] && p.pad[0] < kh && p.pad[1] < kw {
@@ -75,8 +65,8 @@ pub(super) fn backward_data(
         // The identity epilogue spelled out, so that the overwrite shares its pipeline with a
         // forward of the same shape and tiling (the head's 1x1, for one) instead of compiling
         // the same code again under another key.
-        let epilogue = Epilogue::Identity.constants();
-        dispatch_tile(gpu, enc, entry, &fd, params, &epilogue, &flipped, dy, w, None, dx, t);
+        let f = Forward { x: dy, w, b: None, y: dx, p: flipped, epilogue: Epilogue::Identity };
+        dispatch_tile(gpu, enc, entry, &fd, params, &f, t);
         return;
     }
     // The gather kernel only adds: overwriting is adding into zeros.
@@ -106,30 +96,17 @@ pub fn conv2d_backward_weight(
     db: Option<&Tensor>,
     p: Conv2d,
 ) {
+    let a = BackwardWeight { x, dy, dw, db, p };
     match (gpu.kernels(), gpu.tuning().conv_gemm) {
-        (Kernels::Tuned, Some(g)) => {
-            let a = gemm::BackwardWeight { x, dy, dw, db, p };
-            gemm::conv2d_backward_weight_gemm(gpu, enc, &a, &g.conv2d_backward_weight)
-        }
-        (Kernels::Tuned, None) => {
-            conv2d_backward_weight_tiled(gpu, enc, x, dy, dw, db, p, &gpu.tuning().conv2d_backward_weight)
-        }
+        (Kernels::Tuned, Some(g)) => gemm::conv2d_backward_weight_gemm(gpu, enc, &a, &g.conv2d_backward_weight),
+        (Kernels::Tuned, None) => conv2d_backward_weight_tiled(gpu, enc, &a, &gpu.tuning().conv2d_backward_weight),
         (Kernels::Reference, _) => textbook::conv2d_backward_weight(gpu, enc, x, dy, dw, db, p),
     }
 }
 
 /// [`conv2d_backward_weight`] with a chosen register tiling.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward_weight_tiled(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    dy: &Tensor,
-    dw: &Tensor,
-    db: Option<&Tensor>,
-    p: Conv2d,
-    t: &Tiling,
-) {
+pub fn conv2d_backward_weight_tiled(gpu: &Gpu, enc: &mut Encoder, a: &BackwardWeight, t: &Tiling) {
+    let BackwardWeight { x, dy, dw, db, p } = *a;
     if let Err(e) = t.check() {
         panic!("conv2d backward weight: {e}");
     }

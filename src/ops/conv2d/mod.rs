@@ -31,6 +31,7 @@ use crate::runtime::{groups_1d, Encoder, Gpu, Kernels, Shader};
 use crate::shader;
 
 pub mod gemm;
+pub use gemm::{BackwardData, BackwardWeight, Forward};
 pub mod textbook;
 
 pub use crate::tune::tiling::conv2d::{SharedTiling, Tiling};
@@ -214,21 +215,12 @@ const TILE_COLS: u32 = 8;
 /// `conv_gemm`), or the [`textbook`] kernel under [`Kernels::Reference`] (as every default
 /// wrapper here).
 pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor, p: Conv2d) {
-    conv2d_forward_fused(gpu, enc, x, w, b, y, p, Epilogue::Identity);
+    conv2d_forward_fused(gpu, enc, &Forward { x, w, b, y, p, epilogue: Epilogue::Identity });
 }
 
-/// `y = epilogue(conv(x, w) + b)`. Shapes as [`conv2d_forward`].
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward_fused(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    y: &Tensor,
-    p: Conv2d,
-    epilogue: Epilogue,
-) {
+/// `y = epilogue(conv(x, w) + b)`, the operands and options in `f`. Shapes as [`conv2d_forward`].
+pub fn conv2d_forward_fused(gpu: &Gpu, enc: &mut Encoder, f: &Forward) {
+    let Forward { x, w, b, y, p, epilogue } = *f;
     if gpu.kernels() == Kernels::Reference {
         // The textbook convolution into z, then the epilogue by the plain ReLU and dropout kernels.
         let z = if epilogue == Epilogue::Identity { y.clone() } else { gpu.empty(y.shape()) };
@@ -236,49 +228,34 @@ pub fn conv2d_forward_fused(
         return textbook::epilogue_forward(gpu, enc, &z, y, epilogue);
     }
     if let Some(g) = gpu.tuning().conv_gemm {
-        let f = gemm::Forward { x, w, b, y, p, epilogue };
-        return gemm::conv2d_forward_gemm(gpu, enc, &f, &g.conv2d_forward);
+        return gemm::conv2d_forward_gemm(gpu, enc, f, &g.conv2d_forward);
     }
-    conv2d_forward_tiled(gpu, enc, x, w, b, y, p, epilogue, &gpu.tuning().conv2d_forward);
+    conv2d_forward_tiled(gpu, enc, f, &gpu.tuning().conv2d_forward);
 }
 
 /// [`conv2d_forward_fused`] with a chosen register tiling (benchmarks sweep it).
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward_tiled(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    y: &Tensor,
-    p: Conv2d,
-    epilogue: Epilogue,
-    t: &Tiling,
-) {
-    let d = dims("conv2d forward", x, w, y, &p);
-    let mut params = d.params(&p);
-    let epilogue = epilogue.apply(&mut params);
-    dispatch_tile(gpu, enc, "conv2d_forward", &d, params, &epilogue, &p, x, w, b, y, t);
+pub fn conv2d_forward_tiled(gpu: &Gpu, enc: &mut Encoder, f: &Forward, t: &Tiling) {
+    let d = dims("conv2d forward", f.x, f.w, f.y, &f.p);
+    let mut params = d.params(&f.p);
+    f.epilogue.apply(&mut params);
+    dispatch_tile(gpu, enc, "conv2d_forward", &d, params, f, t);
 }
 
-/// Dispatch the register-tiled forward tile on `d` (params from `d`, weight layout set by the
-/// caller): `entry` is `conv2d_forward` (which also overwrites dx for backward data), or
+/// Dispatch the register-tiled forward tile on `d` (params from `d`, with the weight layout and
+/// the epilogue's uniforms set by the caller; `f.epilogue` gives the override constants):
+/// `entry` is `conv2d_forward` (which also overwrites dx for backward data), or
 /// `conv2d_backward_data_stride1`, which adds into y.
-#[allow(clippy::too_many_arguments)]
 fn dispatch_tile(
     gpu: &Gpu,
     enc: &mut Encoder,
     entry: &'static str,
     d: &Dims,
     mut params: Params,
-    epilogue: &[(&'static str, f64)],
-    p: &Conv2d,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    y: &Tensor,
+    f: &Forward,
     t: &Tiling,
 ) {
+    let Forward { x, w, b, y, ref p, epilogue } = *f;
+    let epilogue = epilogue.constants();
     params.tiles_w = params.ow.div_ceil(TILE_COLS);
     params.tiles_h = params.oh.div_ceil(t.rows);
     params.tiles = params.n * params.tiles_w * params.tiles_h;
@@ -336,18 +313,15 @@ fn bias_or_x<'a>(params: &mut Params, b: Option<&'a Tensor>, x: &'a Tensor, d: &
 }
 
 /// The forward with workgroup-memory tiles (the GPU-shaped variant; same contract as
-/// [`conv2d_forward`]). x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward_shared(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    y: &Tensor,
-    p: Conv2d,
-    t: &SharedTiling,
-) {
+/// [`conv2d_forward`], no epilogue). x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none,
+/// y `[N,O,OH,OW]`.
+pub fn conv2d_forward_shared(gpu: &Gpu, enc: &mut Encoder, f: &Forward, t: &SharedTiling) {
+    let Forward { x, w, b, y, p, epilogue } = *f;
+    assert_eq!(
+        epilogue,
+        Epilogue::Identity,
+        "conv2d forward (shared): epilogue {epilogue:?} is not fused by this kernel; use conv2d_forward_tiled"
+    );
     let d = dims("conv2d forward (shared)", x, w, y, &p);
     let (bm, bn) = (t.ty * t.sm, t.tx * t.sn);
     assert!(
@@ -391,7 +365,7 @@ pub fn conv2d_fused(
     let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
     let inputs: Vec<&Tensor> = [Some(x), Some(w), b].into_iter().flatten().collect();
     let y = step.output(&[xd[0], wd[0], oh, ow], &inputs);
-    conv2d_forward_fused(step.gpu, &mut step.enc, x, w, b, &y, p, epilogue);
+    conv2d_forward_fused(step.gpu, &mut step.enc, &Forward { x, w, b, y: &y, p, epilogue });
     let (x, w, b) = (x.clone(), w.clone(), b.cloned());
     let saved_y = (epilogue != Epilogue::Identity).then(|| y.clone());
     step.record("conv2d", &y, move |ctx, dy| {

@@ -78,10 +78,25 @@ fn check_gpu(seed: u64, xd: [usize; 4], wd: [usize; 4], p: Conv2d, bias: bool, t
     let y_shared = gpu.empty(&ydims);
     let mut enc = gpu.encoder();
     let bopt = bias.then_some(&bt);
-    conv2d_forward_tiled(gpu, &mut enc, &xt, &wt, bopt, &y, p, Epilogue::Identity, t);
-    conv2d_forward_shared(gpu, &mut enc, &xt, &wt, bopt, &y_shared, p, &SharedTiling::default());
+    conv2d_forward_tiled(
+        gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: bopt, y: &y, p, epilogue: Epilogue::Identity },
+        t,
+    );
+    conv2d_forward_shared(
+        gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: bopt, y: &y_shared, p, epilogue: Epilogue::Identity },
+        &SharedTiling::default(),
+    );
     conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dxt, p, t);
-    conv2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dwt, bias.then_some(&dbt), p, t);
+    conv2d_backward_weight_tiled(
+        gpu,
+        &mut enc,
+        &BackwardWeight { x: &xt, dy: &dyt, dw: &dwt, db: bias.then_some(&dbt), p },
+        t,
+    );
     gpu.submit(enc);
 
     let what = format!("{xd:?} {wd:?} {p:?} bias {bias} {t:?}");
@@ -163,7 +178,12 @@ fn shared_tilings_match_reference() {
     {
         let y = gpu.empty(&yd(xd, wd, &p));
         let mut enc = gpu.encoder();
-        conv2d_forward_shared(gpu, &mut enc, &xt, &wt, None, &y, p, &t);
+        conv2d_forward_shared(
+            gpu,
+            &mut enc,
+            &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity },
+            &t,
+        );
         gpu.submit(enc);
         assert_close_f32(&format!("y (shared) {t:?}"), &gpu.read(&y), &want, 1e-4);
     }
@@ -201,7 +221,7 @@ fn fused_epilogue_matches_reference() {
         for e in &EPILOGUES[1..] {
             let (y, dz) = (gpu.empty(&ydims), gpu.empty(&ydims));
             let mut enc = gpu.encoder();
-            conv2d_forward_fused(gpu, &mut enc, &xt, &wt, Some(&bt), &y, p, *e);
+            conv2d_forward_fused(gpu, &mut enc, &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: *e });
             conv2d_epilogue_backward(gpu, &mut enc, &y, &dyt, &dz, *e);
             gpu.submit(enc);
             let what = format!("{xd:?} {wd:?} {e:?}");

@@ -4,7 +4,7 @@
 use super::super::tests::{cases, yd};
 use super::super::{
     backward_data, conv2d_backward_weight_tiled, conv2d_forward_fused, conv2d_forward_shared, conv2d_forward_tiled,
-    conv2d_fused, reference, SharedTiling, Tiling,
+    conv2d_fused, reference, BackwardData, BackwardWeight, Forward, SharedTiling, Tiling,
 };
 use super::*;
 use crate::autograd::tape::Step;
@@ -71,10 +71,25 @@ fn run(d: &Data, t: Option<&Tiling>) -> Results {
             conv2d_backward_weight(gpu, &mut enc, &x, &dy, &dw, Some(&db), d.p);
         }
         Some(t) => {
-            conv2d_forward_tiled(gpu, &mut enc, &x, &w, Some(&b), &y, d.p, Epilogue::Identity, t);
-            backward_data(gpu, &mut enc, &dy, &w, &dx, d.p, t, Accumulate::Add);
-            backward_data(gpu, &mut enc, &dy, &w, &dx_fresh, d.p, t, Accumulate::Overwrite);
-            conv2d_backward_weight_tiled(gpu, &mut enc, &x, &dy, &dw, Some(&db), d.p, t);
+            conv2d_forward_tiled(
+                gpu,
+                &mut enc,
+                &Forward { x: &x, w: &w, b: Some(&b), y: &y, p: d.p, epilogue: Epilogue::Identity },
+                t,
+            );
+            backward_data(gpu, &mut enc, &BackwardData { dy: &dy, w: &w, dx: &dx, p: d.p, acc: Accumulate::Add }, t);
+            backward_data(
+                gpu,
+                &mut enc,
+                &BackwardData { dy: &dy, w: &w, dx: &dx_fresh, p: d.p, acc: Accumulate::Overwrite },
+                t,
+            );
+            conv2d_backward_weight_tiled(
+                gpu,
+                &mut enc,
+                &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p: d.p },
+                t,
+            );
         }
     }
     gpu.submit(enc);
@@ -142,7 +157,12 @@ fn tiled_kernels_match_the_textbook_kernels() {
         let (x, w, b) = (gpu.upload(&d.x, &xd), gpu.upload(&d.w, &wd), gpu.upload(&d.b, &[wd[0]]));
         let y = gpu.empty(&yd(xd, wd, &p));
         let mut enc = gpu.encoder();
-        conv2d_forward_shared(gpu, &mut enc, &x, &w, Some(&b), &y, p, &SharedTiling::default());
+        conv2d_forward_shared(
+            gpu,
+            &mut enc,
+            &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Identity },
+            &SharedTiling::default(),
+        );
         gpu.submit(enc);
         assert_close_f32(&format!("y (shared) {xd:?} {wd:?} {p:?}"), &gpu.read(&y), &f(&want.y), 1e-4);
     }
@@ -158,7 +178,7 @@ fn fused(kernels: Kernels, d: &Data, e: Epilogue) -> Vec<f32> {
     let y = gpu.empty(&yd(d.xd, d.wd, &d.p));
     with_kernels(gpu, kernels, || {
         let mut enc = gpu.encoder();
-        conv2d_forward_fused(gpu, &mut enc, &x, &w, Some(&b), &y, d.p, e);
+        conv2d_forward_fused(gpu, &mut enc, &Forward { x: &x, w: &w, b: Some(&b), y: &y, p: d.p, epilogue: e });
         gpu.submit(enc);
     });
     gpu.read(&y)
