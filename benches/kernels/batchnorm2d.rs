@@ -5,7 +5,7 @@
 use crate::common::bench::Bench;
 use unet_wgpu::ops::batchnorm2d::{
     batchnorm2d_backward, batchnorm2d_backward_fused, batchnorm2d_forward, batchnorm2d_forward_fused,
-    batchnorm2d_stats, reference,
+    batchnorm2d_stats, reference, Backward, Channels, Grads,
 };
 use unet_wgpu::ops::conv2d::Epilogue;
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
@@ -27,7 +27,8 @@ pub fn run(b: &mut Bench) {
     let (gamma, beta, y) = (gpu.upload(&[1.0; 3], &[3]), gpu.upload(&[0.0; 3], &[3]), gpu.empty(&dims));
     let mut enc = gpu.encoder();
     batchnorm2d_stats(gpu, &mut enc, &xt, &rm, &rv, &mean, &invstd);
-    batchnorm2d_forward(gpu, &mut enc, &xt, &mean, &invstd, &gamma, &beta, &y);
+    let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+    batchnorm2d_forward(gpu, &mut enc, &xt, ch, &y);
     gpu.submit(enc);
     let want = reference::batchnorm2d_forward_train(&to_f64(&x), &[1.0; 3], &[0.0; 3], dims);
     assert_close_f32("batchnorm2d", &gpu.read(&y), &want, 1e-4);
@@ -37,20 +38,17 @@ pub fn run(b: &mut Bench) {
     let dy = random_vec(4, x.len());
     let (dyt, dx) = (gpu.upload(&dy, &dims), gpu.upload(&vec![0.0; x.len()], &dims));
     let mut enc = gpu.encoder();
-    batchnorm2d_forward_fused(gpu, &mut enc, &xt, &mean, &invstd, &gamma, &beta, &y, epilogue);
+    batchnorm2d_forward_fused(gpu, &mut enc, &xt, ch, &y, epilogue);
     batchnorm2d_backward_fused(
         gpu,
         &mut enc,
-        Mode::Train,
-        &xt,
-        &dyt,
-        &mean,
-        &invstd,
-        &gamma,
-        &beta,
-        Some((&dx, Accumulate::Add)),
-        None,
-        None,
+        &Backward {
+            mode: Mode::Train,
+            x: &xt,
+            dy: &dyt,
+            ch,
+            grads: Grads { dx: Some((&dx, Accumulate::Add)), dgamma: None, dbeta: None },
+        },
         epilogue,
     );
     gpu.submit(enc);
@@ -58,8 +56,8 @@ pub fn run(b: &mut Bench) {
     let (gamma, beta) = ([1.0; 3], [0.0; 3]);
     let want = reference::batchnorm2d_forward_fused(&xf, &mean, &invstd, &gamma, &beta, dims, epilogue);
     assert_close_f32("batchnorm2d fused", &gpu.read(&y), &want, 1e-4);
-    let (want_dx, _, _) =
-        reference::batchnorm2d_backward_fused(&xf, &to_f64(&dy), &mean, &invstd, &gamma, &beta, dims, true, epilogue);
+    let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+    let (want_dx, _, _) = reference::batchnorm2d_backward_fused(&xf, &to_f64(&dy), ch, dims, true, epilogue);
     assert_close_f32("batchnorm2d fused backward", &gpu.read(&dx), &want_dx, 1e-3);
 
     for shape in unet_levels() {
@@ -75,15 +73,16 @@ pub fn run(b: &mut Bench) {
         // Statistics read x once; the normalisation reads x and writes y; the
         // backward reads x and dy for the channel sums, then x and dy again and
         // dx twice (it accumulates).
+        let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
         b.case("batchnorm2d_stats", &shape_str(&shape), None, Some(bytes), |gpu, enc| {
             batchnorm2d_stats(gpu, enc, &x, &rm, &rv, &mean, &invstd)
         });
         b.case("batchnorm2d_forward", &shape_str(&shape), None, Some(2.0 * bytes), |gpu, enc| {
-            batchnorm2d_forward(gpu, enc, &x, &mean, &invstd, &gamma, &beta, &y)
+            batchnorm2d_forward(gpu, enc, &x, ch, &y)
         });
         b.case("batchnorm2d_backward", &shape_str(&shape), None, Some(6.0 * bytes), |gpu, enc| {
-            let grads = (Some(&dx), Some(&dgamma), Some(&dbeta));
-            batchnorm2d_backward(gpu, enc, Mode::Train, &x, &dy, &mean, &invstd, &gamma, grads.0, grads.1, grads.2)
+            let grads = Grads { dx: Some((&dx, Accumulate::Add)), dgamma: Some(&dgamma), dbeta: Some(&dbeta) };
+            batchnorm2d_backward(gpu, enc, &Backward { mode: Mode::Train, x: &x, dy: &dy, ch, grads })
         });
         // Fused ReLU + dropout: the forward moves what the plain one does (the chain
         // batchnorm -> relu -> dropout moves 6x), and so does the backward, which recomputes
@@ -91,25 +90,11 @@ pub fn run(b: &mut Bench) {
         // backward and 3x for dropout's).
         let epilogue = Epilogue::ReluDropout { p: 0.1, seed: 7 };
         b.case("batchnorm2d_forward_relu_dropout", &shape_str(&shape), None, Some(2.0 * bytes), |gpu, enc| {
-            batchnorm2d_forward_fused(gpu, enc, &x, &mean, &invstd, &gamma, &beta, &y, epilogue)
+            batchnorm2d_forward_fused(gpu, enc, &x, ch, &y, epilogue)
         });
         b.case("batchnorm2d_backward_relu_dropout", &shape_str(&shape), None, Some(6.0 * bytes), |gpu, enc| {
-            let grads = (Some((&dx, Accumulate::Add)), Some(&dgamma), Some(&dbeta));
-            batchnorm2d_backward_fused(
-                gpu,
-                enc,
-                Mode::Train,
-                &x,
-                &dy,
-                &mean,
-                &invstd,
-                &gamma,
-                &beta,
-                grads.0,
-                grads.1,
-                grads.2,
-                epilogue,
-            )
+            let grads = Grads { dx: Some((&dx, Accumulate::Add)), dgamma: Some(&dgamma), dbeta: Some(&dbeta) };
+            batchnorm2d_backward_fused(gpu, enc, &Backward { mode: Mode::Train, x: &x, dy: &dy, ch, grads }, epilogue)
         });
     }
 }

@@ -3,65 +3,40 @@
 
 use super::*;
 
-/// Backward of [`batchnorm2d_forward`], accumulating into whichever of `dx`
-/// (`[N,C,H,W]`), `dgamma`, `dbeta` (`[C]`) are given. x, dy: `[N,C,H,W]`;
-/// mean, invstd (as saved by the forward), gamma: `[C]`. In [`Mode::Train`]
-/// mean and invstd are the batch statistics and dx includes their dependence
-/// on x; in [`Mode::Eval`] they are constants (the running statistics).
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm2d_backward(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    mode: Mode,
-    x: &Tensor,
-    dy: &Tensor,
-    mean: &Tensor,
-    invstd: &Tensor,
-    gamma: &Tensor,
-    dx: Option<&Tensor>,
-    dgamma: Option<&Tensor>,
-    dbeta: Option<&Tensor>,
-) {
-    // The identity's gate reads no beta, but the entry points bind one: gamma stands in.
-    batchnorm2d_backward_fused(
-        gpu,
-        enc,
-        mode,
-        x,
-        dy,
-        mean,
-        invstd,
-        gamma,
-        gamma,
-        dx.map(|dx| (dx, Accumulate::Add)),
-        dgamma,
-        dbeta,
-        Epilogue::Identity,
-    );
+/// The operands of a backward: x, dy `[N,C,H,W]`; the channels `[C]` as the forward read them
+/// (mean and invstd as saved by it); the gradients to fill, each when given.
+#[derive(Clone, Copy)]
+pub struct Backward<'a> {
+    /// Batch statistics ([`Mode::Train`]: dx includes their dependence on x) or running ones
+    /// ([`Mode::Eval`]: constants).
+    pub mode: Mode,
+    /// The forward's input, `[N,C,H,W]`.
+    pub x: &'a Tensor,
+    /// The gradient of the forward's output, `[N,C,H,W]`.
+    pub dy: &'a Tensor,
+    /// mean, invstd, gamma, beta, `[C]` each.
+    pub ch: Channels<'a>,
+    /// dx `[N,C,H,W]` added into or overwritten as its [`Accumulate`] says; dgamma, dbeta `[C]`
+    /// added into.
+    pub grads: Grads<'a>,
+}
+
+/// Backward of [`batchnorm2d_forward`] into whichever gradients `b.grads` names. In
+/// [`Mode::Train`] mean and invstd are the batch statistics and dx includes their dependence
+/// on x; in [`Mode::Eval`] they are constants (the running statistics). The identity reads no
+/// beta: any `[C]` tensor (gamma, say) may stand in for it.
+pub fn batchnorm2d_backward(gpu: &Gpu, enc: &mut Encoder, b: &Backward) {
+    batchnorm2d_backward_fused(gpu, enc, b, Epilogue::Identity);
 }
 
 /// Backward of [`batchnorm2d_forward_fused`]: [`batchnorm2d_backward`] with
 /// `dz = dy * (y > 0) * scale` (scale `1 / (1 - p)` for [`Epilogue::ReluDropout`], else 1)
 /// in place of dy, computed where dy is read. `y > 0` is recomputed from x, beta and the
-/// dropout hash (`z > 0` and kept), so y itself is not needed; beta: `[C]`. dx is added
-/// into or overwritten as its [`Accumulate`] says. Other shapes and the accumulation as
+/// dropout hash (`z > 0` and kept), so y itself is not needed. Shapes and the accumulation as
 /// [`batchnorm2d_backward`].
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm2d_backward_fused(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    mode: Mode,
-    x: &Tensor,
-    dy: &Tensor,
-    mean: &Tensor,
-    invstd: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    dx: Option<(&Tensor, Accumulate)>,
-    dgamma: Option<&Tensor>,
-    dbeta: Option<&Tensor>,
-    epilogue: Epilogue,
-) {
+pub fn batchnorm2d_backward_fused(gpu: &Gpu, enc: &mut Encoder, b: &Backward, epilogue: Epilogue) {
+    let Backward { mode, x, dy, ch, grads } = *b;
+    let (Channels { mean, invstd, gamma, beta }, Grads { dx, dgamma, dbeta }) = (ch, grads);
     let dims = x.dims4("batchnorm2d x");
     let c = dims[1];
     assert_eq!(x.shape(), dy.shape(), "batchnorm2d backward: x {:?} vs dy {:?}", x.shape(), dy.shape());
@@ -78,9 +53,7 @@ pub fn batchnorm2d_backward_fused(
     }
     if gpu.kernels() == Kernels::Reference {
         // dz (the gradient before the epilogue) by the plain kernels, then the textbook backward.
-        let ch = textbook::Channels { mean, invstd, gamma, beta };
         let dz = textbook::epilogue_backward(gpu, enc, x, dy, ch, epilogue);
-        let grads = textbook::Grads { dx, dgamma, dbeta };
         return textbook::batchnorm2d_backward(gpu, enc, mode, x, &dz, ch, grads);
     }
     let mut p = Params::new(dims);

@@ -43,6 +43,7 @@ use crate::runtime::{Encoder, Gpu, Kernels, Shader};
 use crate::shader;
 
 pub mod textbook;
+pub use textbook::{Channels, Grads};
 
 const SHADER: Shader = shader!("batchnorm2d/tiled");
 /// Threads a workgroup; a power of two (the shader's reduction tree halves it),
@@ -278,35 +279,22 @@ pub fn batchnorm2d_running_stats(
 }
 
 /// `y = gamma * (x - mean) * invstd + beta`. x, y: `[N,C,H,W]`; mean, invstd
-/// (from [`batchnorm2d_stats`] or [`batchnorm2d_running_stats`]), gamma, beta: `[C]`.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm2d_forward(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    mean: &Tensor,
-    invstd: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    y: &Tensor,
-) {
-    batchnorm2d_forward_fused(gpu, enc, x, mean, invstd, gamma, beta, y, Epilogue::Identity);
+/// (from [`batchnorm2d_stats`] or [`batchnorm2d_running_stats`]), gamma, beta: `[C]`, in `ch`.
+pub fn batchnorm2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, ch: Channels, y: &Tensor) {
+    batchnorm2d_forward_fused(gpu, enc, x, ch, y, Epilogue::Identity);
 }
 
 /// `y = epilogue(gamma * (x - mean) * invstd + beta)`: [`batchnorm2d_forward`] with ReLU, or
 /// ReLU then dropout, applied as y is stored. Shapes as [`batchnorm2d_forward`].
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm2d_forward_fused(
     gpu: &Gpu,
     enc: &mut Encoder,
     x: &Tensor,
-    mean: &Tensor,
-    invstd: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
+    ch: Channels,
     y: &Tensor,
     epilogue: Epilogue,
 ) {
+    let Channels { mean, invstd, gamma, beta } = ch;
     let dims = x.dims4("batchnorm2d x");
     assert_eq!(x.shape(), y.shape(), "batchnorm2d: x {:?} vs y {:?}", x.shape(), y.shape());
     for (what, t) in [("mean", mean), ("invstd", invstd), ("gamma", gamma), ("beta", beta)] {
@@ -315,7 +303,7 @@ pub fn batchnorm2d_forward_fused(
     if gpu.kernels() == Kernels::Reference {
         // The textbook normalisation into z, then the epilogue by the plain ReLU and dropout kernels.
         let z = if epilogue == Epilogue::Identity { y.clone() } else { gpu.empty(y.shape()) };
-        textbook::batchnorm2d_forward(gpu, enc, x, textbook::Channels { mean, invstd, gamma, beta }, &z);
+        textbook::batchnorm2d_forward(gpu, enc, x, ch, &z);
         return conv2d::textbook::epilogue_forward(gpu, enc, &z, y, epilogue);
     }
     let mut p = Params::new(dims);
@@ -371,26 +359,16 @@ pub fn batchnorm2d_fused(
         Mode::Eval => batchnorm2d_running_stats(gpu, &mut step.enc, running_mean, running_var, &mean, &invstd),
     }
     let y = step.output(x.shape(), &[x, gamma, beta]);
-    batchnorm2d_forward_fused(gpu, &mut step.enc, x, &mean, &invstd, gamma, beta, &y, epilogue);
+    let ch = Channels { mean: &mean, invstd: &invstd, gamma, beta };
+    batchnorm2d_forward_fused(gpu, &mut step.enc, x, ch, &y, epilogue);
     let (x, gamma, beta) = (x.clone(), gamma.clone(), beta.clone());
     step.record("batchnorm2d", &y, move |ctx, dy| {
         // dx is written whole (train and eval alike): a first contribution overwrites it.
         let (dx, dgamma, dbeta) = (ctx.grad_to_fill(&x), ctx.grad(&gamma), ctx.grad(&beta));
-        batchnorm2d_backward_fused(
-            ctx.gpu,
-            ctx.enc,
-            mode,
-            &x,
-            dy,
-            &mean,
-            &invstd,
-            &gamma,
-            &beta,
-            dx.as_ref().map(|(dx, acc)| (dx, *acc)),
-            dgamma.as_ref(),
-            dbeta.as_ref(),
-            epilogue,
-        );
+        let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+        let grads =
+            Grads { dx: dx.as_ref().map(|(dx, acc)| (dx, *acc)), dgamma: dgamma.as_ref(), dbeta: dbeta.as_ref() };
+        batchnorm2d_backward_fused(ctx.gpu, ctx.enc, &Backward { mode, x: &x, dy, ch, grads }, epilogue);
     });
     y
 }

@@ -4,6 +4,19 @@
 use super::Epilogue;
 use crate::ops::conv2d;
 
+/// The per-channel values `[c]` the fused backward reads: statistics and affine parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct Channels<'a> {
+    /// The mean the values are centred on (batch or running).
+    pub mean: &'a [f64],
+    /// `1 / sqrt(var + EPS)`.
+    pub invstd: &'a [f64],
+    /// Scale.
+    pub gamma: &'a [f64],
+    /// Shift.
+    pub beta: &'a [f64],
+}
+
 /// The `M = n*h*w` values of channel `ch`.
 fn channel(x: &[f64], [n, c, h, w]: [usize; 4], ch: usize) -> impl Iterator<Item = f64> + '_ {
     let hw = h * w;
@@ -69,7 +82,6 @@ pub fn batchnorm2d_forward_train(x: &[f64], gamma: &[f64], beta: &[f64], dims: [
 
 /// `y = epilogue(gamma * (x - mean) * invstd + beta)`: the plain forward, then
 /// [`conv2d::reference::epilogue_forward`] (ReLU, then dropout's mask over y's flat index).
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm2d_forward_fused(
     x: &[f64],
     mean: &[f64],
@@ -97,18 +109,15 @@ pub fn batchnorm2d_forward_train_fused(
 /// `(dx, dgamma, dbeta)` of [`batchnorm2d_forward_fused`] (not accumulated): the chain
 /// rule through the epilogue (`dz` from the pre-activation `z = gamma * xhat + beta`,
 /// by [`conv2d::reference::epilogue_backward`]), then [`batchnorm2d_backward`] with dz.
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm2d_backward_fused(
     x: &[f64],
     dy: &[f64],
-    mean: &[f64],
-    invstd: &[f64],
-    gamma: &[f64],
-    beta: &[f64],
+    ch: Channels,
     dims: [usize; 4],
     train: bool,
     epilogue: Epilogue,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let Channels { mean, invstd, gamma, beta } = ch;
     let z = batchnorm2d_forward(x, mean, invstd, gamma, beta, dims);
     let dz = conv2d::reference::epilogue_backward(&z, dy, epilogue);
     batchnorm2d_backward(x, &dz, mean, invstd, gamma, dims, train)
@@ -119,7 +128,6 @@ pub fn batchnorm2d_backward_fused(
 /// `dx = gamma * invstd / M * (M*dy - sum(dy) - xhat * sum(dy*xhat))`;
 /// without, they are constants: `dx = dy * gamma * invstd`.
 /// `dgamma = sum(dy * xhat)`, `dbeta = sum(dy)` per channel.
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm2d_backward(
     x: &[f64],
     dy: &[f64],

@@ -129,10 +129,11 @@ impl Case {
             Mode::Train => batchnorm2d_stats(gpu, &mut enc, &x, &rm, &rv, &mean, &invstd),
             Mode::Eval => batchnorm2d_running_stats(gpu, &mut enc, &rm, &rv, &mean, &invstd),
         }
-        batchnorm2d_forward_fused(gpu, &mut enc, &x, &mean, &invstd, &gamma, &beta, &y, e);
+        let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+        batchnorm2d_forward_fused(gpu, &mut enc, &x, ch, &y, e);
         let acc = if self.overwrite { Accumulate::Overwrite } else { Accumulate::Add };
-        let (gx, ggamma, gbeta) = (Some((&dx, acc)), Some(&dgamma), Some(&dbeta));
-        batchnorm2d_backward_fused(gpu, &mut enc, mode, &x, &dy, &mean, &invstd, &gamma, &beta, gx, ggamma, gbeta, e);
+        let grads = Grads { dx: Some((&dx, acc)), dgamma: Some(&dgamma), dbeta: Some(&dbeta) };
+        batchnorm2d_backward_fused(gpu, &mut enc, &Backward { mode, x: &x, dy: &dy, ch, grads }, e);
         gpu.submit(enc);
         Run {
             y: gpu.read(&y),
@@ -169,10 +170,7 @@ impl Case {
         let (dx, dgamma, dbeta) = reference::batchnorm2d_backward_fused(
             &x,
             &to_f64(&self.dy),
-            &mean,
-            &invstd,
-            &gamma,
-            &beta,
+            reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta },
             dims,
             mode == Mode::Train,
             e,
@@ -311,8 +309,8 @@ fn reference_fused_backward_matches_finite_differences() {
     let (rm, rinvstd) = (to_f64(&case.running_mean), reference::invstd(&to_f64(&case.running_var)));
     for e in EPILOGUES {
         // Training: the loss sees x through the batch statistics too.
-        let (dx, dgamma, dbeta) =
-            reference::batchnorm2d_backward_fused(&x, &r, &mean, &invstd, &gamma, &beta, dims, true, e);
+        let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward_fused(&x, &r, ch, dims, true, e);
         let f =
             |x: &[f64], g: &[f64], b: &[f64]| dot(&r, &reference::batchnorm2d_forward_train_fused(x, g, b, dims, e));
         assert_close(&format!("train dx {e:?}"), &dx, &numeric_grad(|p| f(p, &gamma, &beta), &x, 1e-6), 1e-5);
@@ -320,8 +318,8 @@ fn reference_fused_backward_matches_finite_differences() {
         assert_close(&format!("train dbeta {e:?}"), &dbeta, &numeric_grad(|p| f(&x, &gamma, p), &beta, 1e-6), 1e-6);
 
         // Evaluation: constant running statistics.
-        let (dx, dgamma, dbeta) =
-            reference::batchnorm2d_backward_fused(&x, &r, &rm, &rinvstd, &gamma, &beta, dims, false, e);
+        let ch = reference::Channels { mean: &rm, invstd: &rinvstd, gamma: &gamma, beta: &beta };
+        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward_fused(&x, &r, ch, dims, false, e);
         let g = |x: &[f64], g: &[f64], b: &[f64]| {
             dot(&r, &reference::batchnorm2d_forward_fused(x, &rm, &rinvstd, g, b, dims, e))
         };
@@ -392,7 +390,8 @@ fn fused_mask_equals_dropout(gpu: &Gpu, dims: [usize; 4]) {
     let mut enc = gpu.encoder();
     batchnorm2d_stats(gpu, &mut enc, &x, &rm, &rv, &mean, &invstd);
     let e = Epilogue::ReluDropout { p, seed };
-    batchnorm2d_forward_fused(gpu, &mut enc, &x, &mean, &invstd, &gamma, &beta, &fused, e);
+    let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+    batchnorm2d_forward_fused(gpu, &mut enc, &x, ch, &fused, e);
     crate::ops::dropout::dropout_forward(gpu, &mut enc, &ones, &plain, p, seed);
     gpu.submit(enc);
     let (fused, plain) = (gpu.read(&fused), gpu.read(&plain));
@@ -454,8 +453,8 @@ fn fused_tape_equals_the_chain() {
         let (g, b) = (to_f64(&case.gamma), to_f64(&case.beta));
         let invstd = reference::invstd(&var);
         let want_y = reference::batchnorm2d_forward_fused(&xf, &mean, &invstd, &g, &b, dims, *e);
-        let (dx, dgamma, dbeta) =
-            reference::batchnorm2d_backward_fused(&xf, &to_f64(&case.dy), &mean, &invstd, &g, &b, dims, true, *e);
+        let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &g, beta: &b };
+        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward_fused(&xf, &to_f64(&case.dy), ch, dims, true, *e);
         assert_close_f32(&format!("fused tape y {e:?}"), &fused[0], &want_y, 1e-4);
         assert_close_f32(&format!("fused tape dx {e:?}"), &fused[1], &dx, 1e-3);
         assert_close_f32(&format!("fused tape dgamma {e:?}"), &fused[2], &dgamma, 1e-3);

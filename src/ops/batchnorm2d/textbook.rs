@@ -72,7 +72,7 @@ pub struct Channels<'a> {
     pub invstd: &'a Tensor,
     /// Scale.
     pub gamma: &'a Tensor,
-    /// Shift (read by the forward only).
+    /// Shift (read by the forward, and by a backward through a ReLU epilogue).
     pub beta: &'a Tensor,
 }
 

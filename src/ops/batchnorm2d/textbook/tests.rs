@@ -4,7 +4,7 @@
 
 use super::super::{
     batchnorm2d_backward_fused, batchnorm2d_forward_fused, batchnorm2d_fused, batchnorm2d_running_stats,
-    batchnorm2d_stats as stats_default, reference,
+    batchnorm2d_stats as stats_default, reference, Backward,
 };
 use super::*;
 use crate::autograd::tape::Step;
@@ -54,10 +54,11 @@ fn run(kernels: Kernels, seed: u64, dims: [usize; 4], mode: Mode, e: Epilogue) -
             Mode::Train => stats_default(gpu, &mut enc, &xt, &rm, &rv, &mean, &invstd),
             Mode::Eval => batchnorm2d_running_stats(gpu, &mut enc, &rm, &rv, &mean, &invstd),
         }
-        batchnorm2d_forward_fused(gpu, &mut enc, &xt, &mean, &invstd, &gamma, &beta, &y, e);
+        let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+        batchnorm2d_forward_fused(gpu, &mut enc, &xt, ch, &y, e);
         let backward = |enc: &mut Encoder, dx: (&Tensor, Accumulate), dparams: Option<(&Tensor, &Tensor)>| {
-            let (dg, db) = (dparams.map(|d| d.0), dparams.map(|d| d.1));
-            batchnorm2d_backward_fused(gpu, enc, mode, &xt, &dyt, &mean, &invstd, &gamma, &beta, Some(dx), dg, db, e);
+            let grads = Grads { dx: Some(dx), dgamma: dparams.map(|d| d.0), dbeta: dparams.map(|d| d.1) };
+            batchnorm2d_backward_fused(gpu, enc, &Backward { mode, x: &xt, dy: &dyt, ch, grads }, e);
         };
         backward(&mut enc, (&dx, Accumulate::Add), Some((&dg, &db)));
         backward(&mut enc, (&dx_fresh, Accumulate::Overwrite), None);
@@ -87,8 +88,8 @@ fn textbook_kernels_match_the_f64_reference() {
             };
             let y = reference::batchnorm2d_forward_fused(&x, &mean, &invstd, &gamma, &beta, dims, e);
             let train = mode == Mode::Train;
-            let (dx, dg, db) =
-                reference::batchnorm2d_backward_fused(&x, &dy, &mean, &invstd, &gamma, &beta, dims, train, e);
+            let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+            let (dx, dg, db) = reference::batchnorm2d_backward_fused(&x, &dy, ch, dims, train, e);
             let plus = |g: &[f64], s: &[f64]| g.iter().zip(s).map(|(g, s)| g + s).collect::<Vec<f64>>();
             let want = [mean, invstd, rm, rv, y, plus(&dx, &dx0), dx, plus(&dg, &dg0), plus(&db, &db0)];
             for (i, name) in NAMES.iter().enumerate() {
