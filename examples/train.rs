@@ -16,7 +16,7 @@ use unet_wgpu::{Gpu, GpuOptions, Step};
 fn main() -> anyhow::Result<()> {
     // src/runtime/: the best adapter (a software one when there is no GPU). With
     // UNET_WGPU_KERNELS=reference every op below runs its textbook kernel
-    // (shaders/*_textbook.wgsl: one invocation per output element) instead of the tuned one.
+    // (shaders/<op>/textbook.wgsl: one invocation per output element) instead of the tuned one.
     let gpu = Gpu::new(&GpuOptions { verbose: true, ..GpuOptions::default() })?;
 
     // src/data: four synthetic 256x256 tiles cut into 64x64 patches, 80/20 by tile.

@@ -126,7 +126,7 @@ pub enum Kernels {
     /// The tiled kernels, with the tile sizes of [`Gpu::tuning`](crate::runtime::Gpu::tuning) (the default).
     #[default]
     Tuned,
-    /// The textbook kernels (`shaders/*_textbook.wgsl`): one invocation per output element,
+    /// The textbook kernels (`shaders/<op>/textbook.wgsl`): one invocation per output element,
     /// the formula's loops, no tiling. Slower; the oracle the tuned kernels are tested against.
     Reference,
 }
