@@ -5,7 +5,7 @@
 //! cut their sums into runs for the same reason.
 
 use unet_wgpu::ops::batchnorm2d::{reference as bn_ref, textbook};
-use unet_wgpu::ops::conv2d::{self, conv2d_backward_weight, reference as conv_ref, Conv2d};
+use unet_wgpu::ops::conv2d::{self, conv2d_backward_weight, reference as conv_ref, BackwardWeight, Conv2d};
 use unet_wgpu::ops::conv_transpose2d::{self, conv_transpose2d_backward_weight, reference as convt_ref};
 use unet_wgpu::testing::{assert_close_f32, gpu, random_vec, to_f64};
 use unet_wgpu::{Accumulate, Mode};
@@ -21,7 +21,11 @@ fn conv2d_weight_gradient_of_the_top_level() {
         let mut enc = gpu.encoder();
         enc.clear(&dw);
         enc.clear(&db);
-        conv2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), p);
+        conv2d_backward_weight(
+            gpu,
+            &mut enc,
+            &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p, tiling: None },
+        );
         gpu.submit(enc);
         let (want_dw, want_db) = conv_ref::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
         assert_close_f32(&format!("dw {xd:?}"), &gpu.read(&dw), &want_dw, 1e-3);

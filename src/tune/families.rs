@@ -1,9 +1,10 @@
 //! The kernel families the autotune measures: for each, its candidates, how one run is recorded
 //! at each timing shape, and how its result is checked against the f64 reference.
 
+use crate::autograd::tape::Accumulate;
 use crate::ops::conv2d::{
-    self, conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_tiled, BackwardWeight, Conv2d,
-    Epilogue, Forward,
+    self, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, BackwardData, BackwardWeight, Conv2d, Epilogue,
+    Forward,
 };
 use crate::ops::conv_transpose2d::{
     self, conv_transpose2d_backward_data_tiled, conv_transpose2d_backward_weight_tiled, conv_transpose2d_forward_tiled,
@@ -57,11 +58,10 @@ pub(super) fn conv2d_family<'a>(
         match kernel {
             "conv2d_forward" => {
                 let y = gpu.empty(&yd);
-                conv2d_forward_tiled(
+                conv2d_forward(
                     gpu,
                     &mut enc,
-                    &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: Epilogue::Identity },
-                    t,
+                    &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: Epilogue::Identity, tiling: Some(*t) },
                 );
                 gpu.submit(enc);
                 let want = conv2d::reference::conv2d_forward(&xf, xd, &wf, wd, Some(&to_f64(&b)), &p);
@@ -69,18 +69,21 @@ pub(super) fn conv2d_family<'a>(
             }
             "conv2d_backward_data" => {
                 let dx = gpu.upload(&start, &xd);
-                conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dx, p, t);
+                conv2d_backward_data(
+                    gpu,
+                    &mut enc,
+                    &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: Some(*t) },
+                );
                 gpu.submit(enc);
                 let want = plus(&conv2d::reference::conv2d_backward_data(&dyf, &wf, xd, wd, &p), &start);
                 close("dx", &gpu.read(&dx), &want, 1e-3)
             }
             _ => {
                 let (dw, db) = (gpu.upload(&start[..w.len()], &wd), gpu.upload(&start[..7], &[7]));
-                conv2d_backward_weight_tiled(
+                conv2d_backward_weight(
                     gpu,
                     &mut enc,
-                    &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p },
-                    t,
+                    &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p, tiling: Some(*t) },
                 );
                 gpu.submit(enc);
                 let (want_dw, want_db) = conv2d::reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
@@ -104,22 +107,24 @@ pub(super) fn conv2d_family<'a>(
             );
             let record: Record<conv2d::Tiling> = match kernel {
                 "conv2d_forward" => Box::new(move |gpu, enc, t| {
-                    conv2d_forward_tiled(
+                    conv2d_forward(
                         gpu,
                         enc,
-                        &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu },
-                        t,
+                        &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu, tiling: Some(*t) },
                     )
                 }),
-                "conv2d_backward_data" => {
-                    Box::new(move |gpu, enc, t| conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, t))
-                }
-                _ => Box::new(move |gpu, enc, t| {
-                    conv2d_backward_weight_tiled(
+                "conv2d_backward_data" => Box::new(move |gpu, enc, t| {
+                    conv2d_backward_data(
                         gpu,
                         enc,
-                        &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p },
-                        t,
+                        &BackwardData { dy: &dy, w: &w, dx: &dx, p, acc: Accumulate::Add, tiling: Some(*t) },
+                    )
+                }),
+                _ => Box::new(move |gpu, enc, t| {
+                    conv2d_backward_weight(
+                        gpu,
+                        enc,
+                        &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p, tiling: Some(*t) },
                     )
                 }),
             };

@@ -11,8 +11,10 @@ use super::tiling::conv_transpose2d::Workgroups;
 use super::tiling::gemm::{ConvGemm, Gemm, TilingFamily};
 use super::tiling::matmul::{SharedTiling, Tiles};
 use super::tiling::*;
+use crate::autograd::tape::Accumulate;
 use crate::ops::conv2d::{
-    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, conv2d_forward_tiled, Conv2d, Epilogue, Forward,
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, BackwardData, BackwardWeight, Conv2d, Epilogue,
+    Forward,
 };
 use crate::ops::conv_transpose2d::conv_transpose2d_forward;
 use crate::ops::matmul::{matmul_forward, matmul_forward_tiled};
@@ -199,9 +201,17 @@ fn default_wrappers_use_the_gpus_tuning() {
     let mut enc = gpu.encoder();
     enc.clear(&dx);
     enc.clear(&dw);
-    conv2d_forward(&gpu, &mut enc, &xt, &wt, None, &y, p);
-    conv2d_backward_data(&gpu, &mut enc, &dyt, &wt, &dx, p);
-    conv2d_backward_weight(&gpu, &mut enc, &xt, &dyt, &dw, None, p);
+    conv2d_forward(
+        &gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None },
+    );
+    conv2d_backward_data(
+        &gpu,
+        &mut enc,
+        &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None },
+    );
+    conv2d_backward_weight(&gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
     conv_transpose2d_forward(&gpu, &mut enc, &ct_x, &ct_w, None, &ct_y);
     matmul_forward(&gpu, &mut enc, &a, &b, &c);
     gpu.submit(enc);
@@ -251,9 +261,17 @@ fn default_wrappers_use_the_gpus_tuning() {
     gpu.set_tuning(unusual());
     let (ct_dy, ct_dx) = (gpu.upload(&random_vec(63, 2 * 2 * 10 * 16), &[2, 2, 10, 16]), gpu.empty(&[2, 3, 5, 8]));
     let mut enc = gpu.encoder();
-    conv2d_forward(&gpu, &mut enc, &xt, &wt, None, &y, p);
-    conv2d_backward_data(&gpu, &mut enc, &dyt, &wt, &dx, p);
-    conv2d_backward_weight(&gpu, &mut enc, &xt, &dyt, &dw, None, p);
+    conv2d_forward(
+        &gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None },
+    );
+    conv2d_backward_data(
+        &gpu,
+        &mut enc,
+        &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None },
+    );
+    conv2d_backward_weight(&gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
     conv_transpose2d_forward(&gpu, &mut enc, &ct_x, &ct_w, None, &ct_y);
     crate::ops::conv_transpose2d::conv_transpose2d_backward_data(&gpu, &mut enc, &ct_w, &ct_dy, &ct_dx);
     gpu.submit(enc);
@@ -320,11 +338,10 @@ fn autotune_chooses_from_the_candidates_within_the_budget() {
     let (x, w) = (random_vec(70, 2 * 5 * 84), random_vec(71, 6 * 5 * 9));
     let (xt, wt, y) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.empty(&[2, 6, 7, 12]));
     let mut enc = gpu.encoder();
-    conv2d_forward_tiled(
+    conv2d_forward(
         gpu,
         &mut enc,
-        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity },
-        &t.conv2d_forward,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: Some(t.conv2d_forward) },
     );
     gpu.submit(enc);
     let want = crate::ops::conv2d::reference::conv2d_forward(&to_f64(&x), xd, &to_f64(&w), wd, None, &p);

@@ -16,7 +16,7 @@
 //! - both: `dgamma += sum(dy * xhat)`, `dbeta += sum(dy)` (sums per channel).
 //!
 //! [`batchnorm2d_fused`] ends the normalisation in an [`Epilogue`], as
-//! [`crate::ops::conv2d::conv2d_fused`] does: `y = epilogue(z)` with
+//! [`crate::ops::conv2d::conv2d`] does: `y = epilogue(z)` with
 //! `z = gamma * xhat + beta`, i.e. ReLU `y = max(z, 0)` or ReLU then inverted dropout
 //! `y = mask(seed) * max(z, 0) / (1 - p)` (the mask of [`crate::ops::dropout`], bit for
 //! bit). The backward goes back through it on the fly wherever the formulas above read
