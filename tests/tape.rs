@@ -63,7 +63,7 @@ fn a_small_unet_block_has_the_gradient_of_finite_differences() {
     let mut step = Step::train(gpu);
     let same = Conv2d::new(1, 1);
     let h1 = conv2d(&mut step, &t[0], &t[1], Some(&t[2]), same, Epilogue::Identity);
-    let h1 = batchnorm2d(&mut step, &h1, &t[3], &t[4], &mean, &var);
+    let h1 = batchnorm2d(&mut step, &h1, &t[3], &t[4], &mean, &var, Epilogue::Identity);
     let h1 = relu(&mut step, &h1);
     let p = maxpool2d(&mut step, &h1);
     let h2 = conv2d(&mut step, &p, &t[5], Some(&t[6]), same, Epilogue::Identity);

@@ -24,7 +24,7 @@ use crate::autograd::tape::Step;
 use crate::autograd::tensor::Tensor;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::ops::batchnorm2d::batchnorm2d_fused;
+use crate::ops::batchnorm2d::batchnorm2d;
 use crate::ops::concat::concat;
 use crate::ops::conv2d::{conv2d, Conv2d, Epilogue};
 use crate::ops::conv_transpose2d::conv_transpose2d_concat;
@@ -250,7 +250,7 @@ impl UNet {
             Some(n) => {
                 let h = conv2d(step, x, w, b, same, Epilogue::Identity);
                 let (gamma, beta) = (self.param(n.gamma), self.param(n.beta));
-                batchnorm2d_fused(step, &h, gamma, beta, &n.running_mean, &n.running_var, epilogue)
+                batchnorm2d(step, &h, gamma, beta, &n.running_mean, &n.running_var, epilogue)
             }
         }
     }

@@ -130,10 +130,10 @@ impl Case {
             Mode::Eval => batchnorm2d_running_stats(gpu, &mut enc, &rm, &rv, &mean, &invstd),
         }
         let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-        batchnorm2d_forward_fused(gpu, &mut enc, &x, ch, &y, e);
+        batchnorm2d_forward(gpu, &mut enc, &Forward { x: &x, ch, y: &y, epilogue: e });
         let acc = if self.overwrite { Accumulate::Overwrite } else { Accumulate::Add };
         let grads = Grads { dx: Some((&dx, acc)), dgamma: Some(&dgamma), dbeta: Some(&dbeta) };
-        batchnorm2d_backward_fused(gpu, &mut enc, &Backward { mode, x: &x, dy: &dy, ch, grads }, e);
+        batchnorm2d_backward(gpu, &mut enc, &Backward { mode, x: &x, dy: &dy, ch, grads, epilogue: e });
         gpu.submit(enc);
         Run {
             y: gpu.read(&y),
@@ -255,7 +255,7 @@ fn tape_matches_wrappers() {
     let beta = gpu.upload(&case.beta, &c).with_grad();
     let (rm, rv) = (gpu.upload(&case.running_mean, &c), gpu.upload(&case.running_var, &c));
     let mut step = Step::train(gpu);
-    let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv);
+    let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, Epilogue::Identity);
     let mut grads = step.backward(vec![(y.clone(), gpu.upload(&case.dy, &dims))]);
     let (dx, dgamma, dbeta) = (grads.take(&x).unwrap(), grads.take(&gamma).unwrap(), grads.take(&beta).unwrap());
     step.submit();
@@ -269,7 +269,7 @@ fn tape_matches_wrappers() {
     // Only x needs a gradient: the same dx, no parameter kernels.
     let (gamma_const, beta_const) = (gpu.upload(&case.gamma, &c), gpu.upload(&case.beta, &c));
     let mut step = Step::train(gpu);
-    let y_only_x = batchnorm2d(&mut step, &x, &gamma_const, &beta_const, &rm, &rv);
+    let y_only_x = batchnorm2d(&mut step, &x, &gamma_const, &beta_const, &rm, &rv, Epilogue::Identity);
     let mut grads = step.backward(vec![(y_only_x, gpu.upload(&case.dy, &dims))]);
     let dx_only = grads.take(&x).unwrap();
     assert_eq!(grads.len(), 0, "gamma and beta need no gradient");
@@ -279,7 +279,7 @@ fn tape_matches_wrappers() {
 
     // Evaluation uses the (now updated) running statistics and records nothing.
     let mut step = Step::eval(gpu);
-    let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv);
+    let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, Epilogue::Identity);
     assert_eq!(step.tape_len(), 0);
     step.submit();
     let (rm, rv) = (to_f64(&want.running_mean), to_f64(&want.running_var));
@@ -391,7 +391,7 @@ fn fused_mask_equals_dropout(gpu: &Gpu, dims: [usize; 4]) {
     batchnorm2d_stats(gpu, &mut enc, &x, &rm, &rv, &mean, &invstd);
     let e = Epilogue::ReluDropout { p, seed };
     let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-    batchnorm2d_forward_fused(gpu, &mut enc, &x, ch, &fused, e);
+    batchnorm2d_forward(gpu, &mut enc, &Forward { x: &x, ch, y: &fused, epilogue: e });
     crate::ops::dropout::dropout_forward(gpu, &mut enc, &ones, &plain, p, seed);
     gpu.submit(enc);
     let (fused, plain) = (gpu.read(&fused), gpu.read(&plain));
@@ -423,9 +423,9 @@ fn fused_tape_equals_the_chain() {
                 Mode::Eval => Step::eval(gpu),
             };
             let y = if fused {
-                batchnorm2d_fused(&mut step, &x, &gamma, &beta, &rm, &rv, *e)
+                batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, *e)
             } else {
-                let h = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv);
+                let h = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, Epilogue::Identity);
                 let h = relu(&mut step, &h);
                 dropout(&mut step, &h, p, seed)
             };
