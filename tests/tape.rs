@@ -38,7 +38,7 @@ const INPUTS: [(&str, &[usize]); 11] = [
 fn reference_forward(v: &[Vec<f64>]) -> Vec<f64> {
     let same = Conv2d::new(1, 1);
     let h1 = conv_ref::conv2d_forward(&v[0], [N, 3, H, W], &v[1], [4, 3, 3, 3], Some(&v[2]), &same);
-    let h1 = bn_ref::batchnorm2d_forward_train(&h1, &v[3], &v[4], [N, 4, H, W]);
+    let h1 = bn_ref::batchnorm2d_forward_train(&h1, &v[3], &v[4], [N, 4, H, W], Epilogue::Identity);
     let h1 = relu_ref::relu_forward(&h1);
     let (p, _) = pool_ref::maxpool2d_forward(&h1, [N, 4, H, W]);
     let h2 = conv_ref::conv2d_forward(&p, [N, 4, H / 2, W / 2], &v[5], [5, 4, 3, 3], Some(&v[6]), &same);

@@ -29,7 +29,7 @@ pub fn run(b: &mut Bench) {
     let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
     batchnorm2d_forward(gpu, &mut enc, &Forward { x: &xt, ch, y: &y, epilogue: Epilogue::Identity });
     gpu.submit(enc);
-    let want = reference::batchnorm2d_forward_train(&to_f64(&x), &[1.0; 3], &[0.0; 3], dims);
+    let want = reference::batchnorm2d_forward_train(&to_f64(&x), &[1.0; 3], &[0.0; 3], dims, Epilogue::Identity);
     assert_close_f32("batchnorm2d", &gpu.read(&y), &want, 1e-4);
 
     // The fused epilogue: forward, and the backward's dx through it.
@@ -53,10 +53,15 @@ pub fn run(b: &mut Bench) {
     gpu.submit(enc);
     let (xf, mean, invstd) = (to_f64(&x), to_f64(&gpu.read(&mean)), to_f64(&gpu.read(&invstd)));
     let (gamma, beta) = ([1.0; 3], [0.0; 3]);
-    let want = reference::batchnorm2d_forward_fused(&xf, &mean, &invstd, &gamma, &beta, dims, epilogue);
+    let want = reference::batchnorm2d_forward(
+        &xf,
+        reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta },
+        dims,
+        epilogue,
+    );
     assert_close_f32("batchnorm2d fused", &gpu.read(&y), &want, 1e-4);
     let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-    let (want_dx, _, _) = reference::batchnorm2d_backward_fused(&xf, &to_f64(&dy), ch, dims, true, epilogue);
+    let (want_dx, _, _) = reference::batchnorm2d_backward(&xf, &to_f64(&dy), ch, dims, true, epilogue);
     assert_close_f32("batchnorm2d fused backward", &gpu.read(&dx), &want_dx, 1e-3);
 
     for shape in unet_levels() {
