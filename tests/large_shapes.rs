@@ -44,7 +44,11 @@ fn conv_transpose2d_weight_gradient_into_the_top_level() {
     let mut enc = gpu.encoder();
     enc.clear(&dw);
     enc.clear(&db);
-    conv_transpose2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, Some(&db));
+    conv_transpose2d_backward_weight(
+        gpu,
+        &mut enc,
+        &conv_transpose2d::BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), workgroups: None },
+    );
     gpu.submit(enc);
     let (want_dw, want_db) = convt_ref::conv_transpose2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, co);
     assert_close_f32("convT dw", &gpu.read(&dw), &want_dw, 1e-3);

@@ -7,8 +7,7 @@ use crate::ops::conv2d::{
     Forward,
 };
 use crate::ops::conv_transpose2d::{
-    self, conv_transpose2d_backward_data_tiled, conv_transpose2d_backward_weight_tiled, conv_transpose2d_forward_tiled,
-    Workgroups,
+    self, conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_forward, Workgroups,
 };
 use crate::ops::matmul::{self, matmul_forward_tiled, Tiles};
 use crate::runtime::{Encoder, Gpu};
@@ -154,9 +153,27 @@ pub(super) fn conv_transpose2d_family<'a>(
             let (y, dx) = (gpu.empty(&big), gpu.upload(&start[..x.len()], &dims));
             let (dw, db) = (gpu.upload(&start[..w.len()], &[ci, co, 2, 2]), gpu.upload(&start[..co], &[co]));
             let mut enc = gpu.encoder();
-            conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, Some(&bt), &y, wg);
-            conv_transpose2d_backward_data_tiled(gpu, &mut enc, &wt, &dyt, &dx, wg);
-            conv_transpose2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), wg);
+            conv_transpose2d_forward(
+                gpu,
+                &mut enc,
+                &conv_transpose2d::Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, workgroups: Some(*wg) },
+            );
+            conv_transpose2d_backward_data(
+                gpu,
+                &mut enc,
+                &conv_transpose2d::BackwardData {
+                    w: &wt,
+                    dy: &dyt,
+                    dx: &dx,
+                    acc: Accumulate::Add,
+                    workgroups: Some(*wg),
+                },
+            );
+            conv_transpose2d_backward_weight(
+                gpu,
+                &mut enc,
+                &conv_transpose2d::BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), workgroups: Some(*wg) },
+            );
             gpu.submit(enc);
             let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
             let want_y = reference::conv_transpose2d_forward(&xf, &wf, Some(&to_f64(&b)), dims, co);
@@ -187,9 +204,27 @@ pub(super) fn conv_transpose2d_family<'a>(
                 gpu.upload(&random_vec(27, co), &[co]),
             );
             let record: Record<Workgroups> = Box::new(move |gpu, enc, wg| {
-                conv_transpose2d_forward_tiled(gpu, enc, &x, &w, Some(&b), &y, wg);
-                conv_transpose2d_backward_data_tiled(gpu, enc, &w, &dy, &dx, wg);
-                conv_transpose2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), wg);
+                conv_transpose2d_forward(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::Forward { x: &x, w: &w, b: Some(&b), y: &y, workgroups: Some(*wg) },
+                );
+                conv_transpose2d_backward_data(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::BackwardData {
+                        w: &w,
+                        dy: &dy,
+                        dx: &dx,
+                        acc: Accumulate::Add,
+                        workgroups: Some(*wg),
+                    },
+                );
+                conv_transpose2d_backward_weight(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), workgroups: Some(*wg) },
+                );
             });
             (format!("{} fwd+bwd", shape_label(&xd)), record)
         })

@@ -117,9 +117,27 @@ pub(super) fn family<'a>(
             Some(g) => transposed_gemm(gpu, enc, [&x, &w, &b, &y, &dy, &dx, &dw, &db], g),
             None => {
                 let t = &registers.conv_transpose2d;
-                conv_transpose2d::conv_transpose2d_forward_tiled(gpu, enc, &x, &w, Some(&b), &y, t);
-                conv_transpose2d::conv_transpose2d_backward_data_tiled(gpu, enc, &w, &dy, &dx, t);
-                conv_transpose2d::conv_transpose2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), t);
+                conv_transpose2d::conv_transpose2d_forward(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::Forward { x: &x, w: &w, b: Some(&b), y: &y, workgroups: Some(*t) },
+                );
+                conv_transpose2d::conv_transpose2d_backward_data(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::BackwardData {
+                        w: &w,
+                        dy: &dy,
+                        dx: &dx,
+                        acc: Accumulate::Add,
+                        workgroups: Some(*t),
+                    },
+                );
+                conv_transpose2d::conv_transpose2d_backward_weight(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), workgroups: Some(*t) },
+                );
             }
         });
         shapes.push((format!("transposed {} fwd+bwd", shape_label(&xd)), record));

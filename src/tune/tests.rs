@@ -212,7 +212,11 @@ fn default_wrappers_use_the_gpus_tuning() {
         &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None },
     );
     conv2d_backward_weight(&gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
-    conv_transpose2d_forward(&gpu, &mut enc, &ct_x, &ct_w, None, &ct_y);
+    conv_transpose2d_forward(
+        &gpu,
+        &mut enc,
+        &crate::ops::conv_transpose2d::Forward { x: &ct_x, w: &ct_w, b: None, y: &ct_y, workgroups: None },
+    );
     matmul_forward(&gpu, &mut enc, &a, &b, &c);
     gpu.submit(enc);
 
@@ -272,8 +276,22 @@ fn default_wrappers_use_the_gpus_tuning() {
         &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None },
     );
     conv2d_backward_weight(&gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
-    conv_transpose2d_forward(&gpu, &mut enc, &ct_x, &ct_w, None, &ct_y);
-    crate::ops::conv_transpose2d::conv_transpose2d_backward_data(&gpu, &mut enc, &ct_w, &ct_dy, &ct_dx);
+    conv_transpose2d_forward(
+        &gpu,
+        &mut enc,
+        &crate::ops::conv_transpose2d::Forward { x: &ct_x, w: &ct_w, b: None, y: &ct_y, workgroups: None },
+    );
+    crate::ops::conv_transpose2d::conv_transpose2d_backward_data(
+        &gpu,
+        &mut enc,
+        &crate::ops::conv_transpose2d::BackwardData {
+            w: &ct_w,
+            dy: &ct_dy,
+            dx: &ct_dx,
+            acc: Accumulate::Add,
+            workgroups: None,
+        },
+    );
     gpu.submit(enc);
     assert_close_f32(
         "y (gemm)",
