@@ -9,7 +9,7 @@ use crate::ops::conv2d::{
 use crate::ops::conv_transpose2d::{
     self, conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_forward, Workgroups,
 };
-use crate::ops::matmul::{self, matmul_forward_tiled, Tiles};
+use crate::ops::matmul::{self, matmul_forward, Tiles};
 use crate::runtime::{Encoder, Gpu};
 use crate::testing::{max_rel_error, random_vec, to_f64};
 
@@ -239,7 +239,7 @@ pub(super) fn matmul_family<'a>(gpu: &'a Gpu, candidates: Vec<Tiles>, shapes: &[
             let (a, b) = (random_vec(seed, m * k), random_vec(seed + 1, k * n));
             let (at, bt, c) = (gpu.upload(&a, &[m, k]), gpu.upload(&b, &[k, n]), gpu.empty(&[m, n]));
             let mut enc = gpu.encoder();
-            matmul_forward_tiled(gpu, &mut enc, &at, &bt, &c, tiles);
+            matmul_forward(gpu, &mut enc, &matmul::Forward { a: &at, b: &bt, c: &c, tiles: Some(*tiles) });
             gpu.submit(enc);
             let want = matmul::reference::matmul_forward(&to_f64(&a), &to_f64(&b), [m, k, n]);
             close(&format!("c {m}x{k}x{n}"), &gpu.read(&c), &want, 1e-4)?;
@@ -254,8 +254,9 @@ pub(super) fn matmul_family<'a>(gpu: &'a Gpu, candidates: Vec<Tiles>, shapes: &[
                 gpu.upload(&random_vec(42, k * n), &[k, n]),
                 gpu.empty(&[m, n]),
             );
-            let record: Record<Tiles> =
-                Box::new(move |gpu, enc, tiles| matmul_forward_tiled(gpu, enc, &a, &b, &c, tiles));
+            let record: Record<Tiles> = Box::new(move |gpu, enc, tiles| {
+                matmul_forward(gpu, enc, &matmul::Forward { a: &a, b: &b, c: &c, tiles: Some(*tiles) })
+            });
             (format!("{m}x{k}x{n}"), record)
         })
         .collect();

@@ -17,7 +17,7 @@ use crate::ops::conv2d::{
     Forward,
 };
 use crate::ops::conv_transpose2d::conv_transpose2d_forward;
-use crate::ops::matmul::{matmul_forward, matmul_forward_tiled};
+use crate::ops::matmul::matmul_forward;
 use crate::runtime::{Encoder, Gpu, GpuOptions};
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64};
 
@@ -217,7 +217,7 @@ fn default_wrappers_use_the_gpus_tuning() {
         &mut enc,
         &crate::ops::conv_transpose2d::Forward { x: &ct_x, w: &ct_w, b: None, y: &ct_y, workgroups: None },
     );
-    matmul_forward(&gpu, &mut enc, &a, &b, &c);
+    matmul_forward(&gpu, &mut enc, &crate::ops::matmul::Forward { a: &a, b: &b, c: &c, tiles: None });
     gpu.submit(enc);
 
     let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
@@ -383,7 +383,11 @@ fn a_candidate_with_wrong_output_is_never_chosen() {
             "gemm".into(),
             Box::new(move |gpu: &Gpu, enc: &mut Encoder, i: &usize| {
                 let (x, y, z) = [&a, &b, &c][*i];
-                matmul_forward_tiled(gpu, enc, x, y, z, &Tiles::default());
+                matmul_forward(
+                    gpu,
+                    enc,
+                    &crate::ops::matmul::Forward { a: x, b: y, c: z, tiles: Some(Tiles::default()) },
+                );
             }),
         )],
     };
