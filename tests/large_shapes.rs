@@ -5,7 +5,7 @@
 //! cut their sums into runs for the same reason.
 
 use unet_wgpu::ops::batchnorm2d::{reference as bn_ref, textbook};
-use unet_wgpu::ops::conv2d::{self, conv2d_backward_weight, reference as conv_ref, Conv2d};
+use unet_wgpu::ops::conv2d::{self, conv2d_backward_weight, reference as conv_ref, BackwardWeight, Conv2d, Epilogue};
 use unet_wgpu::ops::conv_transpose2d::{self, conv_transpose2d_backward_weight, reference as convt_ref};
 use unet_wgpu::testing::{assert_close_f32, gpu, random_vec, to_f64};
 use unet_wgpu::{Accumulate, Mode};
@@ -21,7 +21,11 @@ fn conv2d_weight_gradient_of_the_top_level() {
         let mut enc = gpu.encoder();
         enc.clear(&dw);
         enc.clear(&db);
-        conv2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), p);
+        conv2d_backward_weight(
+            gpu,
+            &mut enc,
+            &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p, tiling: None },
+        );
         gpu.submit(enc);
         let (want_dw, want_db) = conv_ref::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
         assert_close_f32(&format!("dw {xd:?}"), &gpu.read(&dw), &want_dw, 1e-3);
@@ -40,7 +44,11 @@ fn conv_transpose2d_weight_gradient_into_the_top_level() {
     let mut enc = gpu.encoder();
     enc.clear(&dw);
     enc.clear(&db);
-    conv_transpose2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, Some(&db));
+    conv_transpose2d_backward_weight(
+        gpu,
+        &mut enc,
+        &conv_transpose2d::BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), workgroups: None },
+    );
     gpu.submit(enc);
     let (want_dw, want_db) = convt_ref::conv_transpose2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, co);
     assert_close_f32("convT dw", &gpu.read(&dw), &want_dw, 1e-3);
@@ -106,8 +114,14 @@ fn textbook_batch_norm_of_the_top_level() {
     assert_close_f32("textbook mean", &gpu.read(&mean), &want_mean, 1e-4);
     assert_close_f32("textbook invstd", &gpu.read(&invstd), &want_invstd, 1e-4);
     let gamma = [1.0, 0.5, 2.0, 1.5];
-    let (want_dx, want_dgamma, want_dbeta) =
-        bn_ref::batchnorm2d_backward(&xf, &dyf, &want_mean, &want_invstd, &gamma, dims, true);
+    let (want_dx, want_dgamma, want_dbeta) = bn_ref::batchnorm2d_backward(
+        &xf,
+        &dyf,
+        bn_ref::Channels { mean: &want_mean, invstd: &want_invstd, gamma: &gamma, beta: &[0.0; 4] },
+        dims,
+        true,
+        Epilogue::Identity,
+    );
     assert_close_f32("textbook dx", &gpu.read(&dx), &want_dx, 1e-3);
     assert_close_f32("textbook dgamma", &gpu.read(&dgamma), &want_dgamma, 1e-3);
     assert_close_f32("textbook dbeta", &gpu.read(&dbeta), &want_dbeta, 1e-3);

@@ -7,7 +7,7 @@
 
 use unet_wgpu::ops::batchnorm2d::{batchnorm2d, reference as bn_ref};
 use unet_wgpu::ops::concat::{concat, reference as cat_ref};
-use unet_wgpu::ops::conv2d::{conv2d, reference as conv_ref, Conv2d};
+use unet_wgpu::ops::conv2d::{conv2d, reference as conv_ref, Conv2d, Epilogue};
 use unet_wgpu::ops::conv_transpose2d::{conv_transpose2d, reference as convt_ref};
 use unet_wgpu::ops::maxpool2d::{maxpool2d, reference as pool_ref};
 use unet_wgpu::ops::relu::{reference as relu_ref, relu};
@@ -38,7 +38,7 @@ const INPUTS: [(&str, &[usize]); 11] = [
 fn reference_forward(v: &[Vec<f64>]) -> Vec<f64> {
     let same = Conv2d::new(1, 1);
     let h1 = conv_ref::conv2d_forward(&v[0], [N, 3, H, W], &v[1], [4, 3, 3, 3], Some(&v[2]), &same);
-    let h1 = bn_ref::batchnorm2d_forward_train(&h1, &v[3], &v[4], [N, 4, H, W]);
+    let h1 = bn_ref::batchnorm2d_forward_train(&h1, &v[3], &v[4], [N, 4, H, W], Epilogue::Identity);
     let h1 = relu_ref::relu_forward(&h1);
     let (p, _) = pool_ref::maxpool2d_forward(&h1, [N, 4, H, W]);
     let h2 = conv_ref::conv2d_forward(&p, [N, 4, H / 2, W / 2], &v[5], [5, 4, 3, 3], Some(&v[6]), &same);
@@ -62,16 +62,16 @@ fn a_small_unet_block_has_the_gradient_of_finite_differences() {
     let t = &tensors;
     let mut step = Step::train(gpu);
     let same = Conv2d::new(1, 1);
-    let h1 = conv2d(&mut step, &t[0], &t[1], Some(&t[2]), same);
-    let h1 = batchnorm2d(&mut step, &h1, &t[3], &t[4], &mean, &var);
+    let h1 = conv2d(&mut step, &t[0], &t[1], Some(&t[2]), same, Epilogue::Identity);
+    let h1 = batchnorm2d(&mut step, &h1, &t[3], &t[4], &mean, &var, Epilogue::Identity);
     let h1 = relu(&mut step, &h1);
     let p = maxpool2d(&mut step, &h1);
-    let h2 = conv2d(&mut step, &p, &t[5], Some(&t[6]), same);
+    let h2 = conv2d(&mut step, &p, &t[5], Some(&t[6]), same, Epilogue::Identity);
     let up = conv_transpose2d(&mut step, &h2, &t[7], Some(&t[8]));
     let bil = upsample(&mut step, &h2, Upsample::Bilinear);
     let c = concat(&mut step, &up, &h1);
     let c = concat(&mut step, &c, &bil);
-    let y = conv2d(&mut step, &c, &t[9], Some(&t[10]), Conv2d::new(1, 0));
+    let y = conv2d(&mut step, &c, &t[9], Some(&t[10]), Conv2d::new(1, 0), Epilogue::Identity);
     assert_eq!(step.tape_len(), 10);
     let seed = gpu.upload(&r, y.shape());
     let grads = step.backward(vec![(y.clone(), seed)]);

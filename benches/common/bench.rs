@@ -128,7 +128,11 @@ impl<'g> Bench<'g> {
         let n = CEILING_GEMM;
         let (a, b) = (random_vec(1, n * n), random_vec(2, n * n));
         let (at, bt, c) = (gpu.upload(&a, &[n, n]), gpu.upload(&b, &[n, n]), gpu.empty(&[n, n]));
-        let gemm = self.time_all(reps, true, &mut |gpu, enc| matmul_forward(gpu, enc, &at, &bt, &c)).0[0];
+        let gemm = self
+            .time_all(reps, true, &mut |gpu, enc| {
+                matmul_forward(gpu, enc, &unet_wgpu::ops::matmul::Forward { a: &at, b: &bt, c: &c, tiles: None })
+            })
+            .0[0];
         let got = gpu.read(&c);
         for (i, j) in [(0, 0), (1, n - 1), (n / 2, 7), (n - 1, n - 1), (n - 3, n / 3)] {
             let terms = (0..n).map(|k| a[i * n + k] as f64 * b[k * n + j] as f64);

@@ -4,8 +4,7 @@
 
 use crate::common::bench::Bench;
 use unet_wgpu::ops::batchnorm2d::{
-    batchnorm2d_backward, batchnorm2d_backward_fused, batchnorm2d_forward, batchnorm2d_forward_fused,
-    batchnorm2d_stats, reference, Backward, Channels, Grads,
+    batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_stats, reference, Backward, Channels, Forward, Grads,
 };
 use unet_wgpu::ops::conv2d::Epilogue;
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
@@ -28,9 +27,9 @@ pub fn run(b: &mut Bench) {
     let mut enc = gpu.encoder();
     batchnorm2d_stats(gpu, &mut enc, &xt, &rm, &rv, &mean, &invstd);
     let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-    batchnorm2d_forward(gpu, &mut enc, &xt, ch, &y);
+    batchnorm2d_forward(gpu, &mut enc, &Forward { x: &xt, ch, y: &y, epilogue: Epilogue::Identity });
     gpu.submit(enc);
-    let want = reference::batchnorm2d_forward_train(&to_f64(&x), &[1.0; 3], &[0.0; 3], dims);
+    let want = reference::batchnorm2d_forward_train(&to_f64(&x), &[1.0; 3], &[0.0; 3], dims, Epilogue::Identity);
     assert_close_f32("batchnorm2d", &gpu.read(&y), &want, 1e-4);
 
     // The fused epilogue: forward, and the backward's dx through it.
@@ -38,8 +37,8 @@ pub fn run(b: &mut Bench) {
     let dy = random_vec(4, x.len());
     let (dyt, dx) = (gpu.upload(&dy, &dims), gpu.upload(&vec![0.0; x.len()], &dims));
     let mut enc = gpu.encoder();
-    batchnorm2d_forward_fused(gpu, &mut enc, &xt, ch, &y, epilogue);
-    batchnorm2d_backward_fused(
+    batchnorm2d_forward(gpu, &mut enc, &Forward { x: &xt, ch, y: &y, epilogue });
+    batchnorm2d_backward(
         gpu,
         &mut enc,
         &Backward {
@@ -48,16 +47,21 @@ pub fn run(b: &mut Bench) {
             dy: &dyt,
             ch,
             grads: Grads { dx: Some((&dx, Accumulate::Add)), dgamma: None, dbeta: None },
+            epilogue,
         },
-        epilogue,
     );
     gpu.submit(enc);
     let (xf, mean, invstd) = (to_f64(&x), to_f64(&gpu.read(&mean)), to_f64(&gpu.read(&invstd)));
     let (gamma, beta) = ([1.0; 3], [0.0; 3]);
-    let want = reference::batchnorm2d_forward_fused(&xf, &mean, &invstd, &gamma, &beta, dims, epilogue);
+    let want = reference::batchnorm2d_forward(
+        &xf,
+        reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta },
+        dims,
+        epilogue,
+    );
     assert_close_f32("batchnorm2d fused", &gpu.read(&y), &want, 1e-4);
     let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-    let (want_dx, _, _) = reference::batchnorm2d_backward_fused(&xf, &to_f64(&dy), ch, dims, true, epilogue);
+    let (want_dx, _, _) = reference::batchnorm2d_backward(&xf, &to_f64(&dy), ch, dims, true, epilogue);
     assert_close_f32("batchnorm2d fused backward", &gpu.read(&dx), &want_dx, 1e-3);
 
     for shape in unet_levels() {
@@ -78,11 +82,15 @@ pub fn run(b: &mut Bench) {
             batchnorm2d_stats(gpu, enc, &x, &rm, &rv, &mean, &invstd)
         });
         b.case("batchnorm2d_forward", &shape_str(&shape), None, Some(2.0 * bytes), |gpu, enc| {
-            batchnorm2d_forward(gpu, enc, &x, ch, &y)
+            batchnorm2d_forward(gpu, enc, &Forward { x: &x, ch, y: &y, epilogue: Epilogue::Identity })
         });
         b.case("batchnorm2d_backward", &shape_str(&shape), None, Some(6.0 * bytes), |gpu, enc| {
             let grads = Grads { dx: Some((&dx, Accumulate::Add)), dgamma: Some(&dgamma), dbeta: Some(&dbeta) };
-            batchnorm2d_backward(gpu, enc, &Backward { mode: Mode::Train, x: &x, dy: &dy, ch, grads })
+            batchnorm2d_backward(
+                gpu,
+                enc,
+                &Backward { mode: Mode::Train, x: &x, dy: &dy, ch, grads, epilogue: Epilogue::Identity },
+            )
         });
         // Fused ReLU + dropout: the forward moves what the plain one does (the chain
         // batchnorm -> relu -> dropout moves 6x), and so does the backward, which recomputes
@@ -90,11 +98,11 @@ pub fn run(b: &mut Bench) {
         // backward and 3x for dropout's).
         let epilogue = Epilogue::ReluDropout { p: 0.1, seed: 7 };
         b.case("batchnorm2d_forward_relu_dropout", &shape_str(&shape), None, Some(2.0 * bytes), |gpu, enc| {
-            batchnorm2d_forward_fused(gpu, enc, &x, ch, &y, epilogue)
+            batchnorm2d_forward(gpu, enc, &Forward { x: &x, ch, y: &y, epilogue })
         });
         b.case("batchnorm2d_backward_relu_dropout", &shape_str(&shape), None, Some(6.0 * bytes), |gpu, enc| {
             let grads = Grads { dx: Some((&dx, Accumulate::Add)), dgamma: Some(&dgamma), dbeta: Some(&dbeta) };
-            batchnorm2d_backward_fused(gpu, enc, &Backward { mode: Mode::Train, x: &x, dy: &dy, ch, grads }, epilogue)
+            batchnorm2d_backward(gpu, enc, &Backward { mode: Mode::Train, x: &x, dy: &dy, ch, grads, epilogue })
         });
     }
 }

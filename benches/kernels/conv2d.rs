@@ -11,11 +11,11 @@
 
 use crate::common::bench::Bench;
 use unet_wgpu::ops::conv2d::{
-    conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_shared, conv2d_forward_tiled, reference,
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, conv2d_forward_shared, reference, BackwardData,
     BackwardWeight, Conv2d, Epilogue, Forward, SharedTiling, Tiling,
 };
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
-use unet_wgpu::Gpu;
+use unet_wgpu::{Accumulate, Gpu};
 
 use crate::{shape_str, unet_levels};
 
@@ -49,20 +49,23 @@ pub fn run(b: &mut Bench) {
     let mut enc = gpu.encoder();
     enc.clear(&dx);
     enc.clear(&dw);
-    conv2d_forward_tiled(
+    conv2d_forward(
         gpu,
         &mut enc,
-        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity },
-        &t,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: Some(t) },
     );
     conv2d_forward_shared(
         gpu,
         &mut enc,
-        &Forward { x: &xt, w: &wt, b: None, y: &ys, p, epilogue: Epilogue::Identity },
+        &Forward { x: &xt, w: &wt, b: None, y: &ys, p, epilogue: Epilogue::Identity, tiling: None },
         &st,
     );
-    conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dx, p, &td);
-    conv2d_backward_weight_tiled(gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p }, &tw);
+    conv2d_backward_data(
+        gpu,
+        &mut enc,
+        &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: Some(td) },
+    );
+    conv2d_backward_weight(gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: Some(tw) });
     gpu.submit(enc);
     let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
     let want_y = reference::conv2d_forward(&xf, xd, &wf, wd, None, &p);
@@ -85,7 +88,11 @@ pub fn run(b: &mut Bench) {
         let (xt, dyt, dw) = (gpu.upload(&x, &xd), gpu.upload(&dy, &yd), gpu.empty(&wd));
         let mut enc = gpu.encoder();
         enc.clear(&dw);
-        conv2d_backward_weight_tiled(gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p }, &tw);
+        conv2d_backward_weight(
+            gpu,
+            &mut enc,
+            &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: Some(tw) },
+        );
         gpu.submit(enc);
         let (want_dw, _) = reference::conv2d_backward_weight(&to_f64(&x), &to_f64(&dy), xd, wd, &p);
         assert_close_f32(&format!("conv2d backward weight {xd:?}"), &gpu.read(&dw), &want_dw, 1e-3);
@@ -113,20 +120,18 @@ pub fn run(b: &mut Bench) {
         let (y, dx, dw, db) = (gpu.empty(&yd), gpu.empty(&xd), gpu.empty(&wd), gpu.empty(&[wd[0]]));
         let shape = format!("{} k{}x{} o{}", shape_str(&xd), wd[2], wd[3], wd[0]);
         b.case("conv2d_forward", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_forward_tiled(
+            conv2d_forward(
                 gpu,
                 enc,
-                &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: Epilogue::Identity },
-                &t,
+                &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: Epilogue::Identity, tiling: Some(t) },
             )
         });
         let relu_dropout = Epilogue::ReluDropout { p: 0.1, seed: 1 };
         b.case("conv2d_forward_relu_dropout", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_forward_tiled(
+            conv2d_forward(
                 gpu,
                 enc,
-                &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: relu_dropout },
-                &t,
+                &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: relu_dropout, tiling: Some(t) },
             )
         });
         if shared {
@@ -134,16 +139,24 @@ pub fn run(b: &mut Bench) {
                 conv2d_forward_shared(
                     gpu,
                     enc,
-                    &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: Epilogue::Identity },
+                    &Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: Epilogue::Identity, tiling: None },
                     &st,
                 )
             });
         }
         b.case("conv2d_backward_data", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, &td)
+            conv2d_backward_data(
+                gpu,
+                enc,
+                &BackwardData { dy: &dy, w: &w, dx: &dx, p, acc: Accumulate::Add, tiling: Some(td) },
+            )
         });
         b.case("conv2d_backward_weight", &shape, Some(flops), None, |gpu, enc| {
-            conv2d_backward_weight_tiled(gpu, enc, &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p }, &tw)
+            conv2d_backward_weight(
+                gpu,
+                enc,
+                &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p, tiling: Some(tw) },
+            )
         });
     }
 }

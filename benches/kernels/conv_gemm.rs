@@ -40,11 +40,11 @@ pub fn run(b: &mut Bench) {
     let mut enc = gpu.encoder();
     enc.clear(&dw);
     enc.clear(&cdw);
-    let f = Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity };
+    let f = Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None };
     conv2d_forward_gemm(gpu, &mut enc, &f, &g.conv2d_forward);
-    let a = BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Overwrite };
+    let a = BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Overwrite, tiling: None };
     conv2d_backward_data_gemm(gpu, &mut enc, &a, &g.conv2d_backward_data);
-    let a = BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p };
+    let a = BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None };
     conv2d_backward_weight_gemm(gpu, &mut enc, &a, &g.conv2d_backward_weight);
     conv_transpose2d_forward_gemm(gpu, &mut enc, &cxt, &cwt, None, &cy, &g.conv_transpose2d_forward);
     let data = &g.conv_transpose2d_backward_data;
@@ -79,15 +79,15 @@ pub fn run(b: &mut Bench) {
         let (y, dx, dw, db) = (gpu.empty(&xd), gpu.empty(&xd), gpu.empty(&[c, c, 3, 3]), gpu.empty(&[c]));
         let shape = format!("{} k3x3 o{c}", shape_str(&xd));
         b.case("conv2d_gemm_forward_relu", &shape, Some(flops), None, |gpu, enc| {
-            let f = Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: Epilogue::Relu };
+            let f = Forward { x: &x, w: &w, b: Some(&bias), y: &y, p, epilogue: Epilogue::Relu, tiling: None };
             conv2d_forward_gemm(gpu, enc, &f, &g.conv2d_forward)
         });
         b.case("conv2d_gemm_backward_data", &shape, Some(flops), None, |gpu, enc| {
-            let a = BackwardData { dy: &dy, w: &w, dx: &dx, p, acc: Accumulate::Overwrite };
+            let a = BackwardData { dy: &dy, w: &w, dx: &dx, p, acc: Accumulate::Overwrite, tiling: None };
             conv2d_backward_data_gemm(gpu, enc, &a, &g.conv2d_backward_data)
         });
         b.case("conv2d_gemm_backward_weight", &shape, Some(flops), None, |gpu, enc| {
-            let a = BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p };
+            let a = BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p, tiling: None };
             conv2d_backward_weight_gemm(gpu, enc, &a, &g.conv2d_backward_weight)
         });
         if h < 2 || wd < 2 {

@@ -12,9 +12,9 @@
 use crate::common::bench::Bench;
 use unet_wgpu::ops::concat::{concat_backward_a, concat_backward_b, reference as concat_reference};
 use unet_wgpu::ops::conv_transpose2d::{
-    conv_transpose2d_backward_data, conv_transpose2d_backward_data_into, conv_transpose2d_backward_weight,
-    conv_transpose2d_concat_backward, conv_transpose2d_concat_forward, conv_transpose2d_forward, reference,
-    ConcatGrads,
+    conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_concat_backward,
+    conv_transpose2d_concat_forward, conv_transpose2d_forward, reference, BackwardData, BackwardWeight, ConcatGrads,
+    Forward,
 };
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::{Accumulate, Gpu};
@@ -53,16 +53,28 @@ pub fn run(b: &mut Bench) {
         let flops = Some(conv_flops);
         let shape = format!("{} -> {co}", shape_str(&xs));
         b.case("conv_transpose2d_forward", &shape, flops, None, |gpu, enc| {
-            conv_transpose2d_forward(gpu, enc, &x, &w, Some(&bias), &y)
+            conv_transpose2d_forward(gpu, enc, &Forward { x: &x, w: &w, b: Some(&bias), y: &y, workgroups: None })
         });
         b.case("conv_transpose2d_backward_data", &shape, flops, None, |gpu, enc| {
-            conv_transpose2d_backward_data(gpu, enc, &w, &dy, &dx)
+            conv_transpose2d_backward_data(
+                gpu,
+                enc,
+                &BackwardData { w: &w, dy: &dy, dx: &dx, acc: Accumulate::Add, workgroups: None },
+            )
         });
         b.case("conv_transpose2d_backward_data_fresh", &shape, flops, None, |gpu, enc| {
-            conv_transpose2d_backward_data_into(gpu, enc, &w, &dy, &dx, Accumulate::Overwrite)
+            conv_transpose2d_backward_data(
+                gpu,
+                enc,
+                &BackwardData { w: &w, dy: &dy, dx: &dx, acc: Accumulate::Overwrite, workgroups: None },
+            )
         });
         b.case("conv_transpose2d_backward_weight", &shape, flops, None, |gpu, enc| {
-            conv_transpose2d_backward_weight(gpu, enc, &x, &dy, &dw, Some(&db))
+            conv_transpose2d_backward_weight(
+                gpu,
+                enc,
+                &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), workgroups: None },
+            )
         });
 
         if !b.wants("conv_transpose2d_concat") {
@@ -87,8 +99,16 @@ pub fn run(b: &mut Bench) {
             // buffers, then the up-convolution's kernels read the first.
             concat_backward_a(gpu, enc, &dmerged, &dup, fresh);
             concat_backward_b(gpu, enc, &dmerged, &dskip, fresh);
-            conv_transpose2d_backward_data_into(gpu, enc, &w, &dup, &dx, fresh);
-            conv_transpose2d_backward_weight(gpu, enc, &x, &dup, &dw, Some(&db));
+            conv_transpose2d_backward_data(
+                gpu,
+                enc,
+                &BackwardData { w: &w, dy: &dup, dx: &dx, acc: fresh, workgroups: None },
+            );
+            conv_transpose2d_backward_weight(
+                gpu,
+                enc,
+                &BackwardWeight { x: &x, dy: &dup, dw: &dw, db: Some(&db), workgroups: None },
+            );
         });
     }
 }
@@ -103,9 +123,17 @@ fn check(gpu: &Gpu, dims: [usize; 4], co: usize) {
     let mut enc = gpu.encoder();
     enc.clear(&dx);
     enc.clear(&dw);
-    conv_transpose2d_forward(gpu, &mut enc, &xt, &wt, None, &y);
-    conv_transpose2d_backward_data(gpu, &mut enc, &wt, &dyt, &dx);
-    conv_transpose2d_backward_weight(gpu, &mut enc, &xt, &dyt, &dw, None);
+    conv_transpose2d_forward(gpu, &mut enc, &Forward { x: &xt, w: &wt, b: None, y: &y, workgroups: None });
+    conv_transpose2d_backward_data(
+        gpu,
+        &mut enc,
+        &BackwardData { w: &wt, dy: &dyt, dx: &dx, acc: Accumulate::Add, workgroups: None },
+    );
+    conv_transpose2d_backward_weight(
+        gpu,
+        &mut enc,
+        &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, workgroups: None },
+    );
     gpu.submit(enc);
     let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
     let what = format!("{dims:?} -> {co}");

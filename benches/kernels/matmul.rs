@@ -11,7 +11,7 @@
 use crate::common::bench::Bench;
 use crate::common::ceiling::{copy, copy_tiled};
 use unet_wgpu::ops::matmul::{
-    matmul_backward_tiled, matmul_forward_tiled, reference, Backward, SharedTiling, Tiles, Tiling,
+    matmul_backward, matmul_forward, reference, Backward, Forward, SharedTiling, Tiles, Tiling,
 };
 use unet_wgpu::testing::{assert_close_f32, random_vec, to_f64};
 use unet_wgpu::{Gpu, Tensor};
@@ -76,12 +76,11 @@ pub fn run(b: &mut Bench) {
             let mut enc = gpu.encoder();
             enc.clear(&da);
             enc.clear(&db);
-            matmul_forward_tiled(gpu, &mut enc, &at, &bt, &c, &tiles);
-            matmul_backward_tiled(
+            matmul_forward(gpu, &mut enc, &Forward { a: &at, b: &bt, c: &c, tiles: Some(tiles) });
+            matmul_backward(
                 gpu,
                 &mut enc,
-                Backward { a: &at, b: &bt, dc: &dct, da: Some(&da), db: Some(&db) },
-                &tiles,
+                &Backward { a: &at, b: &bt, dc: &dct, da: Some(&da), db: Some(&db), tiles: Some(tiles) },
             );
             gpu.submit(enc);
             assert_close_f32(&format!("matmul {tiles:?}"), &gpu.read(&c), &want, 1e-4);
@@ -95,7 +94,7 @@ pub fn run(b: &mut Bench) {
     let (a, bm) = (random_vec(3, n * n), random_vec(4, n * n));
     let (at, bt, c) = (gpu.upload(&a, &[n, n]), gpu.upload(&bm, &[n, n]), gpu.empty(&[n, n]));
     b.case("matmul_forward", &shape, Some(gemm_flops(n)), None, |gpu, enc| {
-        matmul_forward_tiled(gpu, enc, &at, &bt, &c, &reg)
+        matmul_forward(gpu, enc, &Forward { a: &at, b: &bt, c: &c, tiles: Some(reg) })
     });
     if b.wants("matmul_forward") {
         check_entries(gpu, "matmul_forward", &a, &bm, &c, n);
@@ -104,7 +103,7 @@ pub fn run(b: &mut Bench) {
         let tiles = Tiles::Register(t);
         let shape = format!("{shape} wg{} tm{} tn{}", t.wg, t.tm, t.tn);
         b.case("matmul_forward", &shape, Some(gemm_flops(n)), None, |gpu, enc| {
-            matmul_forward_tiled(gpu, enc, &at, &bt, &c, &tiles)
+            matmul_forward(gpu, enc, &Forward { a: &at, b: &bt, c: &c, tiles: Some(tiles) })
         });
         check_entries(gpu, &format!("matmul_forward {t:?}"), &a, &bm, &c, n);
     }
@@ -113,10 +112,10 @@ pub fn run(b: &mut Bench) {
     }
     let (da, db) = (gpu.empty(&[n, n]), gpu.empty(&[n, n]));
     b.case("matmul_backward", &format!("{shape} dA+dB"), Some(2.0 * gemm_flops(n)), None, |gpu, enc| {
-        matmul_backward_tiled(gpu, enc, Backward { a: &at, b: &bt, dc: &c, da: Some(&da), db: Some(&db) }, &reg)
+        matmul_backward(gpu, enc, &Backward { a: &at, b: &bt, dc: &c, da: Some(&da), db: Some(&db), tiles: Some(reg) })
     });
     b.case_reps("matmul_forward_shared", &shape, Some(gemm_flops(n)), None, b.reps.min(3), |gpu, enc| {
-        matmul_forward_tiled(gpu, enc, &at, &bt, &c, &shared)
+        matmul_forward(gpu, enc, &Forward { a: &at, b: &bt, c: &c, tiles: Some(shared) })
     });
     if b.wants("matmul_forward_shared") {
         check_entries(gpu, "matmul_forward_shared", &a, &bm, &c, n);
@@ -135,13 +134,13 @@ pub fn run(b: &mut Bench) {
     let (at, bt, c) = (gpu.upload(&a, &[n, n]), gpu.upload(&bm, &[n, n]), gpu.empty(&[n, n]));
     if b.wants("matmul_forward") {
         b.case_reps("matmul_forward", &shape, Some(gemm_flops(n)), None, 1, |gpu, enc| {
-            matmul_forward_tiled(gpu, enc, &at, &bt, &c, &reg)
+            matmul_forward(gpu, enc, &Forward { a: &at, b: &bt, c: &c, tiles: Some(reg) })
         });
         check_entries(gpu, "matmul_forward 4096", &a, &bm, &c, n);
     }
     if big_shared {
         b.case_reps("matmul_forward_shared", &shape, Some(gemm_flops(n)), None, 1, |gpu, enc| {
-            matmul_forward_tiled(gpu, enc, &at, &bt, &c, &shared)
+            matmul_forward(gpu, enc, &Forward { a: &at, b: &bt, c: &c, tiles: Some(shared) })
         });
         check_entries(gpu, "matmul_forward_shared 4096", &a, &bm, &c, n);
     }

@@ -24,9 +24,9 @@ use crate::autograd::tape::Step;
 use crate::autograd::tensor::Tensor;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::ops::batchnorm2d::batchnorm2d_fused;
+use crate::ops::batchnorm2d::batchnorm2d;
 use crate::ops::concat::concat;
-use crate::ops::conv2d::{conv2d, conv2d_fused, Conv2d, Epilogue};
+use crate::ops::conv2d::{conv2d, Conv2d, Epilogue};
 use crate::ops::conv_transpose2d::conv_transpose2d_concat;
 use crate::ops::maxpool2d::maxpool2d;
 use crate::ops::upsample::{upsample, Upsample};
@@ -227,7 +227,7 @@ impl UNet {
     }
 
     fn conv(&self, step: &mut Step, x: &Tensor, conv: Conv, p: Conv2d) -> Tensor {
-        conv2d(step, x, self.param(conv.weight), Some(self.param(conv.bias)), p)
+        conv2d(step, x, self.param(conv.weight), Some(self.param(conv.bias)), p, Epilogue::Identity)
     }
 
     /// conv (3x3, "same") -> [batch norm] -> ReLU -> [dropout]. The ReLU and the dropout run in
@@ -246,11 +246,11 @@ impl UNet {
         let (w, b) = (self.param(conv.weight), Some(self.param(conv.bias)));
         let epilogue = if drop > 0.0 { Epilogue::ReluDropout { p: drop, seed } } else { Epilogue::Relu };
         match norm {
-            None => conv2d_fused(step, x, w, b, same, epilogue),
+            None => conv2d(step, x, w, b, same, epilogue),
             Some(n) => {
-                let h = conv2d(step, x, w, b, same);
+                let h = conv2d(step, x, w, b, same, Epilogue::Identity);
                 let (gamma, beta) = (self.param(n.gamma), self.param(n.beta));
-                batchnorm2d_fused(step, &h, gamma, beta, &n.running_mean, &n.running_var, epilogue)
+                batchnorm2d(step, &h, gamma, beta, &n.running_mean, &n.running_var, epilogue)
             }
         }
     }

@@ -1,15 +1,15 @@
 //! The kernel families the autotune measures: for each, its candidates, how one run is recorded
 //! at each timing shape, and how its result is checked against the f64 reference.
 
+use crate::autograd::tape::Accumulate;
 use crate::ops::conv2d::{
-    self, conv2d_backward_data_tiled, conv2d_backward_weight_tiled, conv2d_forward_tiled, BackwardWeight, Conv2d,
-    Epilogue, Forward,
+    self, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, BackwardData, BackwardWeight, Conv2d, Epilogue,
+    Forward,
 };
 use crate::ops::conv_transpose2d::{
-    self, conv_transpose2d_backward_data_tiled, conv_transpose2d_backward_weight_tiled, conv_transpose2d_forward_tiled,
-    Workgroups,
+    self, conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_forward, Workgroups,
 };
-use crate::ops::matmul::{self, matmul_forward_tiled, Tiles};
+use crate::ops::matmul::{self, matmul_forward, Tiles};
 use crate::runtime::{Encoder, Gpu};
 use crate::testing::{max_rel_error, random_vec, to_f64};
 
@@ -57,11 +57,10 @@ pub(super) fn conv2d_family<'a>(
         match kernel {
             "conv2d_forward" => {
                 let y = gpu.empty(&yd);
-                conv2d_forward_tiled(
+                conv2d_forward(
                     gpu,
                     &mut enc,
-                    &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: Epilogue::Identity },
-                    t,
+                    &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: Epilogue::Identity, tiling: Some(*t) },
                 );
                 gpu.submit(enc);
                 let want = conv2d::reference::conv2d_forward(&xf, xd, &wf, wd, Some(&to_f64(&b)), &p);
@@ -69,18 +68,21 @@ pub(super) fn conv2d_family<'a>(
             }
             "conv2d_backward_data" => {
                 let dx = gpu.upload(&start, &xd);
-                conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dx, p, t);
+                conv2d_backward_data(
+                    gpu,
+                    &mut enc,
+                    &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: Some(*t) },
+                );
                 gpu.submit(enc);
                 let want = plus(&conv2d::reference::conv2d_backward_data(&dyf, &wf, xd, wd, &p), &start);
                 close("dx", &gpu.read(&dx), &want, 1e-3)
             }
             _ => {
                 let (dw, db) = (gpu.upload(&start[..w.len()], &wd), gpu.upload(&start[..7], &[7]));
-                conv2d_backward_weight_tiled(
+                conv2d_backward_weight(
                     gpu,
                     &mut enc,
-                    &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p },
-                    t,
+                    &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p, tiling: Some(*t) },
                 );
                 gpu.submit(enc);
                 let (want_dw, want_db) = conv2d::reference::conv2d_backward_weight(&xf, &dyf, xd, wd, &p);
@@ -104,22 +106,24 @@ pub(super) fn conv2d_family<'a>(
             );
             let record: Record<conv2d::Tiling> = match kernel {
                 "conv2d_forward" => Box::new(move |gpu, enc, t| {
-                    conv2d_forward_tiled(
+                    conv2d_forward(
                         gpu,
                         enc,
-                        &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu },
-                        t,
+                        &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu, tiling: Some(*t) },
                     )
                 }),
-                "conv2d_backward_data" => {
-                    Box::new(move |gpu, enc, t| conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, t))
-                }
-                _ => Box::new(move |gpu, enc, t| {
-                    conv2d_backward_weight_tiled(
+                "conv2d_backward_data" => Box::new(move |gpu, enc, t| {
+                    conv2d_backward_data(
                         gpu,
                         enc,
-                        &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p },
-                        t,
+                        &BackwardData { dy: &dy, w: &w, dx: &dx, p, acc: Accumulate::Add, tiling: Some(*t) },
+                    )
+                }),
+                _ => Box::new(move |gpu, enc, t| {
+                    conv2d_backward_weight(
+                        gpu,
+                        enc,
+                        &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p, tiling: Some(*t) },
                     )
                 }),
             };
@@ -149,9 +153,27 @@ pub(super) fn conv_transpose2d_family<'a>(
             let (y, dx) = (gpu.empty(&big), gpu.upload(&start[..x.len()], &dims));
             let (dw, db) = (gpu.upload(&start[..w.len()], &[ci, co, 2, 2]), gpu.upload(&start[..co], &[co]));
             let mut enc = gpu.encoder();
-            conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, Some(&bt), &y, wg);
-            conv_transpose2d_backward_data_tiled(gpu, &mut enc, &wt, &dyt, &dx, wg);
-            conv_transpose2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), wg);
+            conv_transpose2d_forward(
+                gpu,
+                &mut enc,
+                &conv_transpose2d::Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, workgroups: Some(*wg) },
+            );
+            conv_transpose2d_backward_data(
+                gpu,
+                &mut enc,
+                &conv_transpose2d::BackwardData {
+                    w: &wt,
+                    dy: &dyt,
+                    dx: &dx,
+                    acc: Accumulate::Add,
+                    workgroups: Some(*wg),
+                },
+            );
+            conv_transpose2d_backward_weight(
+                gpu,
+                &mut enc,
+                &conv_transpose2d::BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), workgroups: Some(*wg) },
+            );
             gpu.submit(enc);
             let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
             let want_y = reference::conv_transpose2d_forward(&xf, &wf, Some(&to_f64(&b)), dims, co);
@@ -182,9 +204,27 @@ pub(super) fn conv_transpose2d_family<'a>(
                 gpu.upload(&random_vec(27, co), &[co]),
             );
             let record: Record<Workgroups> = Box::new(move |gpu, enc, wg| {
-                conv_transpose2d_forward_tiled(gpu, enc, &x, &w, Some(&b), &y, wg);
-                conv_transpose2d_backward_data_tiled(gpu, enc, &w, &dy, &dx, wg);
-                conv_transpose2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), wg);
+                conv_transpose2d_forward(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::Forward { x: &x, w: &w, b: Some(&b), y: &y, workgroups: Some(*wg) },
+                );
+                conv_transpose2d_backward_data(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::BackwardData {
+                        w: &w,
+                        dy: &dy,
+                        dx: &dx,
+                        acc: Accumulate::Add,
+                        workgroups: Some(*wg),
+                    },
+                );
+                conv_transpose2d_backward_weight(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), workgroups: Some(*wg) },
+                );
             });
             (format!("{} fwd+bwd", shape_label(&xd)), record)
         })
@@ -199,7 +239,7 @@ pub(super) fn matmul_family<'a>(gpu: &'a Gpu, candidates: Vec<Tiles>, shapes: &[
             let (a, b) = (random_vec(seed, m * k), random_vec(seed + 1, k * n));
             let (at, bt, c) = (gpu.upload(&a, &[m, k]), gpu.upload(&b, &[k, n]), gpu.empty(&[m, n]));
             let mut enc = gpu.encoder();
-            matmul_forward_tiled(gpu, &mut enc, &at, &bt, &c, tiles);
+            matmul_forward(gpu, &mut enc, &matmul::Forward { a: &at, b: &bt, c: &c, tiles: Some(*tiles) });
             gpu.submit(enc);
             let want = matmul::reference::matmul_forward(&to_f64(&a), &to_f64(&b), [m, k, n]);
             close(&format!("c {m}x{k}x{n}"), &gpu.read(&c), &want, 1e-4)?;
@@ -214,8 +254,9 @@ pub(super) fn matmul_family<'a>(gpu: &'a Gpu, candidates: Vec<Tiles>, shapes: &[
                 gpu.upload(&random_vec(42, k * n), &[k, n]),
                 gpu.empty(&[m, n]),
             );
-            let record: Record<Tiles> =
-                Box::new(move |gpu, enc, tiles| matmul_forward_tiled(gpu, enc, &a, &b, &c, tiles));
+            let record: Record<Tiles> = Box::new(move |gpu, enc, tiles| {
+                matmul_forward(gpu, enc, &matmul::Forward { a: &a, b: &b, c: &c, tiles: Some(*tiles) })
+            });
             (format!("{m}x{k}x{n}"), record)
         })
         .collect();

@@ -52,27 +52,51 @@ pub(super) fn family<'a>(
         let (dx, dw, db) = (gpu.empty(&xd), gpu.empty(&[c, c, 3, 3]), gpu.empty(&[c]));
         let record: Record<Option<ConvGemm>> = Box::new(move |gpu, enc, g| match g {
             Some(g) => {
-                let f = Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu };
+                let f = Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu, tiling: None };
                 conv2d_forward_gemm(gpu, enc, &f, &g.conv2d_forward);
-                let a = BackwardData { dy: &dy, w: &w, dx: &dx, p, acc: Accumulate::Overwrite };
+                let a = BackwardData { dy: &dy, w: &w, dx: &dx, p, acc: Accumulate::Overwrite, tiling: None };
                 conv2d_backward_data_gemm(gpu, enc, &a, &g.conv2d_backward_data);
-                let a = BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p };
+                let a = BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p, tiling: None };
                 conv2d_backward_weight_gemm(gpu, enc, &a, &g.conv2d_backward_weight);
             }
             None => {
                 let t = &registers;
-                conv2d::conv2d_forward_tiled(
+                conv2d::conv2d_forward(
                     gpu,
                     enc,
-                    &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Relu },
-                    &t.conv2d_forward,
+                    &Forward {
+                        x: &x,
+                        w: &w,
+                        b: Some(&b),
+                        y: &y,
+                        p,
+                        epilogue: Epilogue::Relu,
+                        tiling: Some(t.conv2d_forward),
+                    },
                 );
-                conv2d::conv2d_backward_data_tiled(gpu, enc, &dy, &w, &dx, p, &t.conv2d_backward_data);
-                conv2d::conv2d_backward_weight_tiled(
+                conv2d::conv2d_backward_data(
                     gpu,
                     enc,
-                    &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p },
-                    &t.conv2d_backward_weight,
+                    &BackwardData {
+                        dy: &dy,
+                        w: &w,
+                        dx: &dx,
+                        p,
+                        acc: Accumulate::Add,
+                        tiling: Some(t.conv2d_backward_data),
+                    },
+                );
+                conv2d::conv2d_backward_weight(
+                    gpu,
+                    enc,
+                    &BackwardWeight {
+                        x: &x,
+                        dy: &dy,
+                        dw: &dw,
+                        db: Some(&db),
+                        p,
+                        tiling: Some(t.conv2d_backward_weight),
+                    },
                 );
             }
         });
@@ -93,9 +117,27 @@ pub(super) fn family<'a>(
             Some(g) => transposed_gemm(gpu, enc, [&x, &w, &b, &y, &dy, &dx, &dw, &db], g),
             None => {
                 let t = &registers.conv_transpose2d;
-                conv_transpose2d::conv_transpose2d_forward_tiled(gpu, enc, &x, &w, Some(&b), &y, t);
-                conv_transpose2d::conv_transpose2d_backward_data_tiled(gpu, enc, &w, &dy, &dx, t);
-                conv_transpose2d::conv_transpose2d_backward_weight_tiled(gpu, enc, &x, &dy, &dw, Some(&db), t);
+                conv_transpose2d::conv_transpose2d_forward(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::Forward { x: &x, w: &w, b: Some(&b), y: &y, workgroups: Some(*t) },
+                );
+                conv_transpose2d::conv_transpose2d_backward_data(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::BackwardData {
+                        w: &w,
+                        dy: &dy,
+                        dx: &dx,
+                        acc: Accumulate::Add,
+                        workgroups: Some(*t),
+                    },
+                );
+                conv_transpose2d::conv_transpose2d_backward_weight(
+                    gpu,
+                    enc,
+                    &conv_transpose2d::BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), workgroups: Some(*t) },
+                );
             }
         });
         shapes.push((format!("transposed {} fwd+bwd", shape_label(&xd)), record));
@@ -124,11 +166,11 @@ fn check(gpu: &Gpu, g: &Option<ConvGemm>) -> Result<(), String> {
     let (y, dx) = (gpu.empty(&yd), gpu.upload(&start[..x.len()], &xd));
     let (dw, db) = (gpu.upload(&start[..w.len()], &wd), gpu.upload(&start[..7], &[7]));
     let mut enc = gpu.encoder();
-    let f = Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: Epilogue::Identity };
+    let f = Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: Epilogue::Identity, tiling: None };
     conv2d_forward_gemm(gpu, &mut enc, &f, &g.conv2d_forward);
-    let a = BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add };
+    let a = BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None };
     conv2d_backward_data_gemm(gpu, &mut enc, &a, &g.conv2d_backward_data);
-    let a = BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p };
+    let a = BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), p, tiling: None };
     conv2d_backward_weight_gemm(gpu, &mut enc, &a, &g.conv2d_backward_weight);
     // The transposed convolution: x [2,6,3,5] -> y [2,5,6,10].
     let (cd, co) = ([2, 6, 3, 5], 5);

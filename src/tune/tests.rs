@@ -11,11 +11,13 @@ use super::tiling::conv_transpose2d::Workgroups;
 use super::tiling::gemm::{ConvGemm, Gemm, TilingFamily};
 use super::tiling::matmul::{SharedTiling, Tiles};
 use super::tiling::*;
+use crate::autograd::tape::Accumulate;
 use crate::ops::conv2d::{
-    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, conv2d_forward_tiled, Conv2d, Epilogue, Forward,
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, BackwardData, BackwardWeight, Conv2d, Epilogue,
+    Forward,
 };
 use crate::ops::conv_transpose2d::conv_transpose2d_forward;
-use crate::ops::matmul::{matmul_forward, matmul_forward_tiled};
+use crate::ops::matmul::matmul_forward;
 use crate::runtime::{Encoder, Gpu, GpuOptions};
 use crate::testing::{assert_close_f32, gpu, random_vec, to_f64};
 
@@ -199,11 +201,23 @@ fn default_wrappers_use_the_gpus_tuning() {
     let mut enc = gpu.encoder();
     enc.clear(&dx);
     enc.clear(&dw);
-    conv2d_forward(&gpu, &mut enc, &xt, &wt, None, &y, p);
-    conv2d_backward_data(&gpu, &mut enc, &dyt, &wt, &dx, p);
-    conv2d_backward_weight(&gpu, &mut enc, &xt, &dyt, &dw, None, p);
-    conv_transpose2d_forward(&gpu, &mut enc, &ct_x, &ct_w, None, &ct_y);
-    matmul_forward(&gpu, &mut enc, &a, &b, &c);
+    conv2d_forward(
+        &gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None },
+    );
+    conv2d_backward_data(
+        &gpu,
+        &mut enc,
+        &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None },
+    );
+    conv2d_backward_weight(&gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
+    conv_transpose2d_forward(
+        &gpu,
+        &mut enc,
+        &crate::ops::conv_transpose2d::Forward { x: &ct_x, w: &ct_w, b: None, y: &ct_y, workgroups: None },
+    );
+    matmul_forward(&gpu, &mut enc, &crate::ops::matmul::Forward { a: &a, b: &b, c: &c, tiles: None });
     gpu.submit(enc);
 
     let (xf, wf, dyf) = (to_f64(&x), to_f64(&w), to_f64(&dy));
@@ -251,11 +265,33 @@ fn default_wrappers_use_the_gpus_tuning() {
     gpu.set_tuning(unusual());
     let (ct_dy, ct_dx) = (gpu.upload(&random_vec(63, 2 * 2 * 10 * 16), &[2, 2, 10, 16]), gpu.empty(&[2, 3, 5, 8]));
     let mut enc = gpu.encoder();
-    conv2d_forward(&gpu, &mut enc, &xt, &wt, None, &y, p);
-    conv2d_backward_data(&gpu, &mut enc, &dyt, &wt, &dx, p);
-    conv2d_backward_weight(&gpu, &mut enc, &xt, &dyt, &dw, None, p);
-    conv_transpose2d_forward(&gpu, &mut enc, &ct_x, &ct_w, None, &ct_y);
-    crate::ops::conv_transpose2d::conv_transpose2d_backward_data(&gpu, &mut enc, &ct_w, &ct_dy, &ct_dx);
+    conv2d_forward(
+        &gpu,
+        &mut enc,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None },
+    );
+    conv2d_backward_data(
+        &gpu,
+        &mut enc,
+        &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None },
+    );
+    conv2d_backward_weight(&gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
+    conv_transpose2d_forward(
+        &gpu,
+        &mut enc,
+        &crate::ops::conv_transpose2d::Forward { x: &ct_x, w: &ct_w, b: None, y: &ct_y, workgroups: None },
+    );
+    crate::ops::conv_transpose2d::conv_transpose2d_backward_data(
+        &gpu,
+        &mut enc,
+        &crate::ops::conv_transpose2d::BackwardData {
+            w: &ct_w,
+            dy: &ct_dy,
+            dx: &ct_dx,
+            acc: Accumulate::Add,
+            workgroups: None,
+        },
+    );
     gpu.submit(enc);
     assert_close_f32(
         "y (gemm)",
@@ -320,11 +356,10 @@ fn autotune_chooses_from_the_candidates_within_the_budget() {
     let (x, w) = (random_vec(70, 2 * 5 * 84), random_vec(71, 6 * 5 * 9));
     let (xt, wt, y) = (gpu.upload(&x, &xd), gpu.upload(&w, &wd), gpu.empty(&[2, 6, 7, 12]));
     let mut enc = gpu.encoder();
-    conv2d_forward_tiled(
+    conv2d_forward(
         gpu,
         &mut enc,
-        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity },
-        &t.conv2d_forward,
+        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: Some(t.conv2d_forward) },
     );
     gpu.submit(enc);
     let want = crate::ops::conv2d::reference::conv2d_forward(&to_f64(&x), xd, &to_f64(&w), wd, None, &p);
@@ -348,7 +383,11 @@ fn a_candidate_with_wrong_output_is_never_chosen() {
             "gemm".into(),
             Box::new(move |gpu: &Gpu, enc: &mut Encoder, i: &usize| {
                 let (x, y, z) = [&a, &b, &c][*i];
-                matmul_forward_tiled(gpu, enc, x, y, z, &Tiles::default());
+                matmul_forward(
+                    gpu,
+                    enc,
+                    &crate::ops::matmul::Forward { a: x, b: y, c: z, tiles: Some(Tiles::default()) },
+                );
             }),
         )],
     };

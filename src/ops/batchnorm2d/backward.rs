@@ -19,23 +19,19 @@ pub struct Backward<'a> {
     /// dx `[N,C,H,W]` added into or overwritten as its [`Accumulate`] says; dgamma, dbeta `[C]`
     /// added into.
     pub grads: Grads<'a>,
+    /// The forward's epilogue, gone back through on the fly.
+    pub epilogue: Epilogue,
 }
 
 /// Backward of [`batchnorm2d_forward`] into whichever gradients `b.grads` names. In
 /// [`Mode::Train`] mean and invstd are the batch statistics and dx includes their dependence
-/// on x; in [`Mode::Eval`] they are constants (the running statistics). The identity reads no
-/// beta: any `[C]` tensor (gamma, say) may stand in for it.
-pub fn batchnorm2d_backward(gpu: &Gpu, enc: &mut Encoder, b: &Backward) {
-    batchnorm2d_backward_fused(gpu, enc, b, Epilogue::Identity);
-}
-
-/// Backward of [`batchnorm2d_forward_fused`]: [`batchnorm2d_backward`] with
+/// on x; in [`Mode::Eval`] they are constants (the running statistics). Through an epilogue,
 /// `dz = dy * (y > 0) * scale` (scale `1 / (1 - p)` for [`Epilogue::ReluDropout`], else 1)
-/// in place of dy, computed where dy is read. `y > 0` is recomputed from x, beta and the
-/// dropout hash (`z > 0` and kept), so y itself is not needed. Shapes and the accumulation as
-/// [`batchnorm2d_backward`].
-pub fn batchnorm2d_backward_fused(gpu: &Gpu, enc: &mut Encoder, b: &Backward, epilogue: Epilogue) {
-    let Backward { mode, x, dy, ch, grads } = *b;
+/// takes dy's place, computed where dy is read: `y > 0` is recomputed from x, beta and the
+/// dropout hash (`z > 0` and kept), so y itself is not needed. The identity reads no beta: any
+/// `[C]` tensor (gamma, say) may stand in for it.
+pub fn batchnorm2d_backward(gpu: &Gpu, enc: &mut Encoder, b: &Backward) {
+    let Backward { mode, x, dy, ch, grads, epilogue } = *b;
     let (Channels { mean, invstd, gamma, beta }, Grads { dx, dgamma, dbeta }) = (ch, grads);
     let dims = x.dims4("batchnorm2d x");
     let c = dims[1];

@@ -15,8 +15,8 @@
 //! - evaluation, constant statistics: `dx += dy * gamma * invstd`;
 //! - both: `dgamma += sum(dy * xhat)`, `dbeta += sum(dy)` (sums per channel).
 //!
-//! [`batchnorm2d_fused`] ends the normalisation in an [`Epilogue`], as
-//! [`crate::ops::conv2d::conv2d_fused`] does: `y = epilogue(z)` with
+//! [`batchnorm2d`] ends the normalisation in an [`Epilogue`], as
+//! [`crate::ops::conv2d::conv2d`] does: `y = epilogue(z)` with
 //! `z = gamma * xhat + beta`, i.e. ReLU `y = max(z, 0)` or ReLU then inverted dropout
 //! `y = mask(seed) * max(z, 0) / (1 - p)` (the mask of [`crate::ops::dropout`], bit for
 //! bit). The backward goes back through it on the fly wherever the formulas above read
@@ -278,22 +278,23 @@ pub fn batchnorm2d_running_stats(
     );
 }
 
-/// `y = gamma * (x - mean) * invstd + beta`. x, y: `[N,C,H,W]`; mean, invstd
-/// (from [`batchnorm2d_stats`] or [`batchnorm2d_running_stats`]), gamma, beta: `[C]`, in `ch`.
-pub fn batchnorm2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, ch: Channels, y: &Tensor) {
-    batchnorm2d_forward_fused(gpu, enc, x, ch, y, Epilogue::Identity);
+/// The operands and options of a forward: `y = epilogue(gamma * (x - mean) * invstd + beta)`.
+#[derive(Clone, Copy)]
+pub struct Forward<'a> {
+    /// `[N,C,H,W]`.
+    pub x: &'a Tensor,
+    /// mean, invstd (from [`batchnorm2d_stats`] or [`batchnorm2d_running_stats`]), gamma, beta:
+    /// `[C]` each.
+    pub ch: Channels<'a>,
+    /// `[N,C,H,W]`, written.
+    pub y: &'a Tensor,
+    /// What is applied to each output as it is stored: nothing, ReLU, or ReLU then dropout.
+    pub epilogue: Epilogue,
 }
 
-/// `y = epilogue(gamma * (x - mean) * invstd + beta)`: [`batchnorm2d_forward`] with ReLU, or
-/// ReLU then dropout, applied as y is stored. Shapes as [`batchnorm2d_forward`].
-pub fn batchnorm2d_forward_fused(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    ch: Channels,
-    y: &Tensor,
-    epilogue: Epilogue,
-) {
+/// `y = epilogue(gamma * (x - mean) * invstd + beta)`, the operands and options in `f`.
+pub fn batchnorm2d_forward(gpu: &Gpu, enc: &mut Encoder, f: &Forward) {
+    let Forward { x, ch, y, epilogue } = *f;
     let Channels { mean, invstd, gamma, beta } = ch;
     let dims = x.dims4("batchnorm2d x");
     assert_eq!(x.shape(), y.shape(), "batchnorm2d: x {:?} vs y {:?}", x.shape(), y.shape());
@@ -319,26 +320,14 @@ pub fn batchnorm2d_forward_fused(
     );
 }
 
-/// Batch normalisation on the tape, in the step's mode. x: `[N,C,H,W]`;
-/// gamma, beta (the affine parameters), running_mean, running_var: `[C]`.
-/// In [`Mode::Train`] the running statistics are updated in place (on the
-/// GPU, in order with the step). Returns y: `[N,C,H,W]`.
+/// Batch normalisation then an epilogue on the tape, in the step's mode:
+/// `epilogue(batchnorm2d(x))` (`Epilogue::Identity`: the plain normalisation), one forward pass
+/// and no ReLU or dropout pass in the backward (see the module doc). x: `[N,C,H,W]`; gamma, beta
+/// (the affine parameters), running_mean, running_var: `[C]`. In [`Mode::Train`] the running
+/// statistics are updated in place (on the GPU, in order with the step). In [`Mode::Eval`] the
+/// dropout of [`Epilogue::ReluDropout`] is off (plain ReLU), as is one with `p == 0`. Returns y:
+/// `[N,C,H,W]`.
 pub fn batchnorm2d(
-    step: &mut Step,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-) -> Tensor {
-    batchnorm2d_fused(step, x, gamma, beta, running_mean, running_var, Epilogue::Identity)
-}
-
-/// Batch normalisation then an epilogue on the tape: `epilogue(batchnorm2d(x))`, one
-/// forward pass and no ReLU or dropout pass in the backward (see the module doc). In
-/// [`Mode::Eval`] the dropout of [`Epilogue::ReluDropout`] is off (plain ReLU), as is one
-/// with `p == 0`. Shapes as [`batchnorm2d`].
-pub fn batchnorm2d_fused(
     step: &mut Step,
     x: &Tensor,
     gamma: &Tensor,
@@ -360,7 +349,7 @@ pub fn batchnorm2d_fused(
     }
     let y = step.output(x.shape(), &[x, gamma, beta]);
     let ch = Channels { mean: &mean, invstd: &invstd, gamma, beta };
-    batchnorm2d_forward_fused(gpu, &mut step.enc, x, ch, &y, epilogue);
+    batchnorm2d_forward(gpu, &mut step.enc, &Forward { x, ch, y: &y, epilogue });
     let (x, gamma, beta) = (x.clone(), gamma.clone(), beta.clone());
     step.record("batchnorm2d", &y, move |ctx, dy| {
         // dx is written whole (train and eval alike): a first contribution overwrites it.
@@ -368,7 +357,7 @@ pub fn batchnorm2d_fused(
         let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
         let grads =
             Grads { dx: dx.as_ref().map(|(dx, acc)| (dx, *acc)), dgamma: dgamma.as_ref(), dbeta: dbeta.as_ref() };
-        batchnorm2d_backward_fused(ctx.gpu, ctx.enc, &Backward { mode, x: &x, dy, ch, grads }, epilogue);
+        batchnorm2d_backward(ctx.gpu, ctx.enc, &Backward { mode, x: &x, dy, ch, grads, epilogue });
     });
     y
 }

@@ -4,7 +4,7 @@
 use super::Epilogue;
 use crate::ops::conv2d;
 
-/// The per-channel values `[c]` the fused backward reads: statistics and affine parameters.
+/// The per-channel values `[c]` the forward and backward read: statistics and affine parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct Channels<'a> {
     /// The mean the values are centred on (batch or running).
@@ -54,15 +54,15 @@ pub fn update_running(
     (new_mean, new_var)
 }
 
-/// `y = gamma * (x - mean) * invstd + beta`.
-pub fn batchnorm2d_forward(
-    x: &[f64],
-    mean: &[f64],
-    invstd: &[f64],
-    gamma: &[f64],
-    beta: &[f64],
-    dims: [usize; 4],
-) -> Vec<f64> {
+/// `y = epilogue(gamma * (x - mean) * invstd + beta)`: the normalisation, then
+/// [`conv2d::reference::epilogue_forward`] (ReLU, then dropout's mask over y's flat index).
+pub fn batchnorm2d_forward(x: &[f64], ch: Channels, dims: [usize; 4], epilogue: Epilogue) -> Vec<f64> {
+    conv2d::reference::epilogue_forward(&normalise(x, ch, dims), epilogue)
+}
+
+/// `z = gamma * (x - mean) * invstd + beta`.
+fn normalise(x: &[f64], ch: Channels, dims: [usize; 4]) -> Vec<f64> {
+    let Channels { mean, invstd, gamma, beta } = ch;
     let (c, hw) = (dims[1], dims[2] * dims[3]);
     x.iter()
         .enumerate()
@@ -75,41 +75,25 @@ pub fn batchnorm2d_forward(
 
 /// The training forward as one function of x (batch statistics included),
 /// for finite differences.
-pub fn batchnorm2d_forward_train(x: &[f64], gamma: &[f64], beta: &[f64], dims: [usize; 4]) -> Vec<f64> {
+pub fn batchnorm2d_forward_train(
+    x: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    dims: [usize; 4],
+    epilogue: Epilogue,
+) -> Vec<f64> {
     let (mean, var) = batch_stats(x, dims);
-    batchnorm2d_forward(x, &mean, &invstd(&var), gamma, beta, dims)
+    batchnorm2d_forward(x, Channels { mean: &mean, invstd: &invstd(&var), gamma, beta }, dims, epilogue)
 }
 
-/// `y = epilogue(gamma * (x - mean) * invstd + beta)`: the plain forward, then
-/// [`conv2d::reference::epilogue_forward`] (ReLU, then dropout's mask over y's flat index).
-pub fn batchnorm2d_forward_fused(
-    x: &[f64],
-    mean: &[f64],
-    invstd: &[f64],
-    gamma: &[f64],
-    beta: &[f64],
-    dims: [usize; 4],
-    epilogue: Epilogue,
-) -> Vec<f64> {
-    conv2d::reference::epilogue_forward(&batchnorm2d_forward(x, mean, invstd, gamma, beta, dims), epilogue)
-}
-
-/// The fused training forward as one function of x (batch statistics included),
-/// for finite differences.
-pub fn batchnorm2d_forward_train_fused(
-    x: &[f64],
-    gamma: &[f64],
-    beta: &[f64],
-    dims: [usize; 4],
-    epilogue: Epilogue,
-) -> Vec<f64> {
-    conv2d::reference::epilogue_forward(&batchnorm2d_forward_train(x, gamma, beta, dims), epilogue)
-}
-
-/// `(dx, dgamma, dbeta)` of [`batchnorm2d_forward_fused`] (not accumulated): the chain
-/// rule through the epilogue (`dz` from the pre-activation `z = gamma * xhat + beta`,
-/// by [`conv2d::reference::epilogue_backward`]), then [`batchnorm2d_backward`] with dz.
-pub fn batchnorm2d_backward_fused(
+/// `(dx, dgamma, dbeta)` of [`batchnorm2d_forward`] (not accumulated): the chain rule through
+/// the epilogue (`dz` from the pre-activation `z = gamma * xhat + beta`, by
+/// [`conv2d::reference::epilogue_backward`]), then the normalisation's backward with dz. With
+/// `train`, mean and invstd are the batch statistics of x and dx includes their dependence on x:
+/// `dx = gamma * invstd / M * (M*dz - sum(dz) - xhat * sum(dz*xhat))`; without, they are
+/// constants: `dx = dz * gamma * invstd`. `dgamma = sum(dz * xhat)`, `dbeta = sum(dz)` per
+/// channel. The identity reads no beta.
+pub fn batchnorm2d_backward(
     x: &[f64],
     dy: &[f64],
     ch: Channels,
@@ -117,18 +101,16 @@ pub fn batchnorm2d_backward_fused(
     train: bool,
     epilogue: Epilogue,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let Channels { mean, invstd, gamma, beta } = ch;
-    let z = batchnorm2d_forward(x, mean, invstd, gamma, beta, dims);
-    let dz = conv2d::reference::epilogue_backward(&z, dy, epilogue);
-    batchnorm2d_backward(x, &dz, mean, invstd, gamma, dims, train)
+    let Channels { mean, invstd, gamma, .. } = ch;
+    if epilogue == Epilogue::Identity {
+        return normalise_backward(x, dy, mean, invstd, gamma, dims, train);
+    }
+    let dz = conv2d::reference::epilogue_backward(&normalise(x, ch, dims), dy, epilogue);
+    normalise_backward(x, &dz, mean, invstd, gamma, dims, train)
 }
 
-/// `(dx, dgamma, dbeta)` (not accumulated). With `train`, mean and invstd are
-/// the batch statistics of x and dx includes their dependence on x:
-/// `dx = gamma * invstd / M * (M*dy - sum(dy) - xhat * sum(dy*xhat))`;
-/// without, they are constants: `dx = dy * gamma * invstd`.
-/// `dgamma = sum(dy * xhat)`, `dbeta = sum(dy)` per channel.
-pub fn batchnorm2d_backward(
+/// `(dx, dgamma, dbeta)` of the normalisation alone, from dz.
+fn normalise_backward(
     x: &[f64],
     dy: &[f64],
     mean: &[f64],

@@ -16,11 +16,13 @@ fn reference_backward_matches_finite_differences() {
     // Training: the loss sees x through the batch statistics too.
     let (mean, var) = reference::batch_stats(&x, dims);
     let invstd = reference::invstd(&var);
-    let (dx, dgamma, dbeta) = reference::batchnorm2d_backward(&x, &r, &mean, &invstd, &gamma, dims, true);
+    let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+    let (dx, dgamma, dbeta) = reference::batchnorm2d_backward(&x, &r, ch, dims, true, Epilogue::Identity);
     let f = reference::batchnorm2d_forward_train;
-    let fd_x = numeric_grad(|x| dot(&r, &f(x, &gamma, &beta, dims)), &x, 1e-6);
-    let fd_gamma = numeric_grad(|g| dot(&r, &f(&x, g, &beta, dims)), &gamma, 1e-6);
-    let fd_beta = numeric_grad(|b| dot(&r, &f(&x, &gamma, b, dims)), &beta, 1e-6);
+    let f = |x: &[f64], g: &[f64], b: &[f64]| f(x, g, b, dims, Epilogue::Identity);
+    let fd_x = numeric_grad(|x| dot(&r, &f(x, &gamma, &beta)), &x, 1e-6);
+    let fd_gamma = numeric_grad(|g| dot(&r, &f(&x, g, &beta)), &gamma, 1e-6);
+    let fd_beta = numeric_grad(|b| dot(&r, &f(&x, &gamma, b)), &beta, 1e-6);
     assert_close("train dx", &dx, &fd_x, 1e-5);
     assert_close("train dgamma", &dgamma, &fd_gamma, 1e-6);
     assert_close("train dbeta", &dbeta, &fd_beta, 1e-6);
@@ -29,10 +31,11 @@ fn reference_backward_matches_finite_differences() {
     let running_mean = to_f64(&random_vec(5, 3));
     let running_invstd = reference::invstd(&to_f64(&channels(6, 3, 0.2, 3.0)));
     let g = |x: &[f64], gamma: &[f64], beta: &[f64]| {
-        dot(&r, &reference::batchnorm2d_forward(x, &running_mean, &running_invstd, gamma, beta, dims))
+        let ch = reference::Channels { mean: &running_mean, invstd: &running_invstd, gamma, beta };
+        dot(&r, &reference::batchnorm2d_forward(x, ch, dims, Epilogue::Identity))
     };
-    let (dx, dgamma, dbeta) =
-        reference::batchnorm2d_backward(&x, &r, &running_mean, &running_invstd, &gamma, dims, false);
+    let ch = reference::Channels { mean: &running_mean, invstd: &running_invstd, gamma: &gamma, beta: &beta };
+    let (dx, dgamma, dbeta) = reference::batchnorm2d_backward(&x, &r, ch, dims, false, Epilogue::Identity);
     assert_close("eval dx", &dx, &numeric_grad(|x| g(x, &gamma, &beta), &x, 1e-6), 1e-6);
     assert_close("eval dgamma", &dgamma, &numeric_grad(|p| g(&x, p, &beta), &gamma, 1e-6), 1e-6);
     assert_close("eval dbeta", &dbeta, &numeric_grad(|p| g(&x, &gamma, p), &beta, 1e-6), 1e-6);
@@ -94,9 +97,13 @@ impl Case {
         for _ in 0..10 {
             let x = to_f64(&self.x);
             let (mean, var) = reference::batch_stats(&x, self.dims);
-            let train = reference::batchnorm2d_forward(&x, &mean, &reference::invstd(&var), &gamma, &beta, self.dims);
+            let forward = |mean: &[f64], var: &[f64]| {
+                let ch = reference::Channels { mean, invstd: &reference::invstd(var), gamma: &gamma, beta: &beta };
+                reference::batchnorm2d_forward(&x, ch, self.dims, Epilogue::Identity)
+            };
+            let train = forward(&mean, &var);
             let (rm, rv) = (to_f64(&self.running_mean), to_f64(&self.running_var));
-            let eval = reference::batchnorm2d_forward(&x, &rm, &reference::invstd(&rv), &gamma, &beta, self.dims);
+            let eval = forward(&rm, &rv);
             let near: Vec<usize> = (0..x.len()).filter(|&i| train[i].abs() < 1e-3 || eval[i].abs() < 1e-3).collect();
             if near.is_empty() {
                 return self;
@@ -130,10 +137,10 @@ impl Case {
             Mode::Eval => batchnorm2d_running_stats(gpu, &mut enc, &rm, &rv, &mean, &invstd),
         }
         let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-        batchnorm2d_forward_fused(gpu, &mut enc, &x, ch, &y, e);
+        batchnorm2d_forward(gpu, &mut enc, &Forward { x: &x, ch, y: &y, epilogue: e });
         let acc = if self.overwrite { Accumulate::Overwrite } else { Accumulate::Add };
         let grads = Grads { dx: Some((&dx, acc)), dgamma: Some(&dgamma), dbeta: Some(&dbeta) };
-        batchnorm2d_backward_fused(gpu, &mut enc, &Backward { mode, x: &x, dy: &dy, ch, grads }, e);
+        batchnorm2d_backward(gpu, &mut enc, &Backward { mode, x: &x, dy: &dy, ch, grads, epilogue: e });
         gpu.submit(enc);
         Run {
             y: gpu.read(&y),
@@ -166,8 +173,9 @@ impl Case {
             }
             Mode::Eval => (rm.clone(), reference::invstd(&rv), rm, rv),
         };
-        let y = reference::batchnorm2d_forward_fused(&x, &mean, &invstd, &gamma, &beta, dims, e);
-        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward_fused(
+        let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+        let y = reference::batchnorm2d_forward(&x, ch, dims, e);
+        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward(
             &x,
             &to_f64(&self.dy),
             reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta },
@@ -255,7 +263,7 @@ fn tape_matches_wrappers() {
     let beta = gpu.upload(&case.beta, &c).with_grad();
     let (rm, rv) = (gpu.upload(&case.running_mean, &c), gpu.upload(&case.running_var, &c));
     let mut step = Step::train(gpu);
-    let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv);
+    let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, Epilogue::Identity);
     let mut grads = step.backward(vec![(y.clone(), gpu.upload(&case.dy, &dims))]);
     let (dx, dgamma, dbeta) = (grads.take(&x).unwrap(), grads.take(&gamma).unwrap(), grads.take(&beta).unwrap());
     step.submit();
@@ -269,7 +277,7 @@ fn tape_matches_wrappers() {
     // Only x needs a gradient: the same dx, no parameter kernels.
     let (gamma_const, beta_const) = (gpu.upload(&case.gamma, &c), gpu.upload(&case.beta, &c));
     let mut step = Step::train(gpu);
-    let y_only_x = batchnorm2d(&mut step, &x, &gamma_const, &beta_const, &rm, &rv);
+    let y_only_x = batchnorm2d(&mut step, &x, &gamma_const, &beta_const, &rm, &rv, Epilogue::Identity);
     let mut grads = step.backward(vec![(y_only_x, gpu.upload(&case.dy, &dims))]);
     let dx_only = grads.take(&x).unwrap();
     assert_eq!(grads.len(), 0, "gamma and beta need no gradient");
@@ -279,17 +287,20 @@ fn tape_matches_wrappers() {
 
     // Evaluation uses the (now updated) running statistics and records nothing.
     let mut step = Step::eval(gpu);
-    let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv);
+    let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, Epilogue::Identity);
     assert_eq!(step.tape_len(), 0);
     step.submit();
     let (rm, rv) = (to_f64(&want.running_mean), to_f64(&want.running_var));
     let want_y = reference::batchnorm2d_forward(
         &to_f64(&case.x),
-        &rm,
-        &reference::invstd(&rv),
-        &to_f64(&case.gamma),
-        &to_f64(&case.beta),
+        reference::Channels {
+            mean: &rm,
+            invstd: &reference::invstd(&rv),
+            gamma: &to_f64(&case.gamma),
+            beta: &to_f64(&case.beta),
+        },
         dims,
+        Epilogue::Identity,
     );
     assert_close_f32("eval y", &gpu.read(&y), &want_y, 1e-4);
 }
@@ -310,26 +321,26 @@ fn reference_fused_backward_matches_finite_differences() {
     for e in EPILOGUES {
         // Training: the loss sees x through the batch statistics too.
         let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward_fused(&x, &r, ch, dims, true, e);
-        let f =
-            |x: &[f64], g: &[f64], b: &[f64]| dot(&r, &reference::batchnorm2d_forward_train_fused(x, g, b, dims, e));
+        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward(&x, &r, ch, dims, true, e);
+        let f = |x: &[f64], g: &[f64], b: &[f64]| dot(&r, &reference::batchnorm2d_forward_train(x, g, b, dims, e));
         assert_close(&format!("train dx {e:?}"), &dx, &numeric_grad(|p| f(p, &gamma, &beta), &x, 1e-6), 1e-5);
         assert_close(&format!("train dgamma {e:?}"), &dgamma, &numeric_grad(|p| f(&x, p, &beta), &gamma, 1e-6), 1e-6);
         assert_close(&format!("train dbeta {e:?}"), &dbeta, &numeric_grad(|p| f(&x, &gamma, p), &beta, 1e-6), 1e-6);
 
         // Evaluation: constant running statistics.
         let ch = reference::Channels { mean: &rm, invstd: &rinvstd, gamma: &gamma, beta: &beta };
-        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward_fused(&x, &r, ch, dims, false, e);
+        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward(&x, &r, ch, dims, false, e);
         let g = |x: &[f64], g: &[f64], b: &[f64]| {
-            dot(&r, &reference::batchnorm2d_forward_fused(x, &rm, &rinvstd, g, b, dims, e))
+            dot(&r, &reference::batchnorm2d_forward(x, reference::Channels { gamma: g, beta: b, ..ch }, dims, e))
         };
         assert_close(&format!("eval dx {e:?}"), &dx, &numeric_grad(|p| g(p, &gamma, &beta), &x, 1e-6), 1e-6);
         assert_close(&format!("eval dgamma {e:?}"), &dgamma, &numeric_grad(|p| g(&x, p, &beta), &gamma, 1e-6), 1e-6);
         assert_close(&format!("eval dbeta {e:?}"), &dbeta, &numeric_grad(|p| g(&x, &gamma, p), &beta, 1e-6), 1e-6);
     }
     // The epilogues are not vacuous here: ReLU zeroes some values, the dropout others.
-    let z = reference::batchnorm2d_forward(&x, &mean, &invstd, &gamma, &beta, dims);
-    let y = reference::batchnorm2d_forward_fused(&x, &mean, &invstd, &gamma, &beta, dims, EPILOGUES[2]);
+    let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
+    let z = reference::batchnorm2d_forward(&x, ch, dims, Epilogue::Identity);
+    let y = reference::batchnorm2d_forward(&x, ch, dims, EPILOGUES[2]);
     assert!(z.iter().any(|&v| v < 0.0) && z.iter().zip(&y).any(|(&z, &y)| z > 0.0 && y == 0.0));
 }
 
@@ -391,7 +402,7 @@ fn fused_mask_equals_dropout(gpu: &Gpu, dims: [usize; 4]) {
     batchnorm2d_stats(gpu, &mut enc, &x, &rm, &rv, &mean, &invstd);
     let e = Epilogue::ReluDropout { p, seed };
     let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-    batchnorm2d_forward_fused(gpu, &mut enc, &x, ch, &fused, e);
+    batchnorm2d_forward(gpu, &mut enc, &Forward { x: &x, ch, y: &fused, epilogue: e });
     crate::ops::dropout::dropout_forward(gpu, &mut enc, &ones, &plain, p, seed);
     gpu.submit(enc);
     let (fused, plain) = (gpu.read(&fused), gpu.read(&plain));
@@ -423,9 +434,9 @@ fn fused_tape_equals_the_chain() {
                 Mode::Eval => Step::eval(gpu),
             };
             let y = if fused {
-                batchnorm2d_fused(&mut step, &x, &gamma, &beta, &rm, &rv, *e)
+                batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, *e)
             } else {
-                let h = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv);
+                let h = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, Epilogue::Identity);
                 let h = relu(&mut step, &h);
                 dropout(&mut step, &h, p, seed)
             };
@@ -452,9 +463,9 @@ fn fused_tape_equals_the_chain() {
         let (mean, var) = reference::batch_stats(&xf, dims);
         let (g, b) = (to_f64(&case.gamma), to_f64(&case.beta));
         let invstd = reference::invstd(&var);
-        let want_y = reference::batchnorm2d_forward_fused(&xf, &mean, &invstd, &g, &b, dims, *e);
         let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &g, beta: &b };
-        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward_fused(&xf, &to_f64(&case.dy), ch, dims, true, *e);
+        let want_y = reference::batchnorm2d_forward(&xf, ch, dims, *e);
+        let (dx, dgamma, dbeta) = reference::batchnorm2d_backward(&xf, &to_f64(&case.dy), ch, dims, true, *e);
         assert_close_f32(&format!("fused tape y {e:?}"), &fused[0], &want_y, 1e-4);
         assert_close_f32(&format!("fused tape dx {e:?}"), &fused[1], &dx, 1e-3);
         assert_close_f32(&format!("fused tape dgamma {e:?}"), &fused[2], &dgamma, 1e-3);

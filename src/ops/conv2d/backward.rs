@@ -6,48 +6,25 @@ use super::*;
 
 const BACKWARD_SHADER: Shader = shader!("conv2d/tiled_backward");
 
-/// `dx += conv2d_backward_data(dy, w)`. dy `[N,O,OH,OW]`, w `[O,I,KH,KW]`, dx `[N,I,H,W]`.
-/// Tiled as `gpu.tuning().conv2d_backward_data` says.
-pub fn conv2d_backward_data(gpu: &Gpu, enc: &mut Encoder, dy: &Tensor, w: &Tensor, dx: &Tensor, p: Conv2d) {
-    conv2d_backward_data_into(gpu, enc, dy, w, dx, p, Accumulate::Add);
-}
-
-/// [`conv2d_backward_data`] with a chosen register tiling.
-pub fn conv2d_backward_data_tiled(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    dy: &Tensor,
-    w: &Tensor,
-    dx: &Tensor,
-    p: Conv2d,
-    t: &Tiling,
-) {
-    backward_data(gpu, enc, &BackwardData { dy, w, dx, p, acc: Accumulate::Add }, t);
-}
-
-/// [`conv2d_backward_data`] into dx as `acc` says: added into, or overwritten (every element
-/// is written, so a fresh gradient buffer needs no zeroing first; see
-/// [`crate::autograd::tape::BackwardCtx::grad_to_fill`]).
-pub fn conv2d_backward_data_into(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    dy: &Tensor,
-    w: &Tensor,
-    dx: &Tensor,
-    p: Conv2d,
-    acc: Accumulate,
-) {
-    let a = BackwardData { dy, w, dx, p, acc };
-    match (gpu.kernels(), gpu.tuning().conv_gemm) {
-        (Kernels::Tuned, Some(g)) => gemm::conv2d_backward_data_gemm(gpu, enc, &a, &g.conv2d_backward_data),
-        (Kernels::Tuned, None) => backward_data(gpu, enc, &a, &gpu.tuning().conv2d_backward_data),
-        (Kernels::Reference, _) => textbook::conv2d_backward_data(gpu, enc, dy, w, dx, p, acc),
+/// `dx (+)= conv2d_backward_data(dy, w)`, into dx as `a.acc` says: added into, or overwritten
+/// (every element is written, so a fresh gradient buffer needs no zeroing first; see
+/// [`crate::autograd::tape::BackwardCtx::grad_to_fill`]). dy `[N,O,OH,OW]`, w `[O,I,KH,KW]`,
+/// dx `[N,I,H,W]`. With `a.tiling` set, the register-tiled kernels with that tiling; otherwise
+/// tiled as `gpu.tuning().conv2d_backward_data` says (or by the [`gemm`] kernels), or the
+/// [`textbook`] kernel under [`Kernels::Reference`].
+pub fn conv2d_backward_data(gpu: &Gpu, enc: &mut Encoder, a: &BackwardData) {
+    let BackwardData { dy, w, dx, p, acc, tiling } = *a;
+    match (tiling, gpu.kernels(), gpu.tuning().conv_gemm) {
+        (Some(t), _, _) => backward_data(gpu, enc, a, &t),
+        (None, Kernels::Tuned, Some(g)) => gemm::conv2d_backward_data_gemm(gpu, enc, a, &g.conv2d_backward_data),
+        (None, Kernels::Tuned, None) => backward_data(gpu, enc, a, &gpu.tuning().conv2d_backward_data),
+        (None, Kernels::Reference, _) => textbook::conv2d_backward_data(gpu, enc, dy, w, dx, p, acc),
     }
 }
 
 /// `dx (+)= conv2d_backward_data(dy, w)` with the register-tiled kernels.
 pub(super) fn backward_data(gpu: &Gpu, enc: &mut Encoder, a: &BackwardData, t: &Tiling) {
-    let BackwardData { dy, w, dx, p, acc } = *a;
+    let BackwardData { dy, w, dx, p, acc, .. } = *a;
     let d = dims("conv2d backward data", dx, w, dy, &p);
     let [o, i, kh, kw] = d.w;
     if p.stride == [1, 1] && p.pad[0] < kh && p.pad[1] < kw {
@@ -65,7 +42,7 @@ pub(super) fn backward_data(gpu: &Gpu, enc: &mut Encoder, a: &BackwardData, t: &
         // The identity epilogue spelled out, so that the overwrite shares its pipeline with a
         // forward of the same shape and tiling (the head's 1x1, for one) instead of compiling
         // the same code again under another key.
-        let f = Forward { x: dy, w, b: None, y: dx, p: flipped, epilogue: Epilogue::Identity };
+        let f = Forward { x: dy, w, b: None, y: dx, p: flipped, epilogue: Epilogue::Identity, tiling: None };
         dispatch_tile(gpu, enc, entry, &fd, params, &f, t);
         return;
     }
@@ -84,29 +61,24 @@ pub(super) fn backward_data(gpu: &Gpu, enc: &mut Encoder, a: &BackwardData, t: &
     gpu.dispatch(enc, &kernel, &params, &[(1, dy), (2, w), (4, dx)], groups);
 }
 
-/// `dw += conv2d_backward_weight(x, dy)`, and `db += sum of dy over n, oh, ow` when `db` is given.
-/// x `[N,I,H,W]`, dy `[N,O,OH,OW]`, dw `[O,I,KH,KW]`, db `[O]`. Tiled as
-/// `gpu.tuning().conv2d_backward_weight` says.
-pub fn conv2d_backward_weight(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    dy: &Tensor,
-    dw: &Tensor,
-    db: Option<&Tensor>,
-    p: Conv2d,
-) {
-    let a = BackwardWeight { x, dy, dw, db, p };
-    match (gpu.kernels(), gpu.tuning().conv_gemm) {
-        (Kernels::Tuned, Some(g)) => gemm::conv2d_backward_weight_gemm(gpu, enc, &a, &g.conv2d_backward_weight),
-        (Kernels::Tuned, None) => conv2d_backward_weight_tiled(gpu, enc, &a, &gpu.tuning().conv2d_backward_weight),
-        (Kernels::Reference, _) => textbook::conv2d_backward_weight(gpu, enc, x, dy, dw, db, p),
+/// `dw += conv2d_backward_weight(x, dy)`, and `db += sum of dy over n, oh, ow` when `a.db` is
+/// given. x `[N,I,H,W]`, dy `[N,O,OH,OW]`, dw `[O,I,KH,KW]`, db `[O]`. With `a.tiling` set, the
+/// register-tiled kernels with that tiling; otherwise tiled as
+/// `gpu.tuning().conv2d_backward_weight` says (or by the [`gemm`] kernels), or the [`textbook`]
+/// kernel under [`Kernels::Reference`].
+pub fn conv2d_backward_weight(gpu: &Gpu, enc: &mut Encoder, a: &BackwardWeight) {
+    let BackwardWeight { x, dy, dw, db, p, tiling } = *a;
+    match (tiling, gpu.kernels(), gpu.tuning().conv_gemm) {
+        (Some(t), _, _) => backward_weight(gpu, enc, a, &t),
+        (None, Kernels::Tuned, Some(g)) => gemm::conv2d_backward_weight_gemm(gpu, enc, a, &g.conv2d_backward_weight),
+        (None, Kernels::Tuned, None) => backward_weight(gpu, enc, a, &gpu.tuning().conv2d_backward_weight),
+        (None, Kernels::Reference, _) => textbook::conv2d_backward_weight(gpu, enc, x, dy, dw, db, p),
     }
 }
 
-/// [`conv2d_backward_weight`] with a chosen register tiling.
-pub fn conv2d_backward_weight_tiled(gpu: &Gpu, enc: &mut Encoder, a: &BackwardWeight, t: &Tiling) {
-    let BackwardWeight { x, dy, dw, db, p } = *a;
+/// The weight gradient by the register-tiled kernels with tiling `t`.
+fn backward_weight(gpu: &Gpu, enc: &mut Encoder, a: &BackwardWeight, t: &Tiling) {
+    let BackwardWeight { x, dy, dw, db, p, .. } = *a;
     if let Err(e) = t.check() {
         panic!("conv2d backward weight: {e}");
     }

@@ -9,7 +9,7 @@
 //! `(bm/tm) * (bn/tn)` threads a `tm x tn` register tile. [`ConvGemm`] holds one per direction of
 //! both convolutions (conv2d and the 2x2 transposed one, `conv_transpose2d::gemm`).
 
-use super::{dims, Conv2d, Epilogue};
+use super::{dims, Conv2d, Epilogue, Tiling};
 use crate::autograd::tape::Accumulate;
 use crate::autograd::tensor::Tensor;
 use crate::runtime::{groups_1d, Encoder, Gpu, Shader};
@@ -84,6 +84,9 @@ pub struct Forward<'a> {
     pub p: Conv2d,
     /// What is applied to each output as it is stored.
     pub epilogue: Epilogue,
+    /// A register tiling that overrides the tuned dispatch (benchmarks and the autotuner sweep
+    /// it); `None`: the kernel and tiling [`Gpu::tuning`] and [`Gpu::kernels`] choose.
+    pub tiling: Option<Tiling>,
 }
 
 /// `y = epilogue(conv(x, w) + b)` by the GEMM kernel with tiling `g`.
@@ -120,6 +123,8 @@ pub struct BackwardData<'a> {
     pub p: Conv2d,
     /// `+=` or `=`.
     pub acc: Accumulate,
+    /// A register tiling that overrides the tuned dispatch, as [`Forward::tiling`].
+    pub tiling: Option<Tiling>,
 }
 
 /// `dx (+)= conv2d_backward_data(dy, w)` by the GEMM kernel with tiling `g` (any stride).
@@ -148,6 +153,8 @@ pub struct BackwardWeight<'a> {
     pub db: Option<&'a Tensor>,
     /// Stride and padding of the forward.
     pub p: Conv2d,
+    /// A register tiling that overrides the tuned dispatch, as [`Forward::tiling`].
+    pub tiling: Option<Tiling>,
 }
 
 /// `dw += conv2d_backward_weight(x, dy)` (and `db += sum dy`) by the GEMM kernel with tiling `g`,

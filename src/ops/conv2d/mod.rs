@@ -202,7 +202,7 @@ fn register_constants(t: &Tiling) -> [(&'static str, f64); 3] {
 }
 
 /// Most dy pixels one thread of the weight gradient's first pass walks (see the loop guard in
-/// [`conv2d_backward_weight_tiled`]); leaves room for 16 loop iterations a pixel.
+/// [`conv2d_backward_weight`]); leaves room for 16 loop iterations a pixel.
 const MAX_CHUNK_PIXELS: u32 = 4096;
 
 /// Rows of the gather backward data's register tile and columns of every register tile (fixed by
@@ -210,17 +210,16 @@ const MAX_CHUNK_PIXELS: u32 = 4096;
 const GATHER_TILE_ROWS: u32 = 2;
 const TILE_COLS: u32 = 8;
 
-/// `y = conv(x, w) + b`. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`.
-/// Tiled as `gpu.tuning().conv2d_forward` says (or by the [`gemm`] kernels when the tuning has
-/// `conv_gemm`), or the [`textbook`] kernel under [`Kernels::Reference`] (as every default
-/// wrapper here).
-pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor, p: Conv2d) {
-    conv2d_forward_fused(gpu, enc, &Forward { x, w, b, y, p, epilogue: Epilogue::Identity });
-}
-
-/// `y = epilogue(conv(x, w) + b)`, the operands and options in `f`. Shapes as [`conv2d_forward`].
-pub fn conv2d_forward_fused(gpu: &Gpu, enc: &mut Encoder, f: &Forward) {
-    let Forward { x, w, b, y, p, epilogue } = *f;
+/// `y = epilogue(conv(x, w) + b)`, the operands and options in `f`. x `[N,I,H,W]`,
+/// w `[O,I,KH,KW]`, b `[O]` or none, y `[N,O,OH,OW]`. With `f.tiling` set, the register-tiled
+/// kernel with that tiling; otherwise tiled as `gpu.tuning().conv2d_forward` says (or by the
+/// [`gemm`] kernels when the tuning has `conv_gemm`), or the [`textbook`] kernel under
+/// [`Kernels::Reference`] (as every default wrapper here).
+pub fn conv2d_forward(gpu: &Gpu, enc: &mut Encoder, f: &Forward) {
+    let Forward { x, w, b, y, p, epilogue, tiling } = *f;
+    if let Some(t) = tiling {
+        return forward_tiled(gpu, enc, f, &t);
+    }
     if gpu.kernels() == Kernels::Reference {
         // The textbook convolution into z, then the epilogue by the plain ReLU and dropout kernels.
         let z = if epilogue == Epilogue::Identity { y.clone() } else { gpu.empty(y.shape()) };
@@ -230,11 +229,11 @@ pub fn conv2d_forward_fused(gpu: &Gpu, enc: &mut Encoder, f: &Forward) {
     if let Some(g) = gpu.tuning().conv_gemm {
         return gemm::conv2d_forward_gemm(gpu, enc, f, &g.conv2d_forward);
     }
-    conv2d_forward_tiled(gpu, enc, f, &gpu.tuning().conv2d_forward);
+    forward_tiled(gpu, enc, f, &gpu.tuning().conv2d_forward);
 }
 
-/// [`conv2d_forward_fused`] with a chosen register tiling (benchmarks sweep it).
-pub fn conv2d_forward_tiled(gpu: &Gpu, enc: &mut Encoder, f: &Forward, t: &Tiling) {
+/// The forward by the register-tiled kernel with tiling `t`.
+fn forward_tiled(gpu: &Gpu, enc: &mut Encoder, f: &Forward, t: &Tiling) {
     let d = dims("conv2d forward", f.x, f.w, f.y, &f.p);
     let mut params = d.params(&f.p);
     f.epilogue.apply(&mut params);
@@ -254,7 +253,7 @@ fn dispatch_tile(
     f: &Forward,
     t: &Tiling,
 ) {
-    let Forward { x, w, b, y, ref p, epilogue } = *f;
+    let Forward { x, w, b, y, ref p, epilogue, .. } = *f;
     let epilogue = epilogue.constants();
     params.tiles_w = params.ow.div_ceil(TILE_COLS);
     params.tiles_h = params.oh.div_ceil(t.rows);
@@ -316,11 +315,11 @@ fn bias_or_x<'a>(params: &mut Params, b: Option<&'a Tensor>, x: &'a Tensor, d: &
 /// [`conv2d_forward`], no epilogue). x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none,
 /// y `[N,O,OH,OW]`.
 pub fn conv2d_forward_shared(gpu: &Gpu, enc: &mut Encoder, f: &Forward, t: &SharedTiling) {
-    let Forward { x, w, b, y, p, epilogue } = *f;
+    let Forward { x, w, b, y, p, epilogue, .. } = *f;
     assert_eq!(
         epilogue,
         Epilogue::Identity,
-        "conv2d forward (shared): epilogue {epilogue:?} is not fused by this kernel; use conv2d_forward_tiled"
+        "conv2d forward (shared): epilogue {epilogue:?} is not fused by this kernel; use conv2d_forward"
     );
     let d = dims("conv2d forward (shared)", x, w, y, &p);
     let (bm, bn) = (t.ty * t.sm, t.tx * t.sn);
@@ -341,22 +340,11 @@ pub fn conv2d_forward_shared(gpu: &Gpu, enc: &mut Encoder, f: &Forward, t: &Shar
     gpu.dispatch(enc, &kernel, &params, &[(1, x), (2, w), (3, b), (4, y)], groups);
 }
 
-/// Convolution on the tape. x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none; returns y `[N,O,OH,OW]`.
-pub fn conv2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2d) -> Tensor {
-    conv2d_fused(step, x, w, b, p, Epilogue::Identity)
-}
-
-/// Convolution with an epilogue on the tape: `epilogue(conv(x, w) + b)`. In [`Mode::Eval`] the
-/// dropout of [`Epilogue::ReluDropout`] is off (plain ReLU), as is one with `p == 0`. Shapes as
-/// [`conv2d`].
-pub fn conv2d_fused(
-    step: &mut Step,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    p: Conv2d,
-    epilogue: Epilogue,
-) -> Tensor {
+/// Convolution with an epilogue on the tape: `epilogue(conv(x, w) + b)` (`Epilogue::Identity`:
+/// the plain convolution). x `[N,I,H,W]`, w `[O,I,KH,KW]`, b `[O]` or none; returns y
+/// `[N,O,OH,OW]`. In [`Mode::Eval`] the dropout of [`Epilogue::ReluDropout`] is off (plain ReLU),
+/// as is one with `p == 0`.
+pub fn conv2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2d, epilogue: Epilogue) -> Tensor {
     let epilogue = match epilogue {
         Epilogue::ReluDropout { p, .. } if step.mode == Mode::Eval || p == 0.0 => Epilogue::Relu,
         e => e,
@@ -365,7 +353,7 @@ pub fn conv2d_fused(
     let [oh, ow] = p.out_size([xd[2], xd[3]], [wd[2], wd[3]]);
     let inputs: Vec<&Tensor> = [Some(x), Some(w), b].into_iter().flatten().collect();
     let y = step.output(&[xd[0], wd[0], oh, ow], &inputs);
-    conv2d_forward_fused(step.gpu, &mut step.enc, &Forward { x, w, b, y: &y, p, epilogue });
+    conv2d_forward(step.gpu, &mut step.enc, &Forward { x, w, b, y: &y, p, epilogue, tiling: None });
     let (x, w, b) = (x.clone(), w.clone(), b.cloned());
     let saved_y = (epilogue != Epilogue::Identity).then(|| y.clone());
     step.record("conv2d", &y, move |ctx, dy| {
@@ -380,16 +368,20 @@ pub fn conv2d_fused(
             }
         };
         if let Some((dx, acc)) = ctx.grad_to_fill(&x) {
-            conv2d_backward_data_into(ctx.gpu, ctx.enc, dy, &w, &dx, p, acc);
+            conv2d_backward_data(ctx.gpu, ctx.enc, &BackwardData { dy, w: &w, dx: &dx, p, acc, tiling: None });
         }
         let dw = ctx.grad(&w);
         let db = b.as_ref().and_then(|b| ctx.grad(b));
         match (dw, db) {
-            (Some(dw), db) => conv2d_backward_weight(ctx.gpu, ctx.enc, &x, dy, &dw, db.as_ref(), p),
+            (Some(dw), db) => {
+                let a = BackwardWeight { x: &x, dy, dw: &dw, db: db.as_ref(), p, tiling: None };
+                conv2d_backward_weight(ctx.gpu, ctx.enc, &a)
+            }
             (None, Some(db)) => {
                 // Only the bias learns: the weight pass still gives the dy sums; its dw goes to scratch.
                 let scratch = ctx.gpu.empty(w.shape());
-                conv2d_backward_weight(ctx.gpu, ctx.enc, &x, dy, &scratch, Some(&db), p);
+                let a = BackwardWeight { x: &x, dy, dw: &scratch, db: Some(&db), p, tiling: None };
+                conv2d_backward_weight(ctx.gpu, ctx.enc, &a);
             }
             (None, None) => {}
         }

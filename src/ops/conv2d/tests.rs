@@ -78,24 +78,26 @@ fn check_gpu(seed: u64, xd: [usize; 4], wd: [usize; 4], p: Conv2d, bias: bool, t
     let y_shared = gpu.empty(&ydims);
     let mut enc = gpu.encoder();
     let bopt = bias.then_some(&bt);
-    conv2d_forward_tiled(
+    conv2d_forward(
         gpu,
         &mut enc,
-        &Forward { x: &xt, w: &wt, b: bopt, y: &y, p, epilogue: Epilogue::Identity },
-        t,
+        &Forward { x: &xt, w: &wt, b: bopt, y: &y, p, epilogue: Epilogue::Identity, tiling: Some(*t) },
     );
     conv2d_forward_shared(
         gpu,
         &mut enc,
-        &Forward { x: &xt, w: &wt, b: bopt, y: &y_shared, p, epilogue: Epilogue::Identity },
+        &Forward { x: &xt, w: &wt, b: bopt, y: &y_shared, p, epilogue: Epilogue::Identity, tiling: None },
         &SharedTiling::default(),
     );
-    conv2d_backward_data_tiled(gpu, &mut enc, &dyt, &wt, &dxt, p, t);
-    conv2d_backward_weight_tiled(
+    conv2d_backward_data(
         gpu,
         &mut enc,
-        &BackwardWeight { x: &xt, dy: &dyt, dw: &dwt, db: bias.then_some(&dbt), p },
-        t,
+        &BackwardData { dy: &dyt, w: &wt, dx: &dxt, p, acc: Accumulate::Add, tiling: Some(*t) },
+    );
+    conv2d_backward_weight(
+        gpu,
+        &mut enc,
+        &BackwardWeight { x: &xt, dy: &dyt, dw: &dwt, db: bias.then_some(&dbt), p, tiling: Some(*t) },
     );
     gpu.submit(enc);
 
@@ -132,7 +134,11 @@ fn backward_data_overwrites_stale_values() {
         let (wt, dyt) = (gpu.upload(&w, &wd), gpu.upload(&dy, &yd(xd, wd, &p)));
         let dx = gpu.upload(&random_vec(seed + 2, xd.iter().product()), &xd);
         let mut enc = gpu.encoder();
-        conv2d_backward_data_into(gpu, &mut enc, &dyt, &wt, &dx, p, Accumulate::Overwrite);
+        conv2d_backward_data(
+            gpu,
+            &mut enc,
+            &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Overwrite, tiling: None },
+        );
         gpu.submit(enc);
         let want = reference::conv2d_backward_data(&to_f64(&dy), &to_f64(&w), xd, wd, &p);
         assert_close_f32(&format!("dx {xd:?} {wd:?} {p:?}"), &gpu.read(&dx), &want, 1e-3);
@@ -181,7 +187,7 @@ fn shared_tilings_match_reference() {
         conv2d_forward_shared(
             gpu,
             &mut enc,
-            &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity },
+            &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None },
             &t,
         );
         gpu.submit(enc);
@@ -221,7 +227,11 @@ fn fused_epilogue_matches_reference() {
         for e in &EPILOGUES[1..] {
             let (y, dz) = (gpu.empty(&ydims), gpu.empty(&ydims));
             let mut enc = gpu.encoder();
-            conv2d_forward_fused(gpu, &mut enc, &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: *e });
+            conv2d_forward(
+                gpu,
+                &mut enc,
+                &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, p, epilogue: *e, tiling: None },
+            );
             conv2d_epilogue_backward(gpu, &mut enc, &y, &dyt, &dz, *e);
             gpu.submit(enc);
             let what = format!("{xd:?} {wd:?} {e:?}");
@@ -243,7 +253,7 @@ fn fused_tape_gives_the_chain_rules_gradients() {
     let (xt, wt, bt) =
         (gpu.upload(&x, &xd).with_grad(), gpu.upload(&w, &wd).with_grad(), gpu.upload(&b, &[4]).with_grad());
     let mut step = Step::train(gpu);
-    let y = conv2d_fused(&mut step, &xt, &wt, Some(&bt), p, e);
+    let y = conv2d(&mut step, &xt, &wt, Some(&bt), p, e);
     let grads = step.backward(vec![(y.clone(), gpu.upload(&dy, &ydims))]);
     step.submit();
 
@@ -259,7 +269,7 @@ fn fused_tape_gives_the_chain_rules_gradients() {
 
     // In eval mode the dropout is off: plain ReLU.
     let mut step = Step::eval(gpu);
-    let y = conv2d_fused(&mut step, &xt, &wt, Some(&bt), p, e);
+    let y = conv2d(&mut step, &xt, &wt, Some(&bt), p, e);
     step.submit();
     assert_close_f32("fused eval y", &gpu.read(&y), &reference::epilogue_forward(&z, Epilogue::Relu), 1e-4);
 }
@@ -275,7 +285,7 @@ fn tape_gives_the_wrappers_gradients() {
     let wt = gpu.upload(&w, &wd).with_grad();
     let bt = gpu.upload(&b, &[4]).with_grad();
     let mut step = Step::train(gpu);
-    let y = conv2d(&mut step, &xt, &wt, Some(&bt), p);
+    let y = conv2d(&mut step, &xt, &wt, Some(&bt), p, Epilogue::Identity);
     let dyt = gpu.upload(&dy, &ydims);
     let grads = step.backward(vec![(y.clone(), dyt)]);
     step.submit();

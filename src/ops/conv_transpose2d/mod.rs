@@ -150,11 +150,17 @@ fn params(what: &str, x: &Tensor, w: &Tensor, big: &Tensor, concat: bool) -> Par
     Params::new([n, ci, h, wd], co, yc)
 }
 
-/// `y = conv_transpose2d(x, w) + b`. x: `[N,I,H,W]`, w: `[I,O,2,2]`, b: `[O]`, y: `[N,O,2H,2W]`.
-/// The tiled kernels with the workgroups of `gpu.tuning()`, or the [`textbook`] kernel under
-/// [`Kernels::Reference`] (as every default wrapper here).
-pub fn conv_transpose2d_forward(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, w: &Tensor, b: Option<&Tensor>, y: &Tensor) {
-    forward_default(gpu, enc, params("conv_transpose2d", x, w, y, false), x, w, b, y);
+/// `y = conv_transpose2d(x, w) + b`, the operands and options in `f`. x: `[N,I,H,W]`,
+/// w: `[I,O,2,2]`, b: `[O]`, y: `[N,O,2H,2W]`. With `f.workgroups` set, the register-tiled
+/// kernels with those workgroups; otherwise the kernels of `gpu.tuning()` (tiled, or the [`gemm`]
+/// ones), or the [`textbook`] kernel under [`Kernels::Reference`] (as every default wrapper here).
+pub fn conv_transpose2d_forward(gpu: &Gpu, enc: &mut Encoder, f: &Forward) {
+    let Forward { x, w, b, y, workgroups } = *f;
+    let p = params("conv_transpose2d", x, w, y, false);
+    match workgroups {
+        Some(wg) => forward(gpu, enc, p, Operands { x, w, b, y }, &wg),
+        None => forward_default(gpu, enc, p, x, w, b, y),
+    }
 }
 
 /// The forward of the default wrappers: tiled as `gpu.tuning()` says, or textbook.
@@ -164,19 +170,6 @@ fn forward_default(gpu: &Gpu, enc: &mut Encoder, p: Params, x: &Tensor, w: &Tens
         (Kernels::Tuned, None) => forward(gpu, enc, p, Operands { x, w, b, y }, &gpu.tuning().conv_transpose2d),
         (Kernels::Reference, _) => textbook::forward(gpu, enc, p, x, w, b, y),
     }
-}
-
-/// [`conv_transpose2d_forward`] with chosen workgroup sizes.
-pub fn conv_transpose2d_forward_tiled(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    y: &Tensor,
-    wg: &Workgroups,
-) {
-    forward(gpu, enc, params("conv_transpose2d", x, w, y, false), Operands { x, w, b, y }, wg);
 }
 
 /// The forward with the register-tiled kernels: y = conv_transpose2d(x, w) + b.
@@ -208,37 +201,17 @@ fn quad_threads(p: &Params) -> u32 {
     p.n * p.h * (p.w / 4).div_ceil(QUADS_PER_THREAD)
 }
 
-/// `dx += conv_transpose2d^T(dy)`. w: `[I,O,2,2]`, dy: `[N,O,2H,2W]`, dx: `[N,I,H,W]`.
-pub fn conv_transpose2d_backward_data(gpu: &Gpu, enc: &mut Encoder, w: &Tensor, dy: &Tensor, dx: &Tensor) {
-    conv_transpose2d_backward_data_into(gpu, enc, w, dy, dx, Accumulate::Add);
-}
-
-/// [`conv_transpose2d_backward_data`] with chosen workgroup sizes.
-pub fn conv_transpose2d_backward_data_tiled(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    w: &Tensor,
-    dy: &Tensor,
-    dx: &Tensor,
-    wg: &Workgroups,
-) {
-    let params = params("conv_transpose2d backward_data", dx, w, dy, false);
-    backward_data(gpu, enc, params, Operands { x: dx, w, b: None, y: dy }, Accumulate::Add, wg);
-}
-
-/// [`conv_transpose2d_backward_data`] into dx as `acc` says: added into, or overwritten (every
+/// `dx (+)= conv_transpose2d^T(dy)`, into dx as `a.acc` says: added into, or overwritten (every
 /// element is written, so a fresh gradient buffer needs no zeroing first; see
-/// [`crate::autograd::tape::BackwardCtx::grad_to_fill`]).
-pub fn conv_transpose2d_backward_data_into(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    w: &Tensor,
-    dy: &Tensor,
-    dx: &Tensor,
-    acc: Accumulate,
-) {
+/// [`crate::autograd::tape::BackwardCtx::grad_to_fill`]). w: `[I,O,2,2]`, dy: `[N,O,2H,2W]`,
+/// dx: `[N,I,H,W]`. With `a.workgroups` set, the register-tiled kernels with those workgroups.
+pub fn conv_transpose2d_backward_data(gpu: &Gpu, enc: &mut Encoder, a: &BackwardData) {
+    let BackwardData { w, dy, dx, acc, workgroups } = *a;
     let params = params("conv_transpose2d backward_data", dx, w, dy, false);
-    backward_data_default(gpu, enc, params, w, dy, dx, acc);
+    match workgroups {
+        Some(wg) => backward_data(gpu, enc, params, Operands { x: dx, w, b: None, y: dy }, acc, &wg),
+        None => backward_data_default(gpu, enc, params, w, dy, dx, acc),
+    }
 }
 
 /// The backward data of the default wrappers: tiled as `gpu.tuning()` says, or textbook.
@@ -293,17 +266,15 @@ fn backward_data(gpu: &Gpu, enc: &mut Encoder, params: Params, t: Operands, acc:
 }
 
 /// `dw += x (*) dy` and, when given, `db += sum dy`. x: `[N,I,H,W]`, dy: `[N,O,2H,2W]`,
-/// dw: `[I,O,2,2]`, db: `[O]`.
-pub fn conv_transpose2d_backward_weight(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    dy: &Tensor,
-    dw: &Tensor,
-    db: Option<&Tensor>,
-) {
+/// dw: `[I,O,2,2]`, db: `[O]`. With `a.workgroups` set, the register-tiled kernels with those
+/// workgroups.
+pub fn conv_transpose2d_backward_weight(gpu: &Gpu, enc: &mut Encoder, a: &BackwardWeight) {
+    let BackwardWeight { x, dy, dw, db, workgroups } = *a;
     let params = params("conv_transpose2d backward_weight", x, dw, dy, false);
-    backward_weight_default(gpu, enc, params, x, dy, Some(dw), db);
+    match workgroups {
+        Some(wg) => backward_weight(gpu, enc, params, Operands { x, w: dw, b: db, y: dy }, &wg),
+        None => backward_weight_default(gpu, enc, params, x, dy, Some(dw), db),
+    }
 }
 
 /// The weight and bias gradients of the default wrappers, each when given: tiled as
@@ -331,20 +302,6 @@ fn backward_weight_default(
         (Kernels::Reference, None, Some(db)) => textbook::bias(gpu, enc, p, dy, db),
         (_, None, None) => {}
     }
-}
-
-/// [`conv_transpose2d_backward_weight`] with chosen workgroup sizes.
-pub fn conv_transpose2d_backward_weight_tiled(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    x: &Tensor,
-    dy: &Tensor,
-    dw: &Tensor,
-    db: Option<&Tensor>,
-    wg: &Workgroups,
-) {
-    let params = params("conv_transpose2d backward_weight", x, dw, dy, false);
-    backward_weight(gpu, enc, params, Operands { x, w: dw, b: db, y: dy }, wg);
 }
 
 /// `dw += x (*) dy`, `db += sum dy` with the register-tiled kernels; `t` holds dw as w, db as b
@@ -448,7 +405,7 @@ pub fn conv_transpose2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tens
     let co = w.dims4("conv_transpose2d w")[1];
     let inputs: Vec<&Tensor> = [Some(x), Some(w), b].into_iter().flatten().collect();
     let y = step.output(&[n, co, 2 * h, 2 * wd], &inputs);
-    conv_transpose2d_forward(step.gpu, &mut step.enc, x, w, b, &y);
+    conv_transpose2d_forward(step.gpu, &mut step.enc, &Forward { x, w, b, y: &y, workgroups: None });
     let (x, w, b) = (x.clone(), w.clone(), b.cloned());
     step.record("conv_transpose2d", &y, move |ctx, dy| {
         let grads = OwnedGrads {
@@ -466,6 +423,8 @@ pub fn conv_transpose2d(step: &mut Step, x: &Tensor, w: &Tensor, b: Option<&Tens
 /// Plain-Rust transposed convolution on `f64`, the contract the shaders are tested against.
 mod concat;
 pub use concat::*;
+mod operands;
+pub use operands::{BackwardData, BackwardWeight, Forward};
 
 pub mod reference;
 

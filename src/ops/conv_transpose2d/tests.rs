@@ -46,13 +46,21 @@ fn check_shape_with(seed: u64, dims: [usize; 4], co: usize, wg: &Workgroups) {
     let dx_fresh = gpu.upload(&dx0, &dims); // overwritten: its values must go
     let (y, y_nobias) = (gpu.empty(&big), gpu.empty(&big));
     let mut enc = gpu.encoder();
-    conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, Some(&bt), &y, wg);
-    conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y_nobias, wg);
-    conv_transpose2d_backward_data_tiled(gpu, &mut enc, &wt, &dyt, &dxt, wg);
+    conv_transpose2d_forward(gpu, &mut enc, &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, workgroups: Some(*wg) });
+    conv_transpose2d_forward(gpu, &mut enc, &Forward { x: &xt, w: &wt, b: None, y: &y_nobias, workgroups: Some(*wg) });
+    conv_transpose2d_backward_data(
+        gpu,
+        &mut enc,
+        &BackwardData { w: &wt, dy: &dyt, dx: &dxt, acc: Accumulate::Add, workgroups: Some(*wg) },
+    );
     let params = params("test", &dx_fresh, &wt, &dyt, false);
     let fresh = Operands { x: &dx_fresh, w: &wt, b: None, y: &dyt };
     backward_data(gpu, &mut enc, params, fresh, Accumulate::Overwrite, wg);
-    conv_transpose2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dwt, Some(&dbt), wg);
+    conv_transpose2d_backward_weight(
+        gpu,
+        &mut enc,
+        &BackwardWeight { x: &xt, dy: &dyt, dw: &dwt, db: Some(&dbt), workgroups: Some(*wg) },
+    );
     conv_transpose2d_backward_bias(gpu, &mut enc, &dyt, &db_alone);
     gpu.submit(enc);
 
@@ -114,8 +122,16 @@ fn no_output_channels_overwrite_dx_with_zeros() {
     let (wt, dyt) = (gpu.upload(&[], &[3, 0, 2, 2]), gpu.upload(&[], &big));
     let (kept, fresh) = (gpu.upload(&start, &dims), gpu.upload(&start, &dims));
     let mut enc = gpu.encoder();
-    conv_transpose2d_backward_data_into(gpu, &mut enc, &wt, &dyt, &kept, Accumulate::Add);
-    conv_transpose2d_backward_data_into(gpu, &mut enc, &wt, &dyt, &fresh, Accumulate::Overwrite);
+    conv_transpose2d_backward_data(
+        gpu,
+        &mut enc,
+        &BackwardData { w: &wt, dy: &dyt, dx: &kept, acc: Accumulate::Add, workgroups: None },
+    );
+    conv_transpose2d_backward_data(
+        gpu,
+        &mut enc,
+        &BackwardData { w: &wt, dy: &dyt, dx: &fresh, acc: Accumulate::Overwrite, workgroups: None },
+    );
     gpu.submit(enc);
     assert_close_f32("dx added into", &gpu.read(&kept), &to_f64(&start), 0.0);
     assert_close_f32("dx overwritten", &gpu.read(&fresh), &vec![0.0; start.len()], 0.0);

@@ -130,38 +130,33 @@ fn dims(a: &Tensor, b: &Tensor) -> (usize, usize, usize) {
     (m, k, n)
 }
 
-/// `c = a . b`. a `[M,K]`, b `[K,N]`, c `[M,N]`. Tiled as `gpu.tuning().matmul` says, or the
-/// [`textbook`] kernel under [`Kernels::Reference`].
-pub fn matmul_forward(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, c: &Tensor) {
-    match gpu.kernels() {
-        Kernels::Tuned => matmul_forward_tiled(gpu, enc, a, b, c, &gpu.tuning().matmul),
-        Kernels::Reference => textbook::matmul_forward(gpu, enc, a, b, c),
-    }
+/// The operands of a forward: c `[M,N]` `= a . b`, a `[M,K]`, b `[K,N]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward<'a> {
+    /// `[M,K]`.
+    pub a: &'a Tensor,
+    /// `[K,N]`.
+    pub b: &'a Tensor,
+    /// `[M,N]`, written.
+    pub c: &'a Tensor,
+    /// A kernel and tiling that override the tuned dispatch (benchmarks sweep it); `None`: the
+    /// one `gpu.tuning().matmul` names, or the [`textbook`] kernel under [`Kernels::Reference`].
+    pub tiles: Option<Tiles>,
 }
 
-/// [`matmul_forward`] with a chosen kernel and tiling (benchmarks sweep it).
-pub fn matmul_forward_tiled(gpu: &Gpu, enc: &mut Encoder, a: &Tensor, b: &Tensor, c: &Tensor, tiles: &Tiles) {
+/// `c = a . b`, the operands and options in `f`. a `[M,K]`, b `[K,N]`, c `[M,N]`. Tiled as
+/// `f.tiles` or else `gpu.tuning().matmul` says, or the [`textbook`] kernel under
+/// [`Kernels::Reference`] (without `f.tiles`).
+pub fn matmul_forward(gpu: &Gpu, enc: &mut Encoder, f: &Forward) {
+    let Forward { a, b, c, tiles } = *f;
+    let tiles = match (tiles, gpu.kernels()) {
+        (Some(t), _) => t,
+        (None, Kernels::Tuned) => gpu.tuning().matmul,
+        (None, Kernels::Reference) => return textbook::matmul_forward(gpu, enc, a, b, c),
+    };
     let (m, k, n) = dims(a, b);
     assert_eq!(c.shape(), [m, n], "matmul: c {:?} for a {:?} times b {:?}", c.shape(), a.shape(), b.shape());
-    gemm(gpu, enc, a, b, c, Gemm { m, n, k, trans_a: false, trans_b: false, accumulate: false }, tiles);
-}
-
-/// `da += dc . b^T` and `db += a^T . dc`, each when given. a `[M,K]`, b `[K,N]`, dc `[M,N]`,
-/// da `[M,K]`, db `[K,N]`. Tiled as `gpu.tuning().matmul` says, or textbook (as
-/// [`matmul_forward`]).
-pub fn matmul_backward(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    a: &Tensor,
-    b: &Tensor,
-    dc: &Tensor,
-    da: Option<&Tensor>,
-    db: Option<&Tensor>,
-) {
-    match gpu.kernels() {
-        Kernels::Tuned => matmul_backward_tiled(gpu, enc, Backward { a, b, dc, da, db }, &gpu.tuning().matmul),
-        Kernels::Reference => textbook::matmul_backward(gpu, enc, a, b, dc, da, db),
-    }
+    gemm(gpu, enc, a, b, c, Gemm { m, n, k, trans_a: false, trans_b: false, accumulate: false }, &tiles);
 }
 
 /// The operands of a backward: a `[M,K]`, b `[K,N]`, dc `[M,N]`, and the gradients to add
@@ -178,11 +173,21 @@ pub struct Backward<'a> {
     pub da: Option<&'a Tensor>,
     /// `[K,N]`, added into; none to skip.
     pub db: Option<&'a Tensor>,
+    /// A kernel and tiling that override the tuned dispatch, as [`Forward::tiles`].
+    pub tiles: Option<Tiles>,
 }
 
-/// [`matmul_backward`] with a chosen kernel and tiling.
-pub fn matmul_backward_tiled(gpu: &Gpu, enc: &mut Encoder, op: Backward, tiles: &Tiles) {
-    let Backward { a, b, dc, da, db } = op;
+/// `da += dc . b^T` and `db += a^T . dc`, each when given. a `[M,K]`, b `[K,N]`, dc `[M,N]`,
+/// da `[M,K]`, db `[K,N]`. Tiled as `op.tiles` or else `gpu.tuning().matmul` says, or textbook
+/// (as [`matmul_forward`]).
+pub fn matmul_backward(gpu: &Gpu, enc: &mut Encoder, op: &Backward) {
+    let Backward { a, b, dc, da, db, tiles } = *op;
+    let tiles = match (tiles, gpu.kernels()) {
+        (Some(t), _) => t,
+        (None, Kernels::Tuned) => gpu.tuning().matmul,
+        (None, Kernels::Reference) => return textbook::matmul_backward(gpu, enc, a, b, dc, da, db),
+    };
+    let tiles = &tiles;
     let (m, k, n) = dims(a, b);
     assert_eq!(
         dc.shape(),
@@ -208,12 +213,16 @@ pub fn matmul_backward_tiled(gpu: &Gpu, enc: &mut Encoder, op: Backward, tiles: 
 pub fn matmul(step: &mut Step, a: &Tensor, b: &Tensor) -> Tensor {
     let (m, _, n) = dims(a, b);
     let c = step.output(&[m, n], &[a, b]);
-    matmul_forward(step.gpu, &mut step.enc, a, b, &c);
+    matmul_forward(step.gpu, &mut step.enc, &Forward { a, b, c: &c, tiles: None });
     let (a, b) = (a.clone(), b.clone());
     step.record("matmul", &c, move |ctx, dc| {
         let da = ctx.grad(&a);
         let db = ctx.grad(&b);
-        matmul_backward(ctx.gpu, ctx.enc, &a, &b, dc, da.as_ref(), db.as_ref());
+        matmul_backward(
+            ctx.gpu,
+            ctx.enc,
+            &Backward { a: &a, b: &b, dc, da: da.as_ref(), db: db.as_ref(), tiles: None },
+        );
     });
     c
 }
@@ -279,12 +288,11 @@ mod tests {
         let (at, bt, dct) = (gpu.upload(&a, &[m, k]), gpu.upload(&b, &[k, n]), gpu.upload(&dc, &[m, n]));
         let (dat, dbt, c) = (gpu.upload(&da0, &[m, k]), gpu.upload(&db0, &[k, n]), gpu.empty(&[m, n]));
         let mut enc = gpu.encoder();
-        matmul_forward_tiled(gpu, &mut enc, &at, &bt, &c, tiles);
-        matmul_backward_tiled(
+        matmul_forward(gpu, &mut enc, &Forward { a: &at, b: &bt, c: &c, tiles: Some(*tiles) });
+        matmul_backward(
             gpu,
             &mut enc,
-            Backward { a: &at, b: &bt, dc: &dct, da: Some(&dat), db: Some(&dbt) },
-            tiles,
+            &Backward { a: &at, b: &bt, dc: &dct, da: Some(&dat), db: Some(&dbt), tiles: Some(*tiles) },
         );
         gpu.submit(enc);
 

@@ -81,7 +81,8 @@ pub fn matmul_backward(
 #[cfg(test)]
 mod tests {
     use super::super::{
-        matmul, matmul_backward_tiled, matmul_forward_tiled, reference, Backward, SharedTiling, Tiles, Tiling,
+        matmul, matmul_backward as backward_default, matmul_forward as forward_default, reference, Backward, Forward,
+        SharedTiling, Tiles, Tiling,
     };
     use super::*;
     use crate::autograd::tape::Step;
@@ -110,12 +111,11 @@ mod tests {
                 matmul_backward(gpu, &mut enc, &at, &bt, &dct, Some(&da), Some(&db));
             }
             Some(t) => {
-                matmul_forward_tiled(gpu, &mut enc, &at, &bt, &c, t);
-                matmul_backward_tiled(
+                forward_default(gpu, &mut enc, &Forward { a: &at, b: &bt, c: &c, tiles: Some(*t) });
+                backward_default(
                     gpu,
                     &mut enc,
-                    Backward { a: &at, b: &bt, dc: &dct, da: Some(&da), db: Some(&db) },
-                    t,
+                    &Backward { a: &at, b: &bt, dc: &dct, da: Some(&da), db: Some(&db), tiles: Some(*t) },
                 );
             }
         }

@@ -1,8 +1,8 @@
 //! Tilings of `shaders/conv2d/tiled.wgsl`, as plain data ([`crate::ops::conv2d`] dispatches them).
 
 /// Register tiling of the default kernels (the override constants of `shaders/conv2d/tiled.wgsl`). The
-/// wrappers without `_tiled` take theirs from [`Gpu::tuning`](crate::runtime::Gpu::tuning) (one per kernel: forward, backward
-/// data, backward weight); `Tiling::default()` is what lavapipe runs fastest.
+/// wrappers take it from their operands' `tiling` field, or else from [`Gpu::tuning`](crate::runtime::Gpu::tuning) (one per
+/// kernel: forward, backward data, backward weight); `Tiling::default()` is what lavapipe runs fastest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiling {
     /// Threads a workgroup.

@@ -1,8 +1,8 @@
 //! Workgroup sizes of `shaders/conv_transpose2d/tiled.wgsl`, as plain data
 //! ([`crate::ops::conv_transpose2d`] dispatches them).
 
-/// Workgroup sizes of the kernels (the shader's `WG` override constant): the default wrappers take
-/// them from [`Gpu::tuning`](crate::runtime::Gpu::tuning), the `_tiled` variants from their caller.
+/// Workgroup sizes of the kernels (the shader's `WG` override constant): the wrappers take them from
+/// their operands' `workgroups` field, or else from [`Gpu::tuning`](crate::runtime::Gpu::tuning).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workgroups {
     /// Threads a workgroup of the general kernels (W not a multiple of 4), of the bias gradient

@@ -41,7 +41,8 @@ impl Default for SharedTiling {
     }
 }
 
-/// Which kernel computes a product. The wrappers without `_tiled` take it from [`Gpu::tuning`](crate::runtime::Gpu::tuning);
+/// Which kernel computes a product. The wrappers take it from their operands' `tiles` field, or else
+/// from [`Gpu::tuning`](crate::runtime::Gpu::tuning);
 /// `Tiles::default()` is what lavapipe runs fastest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tiles {

@@ -17,7 +17,7 @@ use matmul::{SharedTiling, Tiles};
 /// the shaders as override constants; `Gpu::tuning()` returns the active one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
-    /// `conv2d_forward` and `conv2d_forward_fused`. `wg`: threads a workgroup, each computing a
+    /// `conv2d_forward` (every epilogue). `wg`: threads a workgroup, each computing a
     /// register tile of `rows` rows x 8 columns x 8 output channels (and the weight-packing pass's
     /// group size). `tm` and `bw_threads` play no part in the forward.
     pub conv2d_forward: conv2d::Tiling,

@@ -3,8 +3,8 @@
 //! forward and backward, training and evaluation, every epilogue.
 
 use super::super::{
-    batchnorm2d_backward_fused, batchnorm2d_forward_fused, batchnorm2d_fused, batchnorm2d_running_stats,
-    batchnorm2d_stats as stats_default, reference, Backward,
+    batchnorm2d, batchnorm2d_backward as backward_default, batchnorm2d_forward as forward_default,
+    batchnorm2d_running_stats, batchnorm2d_stats as stats_default, reference, Backward, Forward,
 };
 use super::*;
 use crate::autograd::tape::Step;
@@ -55,10 +55,10 @@ fn run(kernels: Kernels, seed: u64, dims: [usize; 4], mode: Mode, e: Epilogue) -
             Mode::Eval => batchnorm2d_running_stats(gpu, &mut enc, &rm, &rv, &mean, &invstd),
         }
         let ch = Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-        batchnorm2d_forward_fused(gpu, &mut enc, &xt, ch, &y, e);
+        forward_default(gpu, &mut enc, &Forward { x: &xt, ch, y: &y, epilogue: e });
         let backward = |enc: &mut Encoder, dx: (&Tensor, Accumulate), dparams: Option<(&Tensor, &Tensor)>| {
             let grads = Grads { dx: Some(dx), dgamma: dparams.map(|d| d.0), dbeta: dparams.map(|d| d.1) };
-            batchnorm2d_backward_fused(gpu, enc, &Backward { mode, x: &xt, dy: &dyt, ch, grads }, e);
+            backward_default(gpu, enc, &Backward { mode, x: &xt, dy: &dyt, ch, grads, epilogue: e });
         };
         backward(&mut enc, (&dx, Accumulate::Add), Some((&dg, &db)));
         backward(&mut enc, (&dx_fresh, Accumulate::Overwrite), None);
@@ -86,10 +86,15 @@ fn textbook_kernels_match_the_f64_reference() {
                 }
                 Mode::Eval => (rm.clone(), reference::invstd(&rv), rm, rv),
             };
-            let y = reference::batchnorm2d_forward_fused(&x, &mean, &invstd, &gamma, &beta, dims, e);
+            let y = reference::batchnorm2d_forward(
+                &x,
+                reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta },
+                dims,
+                e,
+            );
             let train = mode == Mode::Train;
             let ch = reference::Channels { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta };
-            let (dx, dg, db) = reference::batchnorm2d_backward_fused(&x, &dy, ch, dims, train, e);
+            let (dx, dg, db) = reference::batchnorm2d_backward(&x, &dy, ch, dims, train, e);
             let plus = |g: &[f64], s: &[f64]| g.iter().zip(s).map(|(g, s)| g + s).collect::<Vec<f64>>();
             let want = [mean, invstd, rm, rv, y, plus(&dx, &dx0), dx, plus(&dg, &dg0), plus(&db, &db0)];
             for (i, name) in NAMES.iter().enumerate() {
@@ -135,7 +140,7 @@ fn the_tape_on_the_textbook_kernels_gives_the_tuned_gradients() {
         let (rm, rv) = (gpu.upload(&rm, &[3]), gpu.upload(&rv, &[3]));
         with_kernels(gpu, kernels, || {
             let mut step = Step::train(gpu);
-            let y = batchnorm2d_fused(&mut step, &x, &gamma, &beta, &rm, &rv, e);
+            let y = batchnorm2d(&mut step, &x, &gamma, &beta, &rm, &rv, e);
             let grads = step.backward(vec![(y.clone(), dy.clone())]);
             step.submit();
             [&y, &rm, &rv, grads.get(&x).unwrap(), grads.get(&gamma).unwrap(), grads.get(&beta).unwrap()]

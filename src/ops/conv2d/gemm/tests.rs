@@ -44,7 +44,12 @@ fn check(seed: u64, (xd, wd, p): ([usize; 4], [usize; 4], Conv2d), g: &Gemm) {
     let mut enc = gpu.encoder();
     for (k, (y, epilogue)) in ys.iter().zip([Epilogue::Identity].iter().chain(&epilogues)).enumerate() {
         let bias = (k != 0).then_some(&b);
-        conv2d_forward_gemm(gpu, &mut enc, &Forward { x: &x, w: &w, b: bias, y: &y[0], p, epilogue: *epilogue }, g);
+        conv2d_forward_gemm(
+            gpu,
+            &mut enc,
+            &Forward { x: &x, w: &w, b: bias, y: &y[0], p, epilogue: *epilogue, tiling: None },
+            g,
+        );
         match epilogue {
             Epilogue::Identity => textbook::conv2d_forward(gpu, &mut enc, &x, &w, bias, &y[1], p),
             e => {
@@ -54,11 +59,11 @@ fn check(seed: u64, (xd, wd, p): ([usize; 4], [usize; 4], Conv2d), g: &Gemm) {
         }
     }
     for (dx, acc) in [(&dx, Accumulate::Add), (&dx_fresh, Accumulate::Overwrite)] {
-        conv2d_backward_data_gemm(gpu, &mut enc, &BackwardData { dy: &dy, w: &w, dx: &dx[0], p, acc }, g);
+        conv2d_backward_data_gemm(gpu, &mut enc, &BackwardData { dy: &dy, w: &w, dx: &dx[0], p, acc, tiling: None }, g);
         textbook::conv2d_backward_data(gpu, &mut enc, &dy, &w, &dx[1], p, acc);
     }
     for (dw, db) in [(&dw, Some(&db)), (&dw_alone, None)] {
-        let a = BackwardWeight { x: &x, dy: &dy, dw: &dw[0], db: db.map(|d| &d[0]), p };
+        let a = BackwardWeight { x: &x, dy: &dy, dw: &dw[0], db: db.map(|d| &d[0]), p, tiling: None };
         conv2d_backward_weight_gemm(gpu, &mut enc, &a, g);
         textbook::conv2d_backward_weight(gpu, &mut enc, &x, &dy, &dw[1], db.map(|d| &d[1]), p);
     }

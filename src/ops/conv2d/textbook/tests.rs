@@ -3,8 +3,8 @@
 
 use super::super::tests::{cases, yd};
 use super::super::{
-    backward_data, conv2d_backward_weight_tiled, conv2d_forward_fused, conv2d_forward_shared, conv2d_forward_tiled,
-    conv2d_fused, reference, BackwardData, BackwardWeight, Forward, SharedTiling, Tiling,
+    backward_data, conv2d, conv2d_forward_shared, reference, BackwardData, BackwardWeight, Forward, SharedTiling,
+    Tiling,
 };
 use super::*;
 use crate::autograd::tape::Step;
@@ -71,24 +71,27 @@ fn run(d: &Data, t: Option<&Tiling>) -> Results {
             conv2d_backward_weight(gpu, &mut enc, &x, &dy, &dw, Some(&db), d.p);
         }
         Some(t) => {
-            conv2d_forward_tiled(
+            super::super::conv2d_forward(
                 gpu,
                 &mut enc,
-                &Forward { x: &x, w: &w, b: Some(&b), y: &y, p: d.p, epilogue: Epilogue::Identity },
-                t,
+                &Forward { x: &x, w: &w, b: Some(&b), y: &y, p: d.p, epilogue: Epilogue::Identity, tiling: Some(*t) },
             );
-            backward_data(gpu, &mut enc, &BackwardData { dy: &dy, w: &w, dx: &dx, p: d.p, acc: Accumulate::Add }, t);
             backward_data(
                 gpu,
                 &mut enc,
-                &BackwardData { dy: &dy, w: &w, dx: &dx_fresh, p: d.p, acc: Accumulate::Overwrite },
+                &BackwardData { dy: &dy, w: &w, dx: &dx, p: d.p, acc: Accumulate::Add, tiling: None },
                 t,
             );
-            conv2d_backward_weight_tiled(
+            backward_data(
                 gpu,
                 &mut enc,
-                &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p: d.p },
+                &BackwardData { dy: &dy, w: &w, dx: &dx_fresh, p: d.p, acc: Accumulate::Overwrite, tiling: None },
                 t,
+            );
+            super::super::conv2d_backward_weight(
+                gpu,
+                &mut enc,
+                &BackwardWeight { x: &x, dy: &dy, dw: &dw, db: Some(&db), p: d.p, tiling: Some(*t) },
             );
         }
     }
@@ -160,7 +163,7 @@ fn tiled_kernels_match_the_textbook_kernels() {
         conv2d_forward_shared(
             gpu,
             &mut enc,
-            &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Identity },
+            &Forward { x: &x, w: &w, b: Some(&b), y: &y, p, epilogue: Epilogue::Identity, tiling: None },
             &SharedTiling::default(),
         );
         gpu.submit(enc);
@@ -171,14 +174,18 @@ fn tiled_kernels_match_the_textbook_kernels() {
 const EPILOGUES: [Epilogue; 3] =
     [Epilogue::Identity, Epilogue::Relu, Epilogue::ReluDropout { p: 0.3, seed: 0x1234_5678_9abc }];
 
-/// `conv2d_forward_fused` with `kernels`: y for x `xd`, w `wd`, 3x3 "same".
+/// `conv2d_forward` with `kernels`: y for x `xd`, w `wd`, 3x3 "same".
 fn fused(kernels: Kernels, d: &Data, e: Epilogue) -> Vec<f32> {
     let gpu = gpu();
     let (x, w, b) = (gpu.upload(&d.x, &d.xd), gpu.upload(&d.w, &d.wd), gpu.upload(&d.b, &[d.wd[0]]));
     let y = gpu.empty(&yd(d.xd, d.wd, &d.p));
     with_kernels(gpu, kernels, || {
         let mut enc = gpu.encoder();
-        conv2d_forward_fused(gpu, &mut enc, &Forward { x: &x, w: &w, b: Some(&b), y: &y, p: d.p, epilogue: e });
+        super::super::conv2d_forward(
+            gpu,
+            &mut enc,
+            &Forward { x: &x, w: &w, b: Some(&b), y: &y, p: d.p, epilogue: e, tiling: None },
+        );
         gpu.submit(enc);
     });
     gpu.read(&y)
@@ -208,7 +215,7 @@ fn the_tape_on_the_textbook_kernels_gives_the_tuned_gradients() {
     let step = |kernels| {
         with_kernels(gpu, kernels, || {
             let mut step = Step::train(gpu);
-            let y = conv2d_fused(&mut step, &x, &w, Some(&b), d.p, e);
+            let y = conv2d(&mut step, &x, &w, Some(&b), d.p, e);
             let grads = step.backward(vec![(y.clone(), dy.clone())]);
             step.submit();
             [&y, grads.get(&x).unwrap(), grads.get(&w).unwrap(), grads.get(&b).unwrap()].map(|t| gpu.read(t))

@@ -2,8 +2,9 @@
 //! kernels on the GPU: general shapes (W not a multiple of 4) and quad shapes, odd channel counts.
 
 use super::super::{
-    backward_data as tiled_backward_data, bias as tiled_bias, conv_transpose2d_backward_weight_tiled,
-    conv_transpose2d_concat, conv_transpose2d_forward_tiled, reference, Operands, Workgroups,
+    backward_data as tiled_backward_data, bias as tiled_bias,
+    conv_transpose2d_backward_weight as backward_weight_default, conv_transpose2d_concat,
+    conv_transpose2d_forward as forward_default, reference, BackwardWeight, Forward, Operands, Workgroups,
 };
 use super::*;
 use crate::autograd::tape::Step;
@@ -71,12 +72,16 @@ fn run(seed: u64, dims: [usize; 4], co: usize, wg: Option<&Workgroups>) -> Resul
             bias(gpu, &mut enc, p, &dyt, &db_alone);
         }
         Some(wg) => {
-            conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, Some(&bt), &y, wg);
-            conv_transpose2d_forward_tiled(gpu, &mut enc, &xt, &wt, None, &y_nobias, wg);
+            forward_default(gpu, &mut enc, &Forward { x: &xt, w: &wt, b: Some(&bt), y: &y, workgroups: Some(*wg) });
+            forward_default(gpu, &mut enc, &Forward { x: &xt, w: &wt, b: None, y: &y_nobias, workgroups: Some(*wg) });
             tiled_backward_data(gpu, &mut enc, p, Operands { x: &dx, w: &wt, b: None, y: &dyt }, Accumulate::Add, wg);
             let fresh = Operands { x: &dx_fresh, w: &wt, b: None, y: &dyt };
             tiled_backward_data(gpu, &mut enc, p, fresh, Accumulate::Overwrite, wg);
-            conv_transpose2d_backward_weight_tiled(gpu, &mut enc, &xt, &dyt, &dw, Some(&db), wg);
+            backward_weight_default(
+                gpu,
+                &mut enc,
+                &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: Some(&db), workgroups: Some(*wg) },
+            );
             tiled_bias(gpu, &mut enc, p, &dyt, &db_alone, wg);
         }
     }
