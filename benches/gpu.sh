@@ -23,7 +23,7 @@
 #      no batch norm, 3 epochs) with CE and then Dice: val mIoU and soft Jaccard per epoch.
 #
 # Environment:
-#   DUBAI   the Dubai dataset (default: ../shared/datasets/dubai-aerial); part 8 is skipped
+#   DUBAI   the Dubai dataset folder (no default); part 8 is skipped
 #           when it is missing.
 #   BIN     a folder of prebuilt binaries, for a machine without a Rust toolchain: `unet-wgpu`,
 #           `kernels` and `step` (the two benches), and `tests/` holding the test executables
@@ -39,7 +39,7 @@ fi
 OUT="${1:-runs/gpu-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-DUBAI="${DUBAI:-../shared/datasets/dubai-aerial}"
+DUBAI="${DUBAI:-}"
 PYTHON="${PYTHON:-python3}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 export UNET_WGPU_CACHE="$OUT/tuning.json" # never touch the user's own cache
@@ -121,7 +121,7 @@ if [[ -d "$DUBAI" ]]; then
             --lr 1e-3 --optimizer adam --schedule constant --no-batch-norm --seed 0 --out "$OUT/dubai-$loss"
     done
 else
-    echo "== dubai: no dataset at $DUBAI; skipped" | tee -a "$SUMMARY"
+    echo "== dubai: no dataset (set DUBAI to its folder); skipped" | tee -a "$SUMMARY"
 fi
 
 # The figures a reader wants first, gathered from the logs.

@@ -1,7 +1,7 @@
 """Gradient accuracy of one training step, ours against PyTorch, both measured
 against PyTorch in f64. Run by hand, from the repository root, never by CI:
 
-    python3 benches/reference/gradients.py --loss all --tiles "Tile 2"
+    python3 benches/reference/gradients.py --data DUBAI_DIR --loss all --tiles "Tile 2"
 
 For each loss, unet-wgpu takes one plain SGD step (learning rate 1, no
 momentum, dropout 0, no batch norm) with `train --trace DIR`, so that its
@@ -58,7 +58,8 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", default="../shared/datasets/dubai-aerial", help="the Dubai dataset")
+    ap.add_argument("--data", default=os.environ.get("DUBAI") or None, required=not os.environ.get("DUBAI"),
+                    help="the Dubai dataset folder (Tile 1 ... Tile 8); default: $DUBAI")
     ap.add_argument("--tiles", help="comma-separated tile folders (default: all)")
     ap.add_argument("--bin", help="unet-wgpu binary (default: target/release/unet-wgpu)")
     ap.add_argument("--out", default="/tmp/unet-wgpu-gradients")

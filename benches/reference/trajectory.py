@@ -2,9 +2,9 @@
 CPU) side by side and compares the loss step by step, then both models'
 validation figures. Run by hand, from the repository root, never by CI:
 
-    python3 benches/reference/trajectory.py --loss dice --steps 20
-    python3 benches/reference/trajectory.py --loss dice+ce          # 200 steps
-    python3 benches/reference/trajectory.py --loss all --steps 20   # every loss
+    python3 benches/reference/trajectory.py --data DUBAI_DIR --loss dice --steps 20
+    python3 benches/reference/trajectory.py --data DUBAI_DIR --loss dice+ce          # 200 steps
+    python3 benches/reference/trajectory.py --data DUBAI_DIR --loss all --steps 20   # every loss
 
 How the two runs are made identical: unet-wgpu trains first, with
 `train --trace DIR` (dropout 0, no batch norm, no augmentation, constant
@@ -269,7 +269,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--data", default="../shared/datasets/dubai-aerial", help="the Dubai dataset")
+    ap.add_argument("--data", default=os.environ.get("DUBAI") or None, required=not os.environ.get("DUBAI"),
+                    help="the Dubai dataset folder (Tile 1 ... Tile 8); default: $DUBAI")
     ap.add_argument("--tiles", help="comma-separated tile folders to use (default: all), e.g. 'Tile 2' for a quick try")
     ap.add_argument("--bin", help="unet-wgpu binary (default: target/release/unet-wgpu, built if missing)")
     ap.add_argument("--out", default="/tmp/unet-wgpu-trajectory", help="runs and traces go to OUT/<loss>/")

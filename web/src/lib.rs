@@ -22,15 +22,15 @@ pub fn start() {
 
 /// The browser's WebGPU device, opened once for the page's lifetime.
 #[wasm_bindgen]
-pub struct Session {
+pub struct Lab {
     gpu: &'static Gpu,
 }
 
 #[wasm_bindgen]
-impl Session {
+impl Lab {
     /// Open the browser's WebGPU adapter with WebGPU's default limits (what every
     /// implementation grants). Fails with a readable message where there is none.
-    pub async fn open() -> Result<Session, JsError> {
+    pub async fn open() -> Result<Lab, JsError> {
         let options = GpuOptions { limits: Some(Limits::WebGpu), tuning: TuningFrom::Builtin, ..GpuOptions::default() };
         let gpu = Gpu::open(&options).await.map_err(|e| match e {
             unet_wgpu::GpuError::NoAdapter { .. } => {
@@ -39,7 +39,7 @@ impl Session {
             e => JsError::new(&e.to_string()),
         })?;
         // The device lives as long as the page: one per page load, never freed.
-        Ok(Session { gpu: Box::leak(Box::new(gpu)) })
+        Ok(Lab { gpu: Box::leak(Box::new(gpu)) })
     }
 
     /// The adapter as wgpu sees it: the browser's description (often empty) and the device

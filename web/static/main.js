@@ -3,7 +3,7 @@
 // window.unet holds the state of the page for scripts (web/test.mjs reads it):
 // { adapter, running, error, runs: [{ loss, info, steps: [...], epochs: [...] }] }.
 
-import init, { Session } from './pkg/unet_wgpu_web.js';
+import init, { Lab } from './pkg/unet_wgpu_web.js';
 import { drawChart } from './chart.js';
 
 const $ = (id) => document.getElementById(id);
@@ -27,7 +27,7 @@ function log(line) {
   $('log').textContent += line + '\n';
 }
 
-// The form's choices (the field names are those Session.train reads).
+// The form's choices (the field names are those Lab.train reads).
 function options(loss) {
   const data = new FormData(form);
   const o = {};
@@ -95,14 +95,14 @@ function setRunning(running) {
 }
 
 // One run of `loss`; resolves when it ends (or stops), rejects on an error.
-async function run(session, loss) {
+async function run(lab, loss) {
   const opts = options(loss);
   const record = { loss, info: null, steps: [], epochs: [] };
   state.runs.push(record);
-  $('command').textContent = 'The same run natively: ' + session.commandLine(opts);
+  $('command').textContent = 'The same run natively: ' + lab.commandLine(opts);
   log(`== ${loss}`);
   let firstStepSeconds = null;
-  await session.train(opts, {
+  await lab.train(opts, {
     onStart(info) {
       record.info = info;
       log(`${info.trainPatches} training patches, ${info.valPatches} validation patches; ` +
@@ -129,7 +129,7 @@ async function run(session, loss) {
   });
 }
 
-async function runAll(session, losses) {
+async function runAll(lab, losses) {
   stopRequested = false;
   state.error = null;
   state.runs = [];
@@ -138,7 +138,7 @@ async function runAll(session, losses) {
   try {
     for (const loss of losses) {
       if (stopRequested) break;
-      await run(session, loss);
+      await run(lab, loss);
     }
     $('status').textContent = stopRequested ? 'Stopped.' : `Done: ${losses.join(', ')}.`;
   } catch (e) {
@@ -166,22 +166,22 @@ async function main() {
   const i = probe?.info ?? {};
   const named = [i.vendor, i.architecture, i.device, i.description].filter(Boolean).join(' ');
   await init();
-  let session;
+  let lab;
   try {
-    session = await Session.open();
+    lab = await Lab.open();
   } catch (e) {
     state.error = String(e?.message ?? e);
     $('adapter').textContent = 'No WebGPU adapter.';
     showMessage(`WebGPU is present but gave no device: ${state.error}`);
     return;
   }
-  state.adapter = `${named || 'unnamed adapter'}: ${session.adapter}`;
+  state.adapter = `${named || 'unnamed adapter'}: ${lab.adapter}`;
   $('adapter').textContent = `Adapter: ${state.adapter}`;
-  $('train').onclick = () => runAll(session, [new FormData(form).get('loss')]);
+  $('train').onclick = () => runAll(lab, [new FormData(form).get('loss')]);
   $('compare').onclick = () => {
     const losses = [...$('compare-losses').querySelectorAll('input:checked')].map((c) => c.value);
     if (losses.length < 2) showMessage('Tick two or more losses to compare.');
-    else runAll(session, losses);
+    else runAll(lab, losses);
   };
   $('stop').onclick = () => { stopRequested = true; };
   setRunning(false);
