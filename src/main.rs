@@ -156,7 +156,7 @@ struct TrainArgs {
     #[arg(long, default_value = "dice+ce")]
     loss: LossName,
     /// Epochs.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 6)]
     epochs: usize,
     /// Patches per step.
     #[arg(long, default_value_t = 2)]
@@ -165,7 +165,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 256)]
     patch: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 4e-3)]
     lr: f32,
     /// Optimizer: adam, adamw or sgd.
     #[arg(long, default_value = "adam")]
@@ -208,8 +208,8 @@ struct TrainArgs {
     /// Continue from OUT/last.safetensors.
     #[arg(long)]
     resume: bool,
-    /// Filters at the first level (doubled per level).
-    #[arg(long, default_value_t = 16)]
+    /// Filters at the first level (doubled per level; the Keras tutorial's U-Net has 16).
+    #[arg(long, default_value_t = 8)]
     base: usize,
     /// Number of downsamplings.
     #[arg(long, default_value_t = 4)]

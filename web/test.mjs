@@ -2,13 +2,15 @@
 // web/dist on 127.0.0.1 and trains the run given in the query string with one click.
 //
 // With --native DIR (web/test.sh): compares what the page computed with a native run of the
-// same configuration (DIR/trace/steps.csv and DIR/out/history.csv), checks what the page shows,
-// then runs "compare losses" briefly (the losses ticked by default, three steps each) and checks
-// that each loss gets its curve, and that a browser without WebGPU gets a message. Prints the
+// same configuration (DIR/trace/steps.csv and DIR/out/history.csv). With --checks all (the
+// default) it also checks what the page shows, then runs "compare losses" briefly (the losses
+// ticked by default, three steps each) and checks that each loss gets its curve, and that a
+// browser without WebGPU gets a message; --checks numbers compares the numbers only. Prints the
 // figures; exits non-zero on any failure.
 // Without --native: prints the page's figures only (a measurement).
 //
-// node test.mjs --dist DIR --query QUERY --screenshot FILE [--native DIR] [--tolerance REL] [--timeout S]
+// node test.mjs --dist DIR --query QUERY [--screenshot FILE] [--native DIR] [--checks all|numbers]
+//   [--tolerance REL] [--timeout S]
 
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
@@ -18,6 +20,8 @@ import puppeteer from 'puppeteer-core';
 const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, a, i, all) =>
   (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), []));
 const tolerance = Number(args.tolerance ?? 1e-3);
+const allChecks = (args.checks ?? 'all') === 'all';
+if (!['all', 'numbers'].includes(args.checks ?? 'all')) throw new Error(`--checks ${args.checks}: want all or numbers`);
 const timeout = Number(args.timeout ?? 480) * 1000;
 const failures = [];
 const check = (ok, what) => { if (!ok) failures.push(what); };
@@ -134,10 +138,17 @@ try {
   page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
   await page.goto(`${origin}/?${args.query}`, { waitUntil: 'load' });
   await page.waitForFunction(() => window.unet && (window.unet.adapter || window.unet.error), { timeout: 60_000 });
-  console.log(`page adapter: ${await page.evaluate(() => window.unet.adapter ?? `none: ${window.unet.error}`)}`);
+  const [adapter, tuning] = await page.evaluate(() => [window.unet.adapter ?? `none: ${window.unet.error}`, window.unet.tuning]);
+  console.log(`page adapter: ${adapter}`);
+  if (args.query.includes('kernels=tuned')) {
+    console.log(`page tile sizes: ${tuning}`);
+    // SwiftShader (a fallback adapter, `Cpu`) cannot compile the register-tile convolutions.
+    check(!adapter.includes('Cpu') || !tuning.includes('convolutions register tiles'),
+      `a fallback adapter gets no register-tile convolutions (${tuning})`);
+  }
 
   const { run, livePolls, seconds } = await train(page);
-  await page.screenshot({ path: args.screenshot, fullPage: true });
+  if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
   check(!run.error && run.steps?.length > 0, `the page trained without error (${run.error})`);
   if (failures.length > 0) throw new Error('no run to check');
   const losses = run.steps.map((s) => s.loss);
@@ -153,7 +164,9 @@ try {
       `(step 1 ${losses[0].toFixed(4)}, step ${losses.length} ${losses.at(-1).toFixed(4)})`,
     `val mIoU after epoch ${last?.epoch}: ${last?.valMeanIou?.toFixed(4)}`,
   ];
-  if (args.native) {
+  if (args.native && !allChecks) {
+    lines.push(...await compareWithNative(run, args.native));
+  } else if (args.native) {
     check(after < before, `the loss falls (first quarter of the steps ${before}, last quarter ${after})`);
     check(Number.isFinite(last?.valMeanIou) && last.valMeanIou > 0, `a validation mIoU appears (${last?.valMeanIou})`);
     check(last?.perClass.length === 6 && last.perClass.some((c) => c.iou !== null), 'the per-class IoU table has its 6 classes');
@@ -166,7 +179,7 @@ try {
   }
   check(foreign.length === 0, `requests left the page's server: ${foreign.join(', ')}`);
   lines.push(`page live while training: ${livePolls} polls saw new steps; requests outside ${origin}: ${foreign.length}`);
-  lines.push(`screenshot: ${args.screenshot}`);
+  if (args.screenshot) lines.push(`screenshot: ${args.screenshot}`);
   console.log(lines.join('\n'));
 } catch (e) {
   failures.push(String(e?.message ?? e));

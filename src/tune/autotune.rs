@@ -9,7 +9,7 @@ use super::families::{conv2d_family, conv_transpose2d_family, matmul_family, Fam
 use super::tiling::conv_transpose2d::Workgroups;
 use super::tiling::gemm::ConvGemm;
 use super::tiling::matmul::{self, SharedTiling, Tiles};
-use super::tiling::{conv2d, Tuning};
+use super::tiling::{builds_register_convolutions, conv2d, Tuning};
 
 /// The candidates [`Tuning::autotune`] tries for each family, the builtin first.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +87,21 @@ impl Candidates {
             ),
             conv_gemm: keep(builtin.conv_gemm, &super::gemm::candidates(), |c| with(&|t| t.conv_gemm = c)),
         }
+    }
+
+    /// What [`Tuning::autotune`] tries on an adapter: [`Candidates::new`] around its builtin,
+    /// less what it cannot compile. Where [`builds_register_convolutions`] is false
+    /// (SwiftShader), the three register-tile conv2d families are empty (not measured: the
+    /// builtin's stay) and the convolutions' family has no register candidate.
+    pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Candidates {
+        let mut c = Candidates::new(&Tuning::builtin(info), limits);
+        if !builds_register_convolutions(info) {
+            c.conv2d_forward.clear();
+            c.conv2d_backward_data.clear();
+            c.conv2d_backward_weight.clear();
+            c.conv_gemm.retain(Option::is_some);
+        }
+        c
     }
 }
 
@@ -211,7 +226,7 @@ impl Tuning {
         let start = Instant::now();
         let deadline = start + budget;
         let builtin = Tuning::builtin(&gpu.info);
-        let candidates = Candidates::new(&builtin, &gpu.limits);
+        let candidates = Candidates::for_adapter(&gpu.info, &gpu.limits);
         let mut rows = Vec::new();
         let mut complete = true;
         let mut tuning = builtin;
@@ -226,11 +241,14 @@ impl Tuning {
         let mut run = |family: Family<'_, _>, done: u32| {
             tune_family(gpu, family, (share(done), timed_builtin), &mut rows, &mut complete)
         };
-        tuning.conv2d_forward = run(conv2d_family(gpu, "conv2d_forward", candidates.conv2d_forward, &shapes.conv2d), 0);
-        tuning.conv2d_backward_data =
-            run(conv2d_family(gpu, "conv2d_backward_data", candidates.conv2d_backward_data, &shapes.conv2d), 1);
-        tuning.conv2d_backward_weight =
-            run(conv2d_family(gpu, "conv2d_backward_weight", candidates.conv2d_backward_weight, &shapes.conv2d), 2);
+        if !candidates.conv2d_forward.is_empty() {
+            tuning.conv2d_forward =
+                run(conv2d_family(gpu, "conv2d_forward", candidates.conv2d_forward, &shapes.conv2d), 0);
+            tuning.conv2d_backward_data =
+                run(conv2d_family(gpu, "conv2d_backward_data", candidates.conv2d_backward_data, &shapes.conv2d), 1);
+            tuning.conv2d_backward_weight =
+                run(conv2d_family(gpu, "conv2d_backward_weight", candidates.conv2d_backward_weight, &shapes.conv2d), 2);
+        }
         let family = conv_transpose2d_family(gpu, candidates.conv_transpose2d, &shapes.conv_transpose2d);
         tuning.conv_transpose2d = tune_family(gpu, family, (share(3), timed_builtin), &mut rows, &mut complete);
         let family = matmul_family(gpu, candidates.matmul, &shapes.matmul);

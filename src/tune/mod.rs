@@ -38,4 +38,4 @@ mod tests;
 pub use autotune::*;
 pub use cache::*;
 pub use tiling::gemm::TilingFamily;
-pub use tiling::{is_software, Tuning};
+pub use tiling::{builds_register_convolutions, is_software, Tuning};

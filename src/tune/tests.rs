@@ -68,6 +68,36 @@ fn builtin_keeps_the_measured_defaults_on_cpu_drivers() {
 }
 
 #[test]
+fn swiftshader_never_gets_the_register_tile_convolutions() {
+    let native = wgpu::AdapterInfo { name: "SwiftShader Device (Subzero)".into(), ..cpu_info() };
+    // In a browser, wgpu knows the fallback adapter only as `Cpu`, with no name.
+    for info in [native, browser_info()] {
+        assert!(!builds_register_convolutions(&info), "{info:?}");
+        let t = Tuning::builtin(&info);
+        assert_eq!(t, Tuning { conv_gemm: Some(ConvGemm::default()), ..Tuning::cpu() });
+        t.check(&wgpu::Limits::default()).unwrap();
+        let c = Candidates::for_adapter(&info, &wgpu::Limits::default());
+        assert!(
+            c.conv2d_forward.is_empty() && c.conv2d_backward_data.is_empty() && c.conv2d_backward_weight.is_empty()
+        );
+        assert!(c.conv_gemm.len() > 1 && c.conv_gemm.iter().all(Option::is_some), "{:?}", c.conv_gemm);
+    }
+    // lavapipe keeps its register tiles and every candidate; a hardware adapter in a browser
+    // gets the GPU family.
+    assert!(builds_register_convolutions(&cpu_info()));
+    let limits = wgpu::Limits::default();
+    assert_eq!(Candidates::for_adapter(&cpu_info(), &limits), Candidates::new(&Tuning::cpu(), &limits));
+    let web_gpu = wgpu::AdapterInfo { device_type: wgpu::DeviceType::Other, ..browser_info() };
+    assert!(builds_register_convolutions(&web_gpu));
+    assert_eq!(Tuning::builtin(&web_gpu), Tuning::gpu());
+}
+
+/// A browser's adapter as wgpu sees it: no name, a fallback adapter (`Cpu`).
+fn browser_info() -> wgpu::AdapterInfo {
+    wgpu::AdapterInfo { name: String::new(), backend: wgpu::Backend::BrowserWebGpu, ..cpu_info() }
+}
+
+#[test]
 fn a_builtin_that_does_not_fit_the_limits_falls_back_with_a_warning() {
     let gpu =
         wgpu::AdapterInfo { name: "Small GPU".into(), device_type: wgpu::DeviceType::IntegratedGpu, ..cpu_info() };

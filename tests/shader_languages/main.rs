@@ -136,12 +136,33 @@ fn every_shader_translates_to_every_backend_language() {
         let sets = kernels.iter().filter(|k| k.shader == s.name).count();
         println!("  {}: {} entry points, {sets} constant sets", s.name, s.module.entry_points.len());
     }
+    if let Some(path) = std::env::var_os("UNET_WGPU_PIPELINES") {
+        write_pipelines(Path::new(&path), &shaders, &kernels);
+    }
     assert!(
         failures.is_empty(),
         "{} of {translations} translations failed:\n\n{}",
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// With `UNET_WGPU_PIPELINES=FILE`: every pipeline as JSON, for a WebGPU implementation to
+/// build (`web/pipelines.mjs` builds them in Chromium): `{"shaders": {name: WGSL},
+/// "pipelines": [{"shader", "entry", "constants": {name: value}}]}`.
+fn write_pipelines(path: &Path, shaders: &[Shader], kernels: &[Kernel]) {
+    use serde_json::{json, Map, Value};
+    let sources: Map<String, Value> = shaders.iter().map(|s| (s.name.clone(), json!(s.source))).collect();
+    let pipelines: Vec<Value> = kernels
+        .iter()
+        .map(|k| {
+            let constants: Map<String, Value> = k.constants.iter().map(|&(n, v)| (n.to_string(), json!(v))).collect();
+            json!({ "shader": k.shader, "entry": k.entry, "constants": constants })
+        })
+        .collect();
+    let text = json!({ "shaders": sources, "pipelines": pipelines }).to_string();
+    fs::write(path, text).unwrap_or_else(|e| panic!("UNET_WGPU_PIPELINES: cannot write {}: {e}", path.display()));
+    println!("wrote {} pipelines to {}", kernels.len(), path.display());
 }
 
 /// Every `shaders/*.wgsl`: name, source, and the module and info naga validated (as

@@ -50,6 +50,13 @@ impl Lab {
         format!("{} (WebGPU, {:?})", info.name, info.device_type).trim_start().to_string()
     }
 
+    /// The tile sizes the tuned kernels use on this adapter ([`unet_wgpu::tune::Tuning::builtin`]
+    /// within the device's limits), on one line.
+    #[wasm_bindgen(getter)]
+    pub fn tuning(&self) -> String {
+        self.gpu.tuning().to_string()
+    }
+
     /// The `unet-wgpu train` command line of the run `options` describe (see [`Config`]).
     #[wasm_bindgen(js_name = commandLine)]
     pub fn command_line(&self, options: JsValue) -> Result<String, JsError> {

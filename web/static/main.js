@@ -1,14 +1,15 @@
 // The page: reads the form, runs the wasm trainer (pkg/unet_wgpu_web.js), and draws what it
 // reports. Form fields may be preset from the URL (?epochs=2&base=8...).
 // window.unet holds the state of the page for scripts (web/test.mjs reads it):
-// { adapter, running, error, runs: [{ loss, info, steps: [...], epochs: [...] }] }.
+// { adapter, tuning (the tuned kernels' tile sizes), running, error,
+//   runs: [{ loss, info, steps: [...], epochs: [...] }] }.
 
 import init, { Lab } from './pkg/unet_wgpu_web.js';
 import { drawChart } from './chart.js';
 
 const $ = (id) => document.getElementById(id);
 const form = $('options');
-const state = { adapter: null, running: false, error: null, runs: [] };
+const state = { adapter: null, tuning: null, running: false, error: null, runs: [] };
 window.unet = state;
 let stopRequested = false;
 
@@ -176,6 +177,7 @@ async function main() {
     return;
   }
   state.adapter = `${named || 'unnamed adapter'}: ${lab.adapter}`;
+  state.tuning = lab.tuning;
   $('adapter').textContent = `Adapter: ${state.adapter}`;
   $('train').onclick = () => runAll(lab, [new FormData(form).get('loss')]);
   $('compare').onclick = () => {

@@ -43,10 +43,14 @@ pub struct Tuning {
 
 impl Tuning {
     /// The tiling for an adapter before anything is measured. CPU drivers (lavapipe, llvmpipe,
-    /// SwiftShader, WARP: [`is_software`]) get the defaults of the ops, each measured on
-    /// lavapipe. Hardware GPUs get larger workgroups, many more weight-gradient threads and the
-    /// workgroup-memory GEMM.
+    /// WARP: [`is_software`]) get the defaults of the ops, each measured on lavapipe; SwiftShader
+    /// the same, but with every convolution a workgroup-memory GEMM, since it cannot compile the
+    /// register-tile convolutions ([`builds_register_convolutions`]). Hardware GPUs get larger
+    /// workgroups, many more weight-gradient threads and the workgroup-memory GEMM.
     pub fn builtin(info: &wgpu::AdapterInfo) -> Tuning {
+        if !builds_register_convolutions(info) {
+            return Tuning { conv_gemm: Some(ConvGemm::default()), ..Tuning::cpu() };
+        }
         if is_software(info) {
             return Tuning::cpu();
         }
@@ -145,6 +149,19 @@ pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
         || ["llvmpipe", "lavapipe", "softpipe", "swiftshader", "microsoft basic render"]
             .iter()
             .any(|s| name.contains(s))
+}
+
+/// Whether an adapter compiles the register-tile convolutions (`conv2d_forward` and
+/// `conv2d_backward_data_stride1` of `shaders/conv2d/tiled.wgsl`, `conv2d_backward_data` of
+/// `shaders/conv2d/tiled_backward.wgsl`) in reasonable time. SwiftShader does not: building any
+/// one of them, its compiler grew past 13 GB in two minutes and Chromium lost the device
+/// (docs/browser.md). A browser's fallback adapter, which wgpu reports as `Cpu` on
+/// `BrowserWebGpu` with no name, is taken to be SwiftShader (Chromium's). On such an adapter
+/// neither [`Tuning::builtin`] nor the autotune picks those kernels; `--tiling cpu` still does.
+pub fn builds_register_convolutions(info: &wgpu::AdapterInfo) -> bool {
+    let swiftshader = info.name.to_ascii_lowercase().contains("swiftshader");
+    let browser_fallback = info.backend == wgpu::Backend::BrowserWebGpu && info.device_type == wgpu::DeviceType::Cpu;
+    !swiftshader && !browser_fallback
 }
 
 pub(crate) fn label_forward(t: &conv2d::Tiling) -> String {
