@@ -10,12 +10,10 @@
 // --skip: entry points not to build here (each with every constant set), for those the
 // adapter is known not to build in reasonable time; they are counted and named as skipped.
 
-import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
-import puppeteer from 'puppeteer-core';
+import { chromium, finish, flags, serve } from './chromium.mjs';
 
-const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, a, i, all) =>
-  (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), []));
+const args = flags();
 const timeout = Number(args.timeout ?? 1500) * 1000;
 const { shaders, pipelines } = JSON.parse(await readFile(args.pipelines, 'utf8'));
 const skip = new Set((args.skip ?? '').split(',').filter((s) => s));
@@ -25,20 +23,13 @@ for (const s of skip) {
 }
 const build = pipelines.filter((p) => !skip.has(key(p)));
 
-// An empty page on 127.0.0.1: WebGPU needs a secure context, which localhost is.
-const server = createServer((_, res) => res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html>'));
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--headless=new', '--enable-unsafe-webgpu'],
-  protocolTimeout: timeout + 60_000,
-});
+// An empty page: the pipelines are built from its script context.
+const { server, origin } = await serve((_, res) => res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html>'));
+const browser = await chromium(timeout);
 const failures = [];
-try {
+await finish(async () => {
   const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${server.address().port}/`);
+  await page.goto(`${origin}/`);
   // The device and one module a shader, each module's messages from Tint.
   const opened = await page.evaluate(async (sources) => {
     const adapter = await navigator.gpu?.requestAdapter();
@@ -123,14 +114,4 @@ try {
   console.log(`most time: ${slowest.map(([k, ms]) => `${k} ${(ms / 1000).toFixed(1)} s`).join(', ')}`);
   const worst = times.reduce((w, t) => (t.ms > w.ms ? t : w), { ms: 0 });
   if (worst.p) console.log(`slowest pipeline: ${key(worst.p)} ${JSON.stringify(worst.p.constants)} ${(worst.ms / 1000).toFixed(2)} s`);
-} catch (e) {
-  failures.push(String(e?.message ?? e));
-} finally {
-  await browser.close();
-  server.close();
-}
-if (failures.length > 0) {
-  console.log(`FAILED (${failures.length}):\n  ${failures.slice(0, 50).join('\n  ')}`);
-  process.exit(1);
-}
-console.log('every pipeline built');
+}, { browser, server }, failures, 'every pipeline built');

@@ -12,13 +12,11 @@
 // node test.mjs --dist DIR --query QUERY [--screenshot FILE] [--native DIR] [--checks all|numbers]
 //   [--tolerance REL] [--timeout S]
 
-import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
-import puppeteer from 'puppeteer-core';
+import { chromium, finish, flags, serve } from './chromium.mjs';
 
-const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, a, i, all) =>
-  (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), []));
+const args = flags();
 const tolerance = Number(args.tolerance ?? 1e-3);
 const allChecks = (args.checks ?? 'all') === 'all';
 if (!['all', 'numbers'].includes(args.checks ?? 'all')) throw new Error(`--checks ${args.checks}: want all or numbers`);
@@ -30,7 +28,7 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
 
 // The page's own server: the only origin the page may reach.
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm' };
-const server = createServer(async (req, res) => {
+const { server, origin } = await serve(async (req, res) => {
   const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
   try {
     const body = await readFile(join(args.dist, path.endsWith('/') ? path + 'index.html' : path));
@@ -40,8 +38,6 @@ const server = createServer(async (req, res) => {
     res.writeHead(404).end();
   }
 });
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const origin = `http://127.0.0.1:${server.address().port}`;
 
 // Click Train and wait for the run to end, polling the page: each answer needs the page's
 // event loop, so progress seen across polls shows that the page stays live between steps.
@@ -123,13 +119,8 @@ async function withoutWebGpu(browser) {
   return `without WebGPU the page says: ${message.slice(0, 72)}...`;
 }
 
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--headless=new', '--enable-unsafe-webgpu', '--window-size=1240,1900'],
-  protocolTimeout: timeout + 60_000,
-});
-try {
+const browser = await chromium(timeout, ['--window-size=1240,1900']);
+await finish(async () => {
   const page = await browser.newPage();
   await page.setViewport({ width: 1240, height: 1900 });
   const foreign = [];
@@ -181,14 +172,4 @@ try {
   lines.push(`page live while training: ${livePolls} polls saw new steps; requests outside ${origin}: ${foreign.length}`);
   if (args.screenshot) lines.push(`screenshot: ${args.screenshot}`);
   console.log(lines.join('\n'));
-} catch (e) {
-  failures.push(String(e?.message ?? e));
-} finally {
-  await browser.close();
-  server.close();
-}
-if (failures.length > 0) {
-  console.log(`FAILED:\n  ${failures.join('\n  ')}`);
-  process.exit(1);
-}
-console.log(args.native ? 'web test passed' : 'measured');
+}, { browser, server }, failures, args.native ? 'web test passed' : 'measured');
