@@ -241,6 +241,7 @@ impl Tuning {
         let mut run = |family: Family<'_, _>, done: u32| {
             tune_family(gpu, family, (share(done), timed_builtin), &mut rows, &mut complete)
         };
+        // The register-tile families are empty where the adapter cannot compile them.
         if !candidates.conv2d_forward.is_empty() {
             tuning.conv2d_forward =
                 run(conv2d_family(gpu, "conv2d_forward", candidates.conv2d_forward, &shapes.conv2d), 0);
