@@ -36,15 +36,6 @@
 // Workgroup: THREADS = (BM/TM) * (BN/TN) threads, at most 256; workgroup memory 4*BK*(BM+BN) bytes
 // of tiles plus 16 bytes a decoded pixel: the Rust side checks both against the device's limits.
 
-override BM: u32 = 64u; // rows of C a workgroup
-override BN: u32 = 64u; // columns of C a workgroup
-override BK: u32 = 8u; // K slice a step
-override TM: u32 = 4u; // rows of C a thread (TM * TN <= 64 accumulators)
-override TN: u32 = 4u; // columns of C a thread
-override THREADS: u32 = (BM / TM) * (BN / TN);
-// Loads a thread makes per slice: constant trip counts, so the loops unroll.
-override A_LOADS: u32 = (BM * BK + THREADS - 1u) / THREADS;
-override B_LOADS: u32 = (BK * BN + THREADS - 1u) / THREADS;
 // The kernel and stride: every tap decode divides by constants.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
@@ -53,6 +44,11 @@ override SW: u32 = 1u;
 override RELU: bool = false; // forward epilogue
 override DROPOUT: bool = false;
 override ACCUMULATE: bool = true; // backward data: dx += (true) or dx = (false)
+
+// The GEMM tile, shared with conv_transpose2d/gemm.wgsl: the pipeline constants BM, BN, BK,
+// TM, TN (THREADS, A_LOADS and B_LOADS follow), the tiles a_tile and b_tile, and multiply();
+// included after the overrides above (the piece's header says why).
+// #include common/gemm_tile.wgsl
 
 struct Params {
     n: u32, ci: u32, h: u32, w: u32, // x | dx
@@ -75,8 +71,6 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;
 
-var<workgroup> a_tile: array<f32, BK * BM>; // [kk][mm]
-var<workgroup> b_tile: array<f32, BK * BN>; // [kk][nn]
 var<workgroup> tile_pix: array<vec4<i32>, BN>; // forward, data: the tile's pixels
 var<workgroup> slice_pix: array<vec4<i32>, 2u * BK>; // weight: two slices' pixels
 
@@ -94,27 +88,6 @@ fn x_at(n: i32, i: u32, r: i32, c: i32, ok: bool) -> f32 {
     let inside = ok && r >= 0 && c >= 0 && u32(r) < p.h && u32(c) < p.w;
     let idx = ((u32(n) * p.ci + i) * p.h + u32(r)) * p.w + u32(c);
     return select(0.0, src[select(0u, idx, inside)], inside);
-}
-
-// acc[i*TN + j] += sum_kk a_tile[kk][row i] * b_tile[kk][column j] for this thread's tile.
-fn multiply(acc: ptr<function, array<f32, 64>>, tid: u32) {
-    let tx = tid % (BN / TN);
-    let ty = tid / (BN / TN);
-    for (var kk = 0u; kk < BK; kk++) {
-        var a: array<f32, 8>;
-        var b: array<f32, 8>;
-        for (var i = 0u; i < TM; i++) {
-            a[i] = a_tile[kk * BM + ty + i * (BM / TM)];
-        }
-        for (var j = 0u; j < TN; j++) {
-            b[j] = b_tile[kk * BN + tx + j * (BN / TN)];
-        }
-        for (var i = 0u; i < TM; i++) {
-            for (var j = 0u; j < TN; j++) {
-                (*acc)[i * TN + j] = fma(a[i], b[j], (*acc)[i * TN + j]);
-            }
-        }
-    }
 }
 
 // Inverted dropout's mask: dropout.wgsl's, bit for bit (the hash is written once, included).

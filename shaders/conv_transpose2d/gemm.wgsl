@@ -29,15 +29,12 @@
 // Workgroup: THREADS = (BM/TM) * (BN/TN) threads, at most 256; workgroup memory 4*BK*(BM+BN) bytes
 // of tiles plus 16 bytes a decoded pixel: the Rust side checks both against the device's limits.
 
-override BM: u32 = 64u; // rows of C a workgroup
-override BN: u32 = 64u; // columns of C a workgroup
-override BK: u32 = 8u; // K slice a step
-override TM: u32 = 4u; // rows of C a thread (TM * TN <= 64 accumulators)
-override TN: u32 = 4u; // columns of C a thread
-override THREADS: u32 = (BM / TM) * (BN / TN);
-override A_LOADS: u32 = (BM * BK + THREADS - 1u) / THREADS;
-override B_LOADS: u32 = (BK * BN + THREADS - 1u) / THREADS;
 override ACCUMULATE: bool = true; // backward data: dx += (true) or dx = (false)
+
+// The GEMM tile, shared with conv2d/gemm.wgsl: the pipeline constants BM, BN, BK,
+// TM, TN (THREADS, A_LOADS and B_LOADS follow), the tiles a_tile and b_tile, and multiply();
+// included after the overrides above (the piece's header says why).
+// #include common/gemm_tile.wgsl
 
 struct Params {
     n: u32, ci: u32, co: u32, h: u32, w: u32,
@@ -59,8 +56,6 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(9) var<storage, read_write> db: array<f32>;
 
-var<workgroup> a_tile: array<f32, BK * BM>; // [kk][mm]
-var<workgroup> b_tile: array<f32, BK * BN>; // [kk][nn]
 var<workgroup> tile_pix: array<vec4<u32>, BN>; // forward, data: the tile's pixels
 var<workgroup> slice_pix: array<vec4<u32>, 2u * BK>; // weight: two slices' pixels
 
@@ -80,27 +75,6 @@ fn x_index(q: vec4<u32>, c: u32) -> u32 {
 // Index of y[n, o, 2i+a, 2j+b] (or dy's), ab = 2a + b.
 fn y_index(q: vec4<u32>, o: u32, ab: u32) -> u32 {
     return ((q.x * p.yc + o) * 2u * p.h + 2u * q.y + ab / 2u) * 2u * p.w + 2u * q.z + ab % 2u;
-}
-
-// acc[i*TN + j] += sum_kk a_tile[kk][row i] * b_tile[kk][column j] for this thread's tile.
-fn multiply(acc: ptr<function, array<f32, 64>>, tid: u32) {
-    let tx = tid % (BN / TN);
-    let ty = tid / (BN / TN);
-    for (var kk = 0u; kk < BK; kk++) {
-        var a: array<f32, 8>;
-        var b: array<f32, 8>;
-        for (var i = 0u; i < TM; i++) {
-            a[i] = a_tile[kk * BM + ty + i * (BM / TM)];
-        }
-        for (var j = 0u; j < TN; j++) {
-            b[j] = b_tile[kk * BN + tx + j * (BN / TN)];
-        }
-        for (var i = 0u; i < TM; i++) {
-            for (var j = 0u; j < TN; j++) {
-                (*acc)[i * TN + j] = fma(a[i], b[j], (*acc)[i * TN + j]);
-            }
-        }
-    }
 }
 
 // Grid: (pixel tiles, tiles of (o, ab)). A[(o,ab), c] = w[c*4*O + o*4 + ab], B[c, px] = x[n,c,i,j].

@@ -1,8 +1,8 @@
 //! WGSL text before it reaches the driver: shared pieces spliced into the shaders that include
 //! them, and naga's validation.
 //!
-//! A piece of WGSL that several shaders need (the dropout hash) is written once, in
-//! `shaders/common/`. A shader includes it with a line of its own:
+//! A piece of WGSL that several shaders need (the dropout hash, the convolution GEMMs' workgroup
+//! tile) is written once, in `shaders/common/`. A shader includes it with a line of its own:
 //!
 //! ```wgsl
 //! // #include common/dropout_hash.wgsl
@@ -15,6 +15,7 @@
 /// The shared pieces, by path relative to `shaders/` (without `.wgsl`).
 const PIECES: &[(&str, &str)] = &[
     ("common/dropout_hash", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common/dropout_hash.wgsl"))),
+    ("common/gemm_tile", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common/gemm_tile.wgsl"))),
     (
         "batchnorm2d/tiled_common",
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/batchnorm2d/tiled_common.wgsl")),
