@@ -1,6 +1,7 @@
 //! The figures of one epoch: how they accumulate over its steps, and how they print.
 
 use super::*;
+use crate::data::BatchOptions;
 
 /// The figures of one epoch (validation ones are `None` without validation data).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,6 +51,29 @@ impl EpochMetrics {
         line + &format!(" - lr: {:.2e}", self.lr)
     }
 
+    /// The training figures of epoch `epoch` (from 1): the mean loss values and the confusion
+    /// matrix of its steps, and the learning rate of its last step; no validation yet.
+    pub(super) fn training(epoch: usize, values: &LossValues, confusion: &Confusion, lr: f32) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            loss: values.total as f64,
+            accuracy: values.accuracy as f64,
+            jacard_coef: values.soft_jaccard as f64,
+            mean_iou: confusion.mean_iou().unwrap_or(0.0),
+            lr: lr as f64,
+            ..EpochMetrics::default()
+        }
+    }
+
+    /// Adds the validation figures: the mean loss values and the confusion matrix of the
+    /// validation pass.
+    pub(super) fn set_validation(&mut self, values: &LossValues, confusion: &Confusion) {
+        self.val_loss = Some(values.total as f64);
+        self.val_accuracy = Some(values.accuracy as f64);
+        self.val_jacard_coef = Some(values.soft_jaccard as f64);
+        self.val_mean_iou = confusion.mean_iou();
+    }
+
     /// The metric that picks the best checkpoint: validation mean IoU, or the
     /// training one without validation data.
     pub fn monitored(&self) -> f64 {
@@ -80,6 +104,23 @@ impl Accumulators {
         let mean: Vec<f32> = sums.iter().map(|s| s / steps.max(1) as f32).collect();
         (LossValues::from_slice(&mean), Confusion::read_async(gpu, &self.confusion).await)
     }
+}
+
+/// Records the validation pass over `patches` (in order, unturned, the training batches'
+/// size and scaling) into `acc`, the first step overwriting it; returns the number of steps.
+pub(super) fn validate(
+    trainer: &mut Trainer<'_>,
+    patches: &Patches,
+    training: &BatchOptions,
+    acc: &Accumulators,
+) -> anyhow::Result<usize> {
+    let batches = patches.batches(&BatchOptions { shuffle: false, augment: false, ..*training })?;
+    let steps = batches.len();
+    for (i, batch) in batches.enumerate() {
+        let (x, y) = trainer.upload(&batch);
+        trainer.eval_step(&x, &y, acc, i == 0);
+    }
+    Ok(steps)
 }
 
 #[cfg(not(target_arch = "wasm32"))]

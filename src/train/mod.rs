@@ -405,28 +405,11 @@ pub fn train(gpu: &Gpu, options: &TrainOptions) -> anyhow::Result<TrainSummary> 
         progress.finish();
         let (train_values, train_confusion) = train_acc.read(gpu, steps);
 
-        let mut metrics = EpochMetrics {
-            epoch: epoch + 1,
-            loss: train_values.total as f64,
-            accuracy: train_values.accuracy as f64,
-            jacard_coef: train_values.soft_jaccard as f64,
-            mean_iou: train_confusion.mean_iou().unwrap_or(0.0),
-            lr: lr as f64,
-            ..EpochMetrics::default()
-        };
+        let mut metrics = EpochMetrics::training(epoch + 1, &train_values, &train_confusion, lr);
         if !val_patches.is_empty() {
-            let val_options = BatchOptions { shuffle: false, augment: false, ..batch_options };
-            let batches = val_patches.batches(&val_options)?;
-            let val_steps = batches.len();
-            for (i, batch) in batches.enumerate() {
-                let (x, y) = trainer.upload(&batch);
-                trainer.eval_step(&x, &y, &val_acc, i == 0);
-            }
+            let val_steps = validate(&mut trainer, &val_patches, &batch_options, &val_acc)?;
             let (values, confusion) = val_acc.read(gpu, val_steps);
-            metrics.val_loss = Some(values.total as f64);
-            metrics.val_accuracy = Some(values.accuracy as f64);
-            metrics.val_jacard_coef = Some(values.soft_jaccard as f64);
-            metrics.val_mean_iou = confusion.mean_iou();
+            metrics.set_validation(&values, &confusion);
             last_val_confusion = Some(confusion);
         }
         metrics.seconds = started.elapsed().as_secs_f64();
