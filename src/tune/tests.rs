@@ -228,25 +228,20 @@ fn default_wrappers_use_the_gpus_tuning() {
     let (ct_x, ct_w, ct_y) =
         (gpu.upload(&x[..240], &[2, 3, 5, 8]), gpu.upload(&w[..3 * 2 * 4], &[3, 2, 2, 2]), gpu.empty(&[2, 2, 10, 16]));
     let (a, b, c) = (gpu.upload(&x[..12 * 8], &[12, 8]), gpu.upload(&w[..8 * 4], &[8, 4]), gpu.empty(&[12, 4]));
+    // The three conv2d directions and the transposed forward, through the default wrappers.
+    let record_convolutions = |enc: &mut Encoder| {
+        let f = Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None };
+        conv2d_forward(&gpu, enc, &f);
+        let a = BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None };
+        conv2d_backward_data(&gpu, enc, &a);
+        conv2d_backward_weight(&gpu, enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
+        let t = crate::ops::conv_transpose2d::Forward { x: &ct_x, w: &ct_w, b: None, y: &ct_y, workgroups: None };
+        conv_transpose2d_forward(&gpu, enc, &t);
+    };
     let mut enc = gpu.encoder();
     enc.clear(&dx);
     enc.clear(&dw);
-    conv2d_forward(
-        &gpu,
-        &mut enc,
-        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None },
-    );
-    conv2d_backward_data(
-        &gpu,
-        &mut enc,
-        &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None },
-    );
-    conv2d_backward_weight(&gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
-    conv_transpose2d_forward(
-        &gpu,
-        &mut enc,
-        &crate::ops::conv_transpose2d::Forward { x: &ct_x, w: &ct_w, b: None, y: &ct_y, workgroups: None },
-    );
+    record_convolutions(&mut enc);
     matmul_forward(&gpu, &mut enc, &crate::ops::matmul::Forward { a: &a, b: &b, c: &c, tiles: None });
     gpu.submit(enc);
 
@@ -295,22 +290,7 @@ fn default_wrappers_use_the_gpus_tuning() {
     gpu.set_tuning(unusual());
     let (ct_dy, ct_dx) = (gpu.upload(&random_vec(63, 2 * 2 * 10 * 16), &[2, 2, 10, 16]), gpu.empty(&[2, 3, 5, 8]));
     let mut enc = gpu.encoder();
-    conv2d_forward(
-        &gpu,
-        &mut enc,
-        &Forward { x: &xt, w: &wt, b: None, y: &y, p, epilogue: Epilogue::Identity, tiling: None },
-    );
-    conv2d_backward_data(
-        &gpu,
-        &mut enc,
-        &BackwardData { dy: &dyt, w: &wt, dx: &dx, p, acc: Accumulate::Add, tiling: None },
-    );
-    conv2d_backward_weight(&gpu, &mut enc, &BackwardWeight { x: &xt, dy: &dyt, dw: &dw, db: None, p, tiling: None });
-    conv_transpose2d_forward(
-        &gpu,
-        &mut enc,
-        &crate::ops::conv_transpose2d::Forward { x: &ct_x, w: &ct_w, b: None, y: &ct_y, workgroups: None },
-    );
+    record_convolutions(&mut enc);
     crate::ops::conv_transpose2d::conv_transpose2d_backward_data(
         &gpu,
         &mut enc,
